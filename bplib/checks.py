@@ -1,0 +1,46 @@
+"""Validation of user-facing parameters: one clear error naming the parameter and the allowed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def check_choice(name: str, value, allowed: Iterable):
+    """Raise ``ValueError`` unless ``value`` is one of ``allowed``; return it."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(
+            f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}"
+        )
+    return value
+
+
+def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    """Raise ``ValueError`` unless ``value`` is an integer in ``[low, high]``; return it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}={value!r} must be an integer")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"{'-inf' if low is None else low}..{'inf' if high is None else high}"
+        raise ValueError(f"{name}={value!r} is out of range; allowed: {bounds}")
+    return value
+
+
+def check_float(name: str, value, low: float | None = None, high: float | None = None) -> float:
+    """Raise ``ValueError`` unless ``value`` is a real number in ``[low, high]``; return it."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name}={value!r} must be a number")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name}={value!r} is out of range; allowed: [{low}, {high}]")
+    return float(value)
+
+
+def check_seeds(seeds) -> list[int]:
+    """Seeds as a non-empty list of distinct non-negative integers (an int means one seed)."""
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    if not seeds:
+        raise ValueError("seeds=[] is empty; give at least one non-negative integer")
+    for s in seeds:
+        check_int("seeds", s, low=0)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds={seeds!r} has repeats; give distinct integers")
+    return seeds

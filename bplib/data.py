@@ -1,0 +1,229 @@
+"""CIFAR data as uint8 tensors, batched tensor augmentation, and input normalization.
+
+Conventions
+-----------
+- Images are held as ``uint8`` tensors ``[N, 3, 32, 32]`` (channels first) on the device they
+  are used on; labels as ``int64`` ``[N]``. ``to_float`` maps them to ``[0, 1]`` pixel units.
+- Models start with :class:`Normalize`, so attack budgets (PGD ``eps``) are in [0, 1] pixels and
+  "normalized inputs or not" (paper Tables 2/3) is one argument of ``make_model``.
+- No ``DataLoader``: :func:`batches` draws a permutation from an explicit ``torch.Generator``.
+
+Where the data comes from (:func:`load_cifar`)
+----------------------------------------------
+1. an npz folder (``data_dir`` argument, else the ``BPLIB_DATA`` environment variable, else
+   ``../shared/data/cifar`` beside the repository when it exists) holding ``cifar10.npz`` with
+   ``x_train [50000,32,32,3]``, ``y_train``, ``x_test``, ``y_test`` (uint8, HWC);
+2. otherwise torchvision's download into ``~/.cache/bplib`` (needs internet).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bplib.checks import check_choice, check_int
+
+# Per-channel statistics of the 50,000 CIFAR-10 training images (published, 0-255 scale),
+# divided by 255 to [0, 1] pixel units. Named once: every normalization in the project uses
+# these (the official code used four different sets).
+CIFAR10_MEAN = tuple(m / 255 for m in (125.306918046875, 122.950394140625, 113.86538318359375))
+CIFAR10_STD = tuple(s / 255 for s in (62.9932, 62.0887, 66.7049))
+# CIFAR-100 training-set statistics (0-255 scale 129.30, 124.07, 112.43 / 68.17, 65.39, 70.42).
+CIFAR100_MEAN = tuple(m / 255 for m in (129.3043, 124.0699, 112.4341))
+CIFAR100_STD = tuple(s / 255 for s in (68.1702, 65.3918, 70.4184))
+
+DATASETS = ("cifar10", "cifar100", "cifar10_small")
+NUM_CLASSES = {"cifar10": 10, "cifar10_small": 10, "cifar100": 100}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OFFLINE_DIR = REPO_ROOT.parent / "shared" / "data" / "cifar"
+
+
+@dataclass
+class CifarData:
+    """Train and test split as uint8 ``[N,3,32,32]`` images and int64 labels.
+
+    ``source`` says where the pixels came from (printed by chapters next to results);
+    ``test_name`` says what the test split is ("CIFAR-10 test, first 1,000 images" offline).
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+    source: str
+    test_name: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to(self, device) -> CifarData:
+        moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")}
+        return CifarData(
+            **moved, classes=self.classes, source=self.source, test_name=self.test_name
+        )
+
+
+def offline_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The npz folder to read, or None when no offline copy is configured or present."""
+    for name, candidate in (("data_dir", data_dir), ("BPLIB_DATA", os.environ.get("BPLIB_DATA"))):
+        if candidate:
+            if not Path(candidate).is_dir():
+                raise FileNotFoundError(f"{name}={str(candidate)!r} is not a directory")
+            return Path(candidate)
+    return DEFAULT_OFFLINE_DIR if DEFAULT_OFFLINE_DIR.is_dir() else None
+
+
+def _hwc_to_tensor(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def _labels(y) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(y), dtype=torch.int64)
+
+
+def _from_npz(path: Path, name: str) -> CifarData:
+    with np.load(path) as z:
+        x_train, y_train = z["x_train"], z["y_train"]
+        x_test, y_test = z["x_test"], z["y_test"]
+        classes = [str(c) for c in z["classes"]]
+    n_test = len(y_test)
+    test_name = "CIFAR-10 test" if n_test == 10000 else f"CIFAR-10 test, first {n_test:,} images"
+    return CifarData(
+        _hwc_to_tensor(x_train),
+        _labels(y_train),
+        _hwc_to_tensor(x_test),
+        _labels(y_test),
+        classes,
+        source=f"offline npz {path}",
+        test_name=test_name,
+    )
+
+
+def _from_torchvision(name: str, root: Path) -> CifarData:
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR100 if name == "cifar100" else torchvision.datasets.CIFAR10
+    train = cls(root, train=True, download=True)
+    test = cls(root, train=False, download=True)
+    label = "CIFAR-100" if name == "cifar100" else "CIFAR-10"
+    return CifarData(
+        _hwc_to_tensor(train.data),
+        _labels(train.targets),
+        _hwc_to_tensor(test.data),
+        _labels(test.targets),
+        list(train.classes),
+        source=f"torchvision download ({root})",
+        test_name=f"{label} test",
+    )
+
+
+def load_cifar(name: str = "cifar10", data_dir=None, download_root=None) -> CifarData:
+    """Load CIFAR-10 (``cifar10``), its 2,000-image offline subset (``cifar10_small``), or
+    CIFAR-100 (``cifar100``: torchvision only, the offline folder has none).
+
+    Raises ``FileNotFoundError`` naming both ways to get the data when neither works.
+    """
+    check_choice("dataset", name, DATASETS)
+    folder = offline_dir(data_dir)
+    npz = {"cifar10": "cifar10.npz", "cifar10_small": "cifar10_small.npz"}.get(name)
+    if folder is not None and npz is not None and (folder / npz).exists():
+        return _from_npz(folder / npz, name)
+    if name == "cifar10_small":
+        raise FileNotFoundError(
+            "dataset='cifar10_small' exists only as an offline npz: set BPLIB_DATA (or data_dir) "
+            "to a folder holding cifar10_small.npz, or use dataset='cifar10' to download."
+        )
+    root = Path(download_root or Path.home() / ".cache" / "bplib")
+    try:
+        return _from_torchvision(name, root)
+    except Exception as err:  # network or md5 failure: say what to do, keep the cause
+        raise FileNotFoundError(
+            f"Could not load dataset={name!r}. Either (a) point BPLIB_DATA or data_dir at a "
+            f"folder with {npz or 'the npz files'} (offline copy; looked in {folder or 'none'}), "
+            f"or (b) allow torchvision to download into {root} (needs internet). "
+            f"Download error: {err}"
+        ) from err
+
+
+def holdout_split(x: torch.Tensor, y: torch.Tensor, n_holdout: int, seed: int = 0):
+    """Split ``n_holdout`` examples off a training set, chosen by a seeded permutation.
+
+    Returns ``(x_fit, y_fit, x_holdout, y_holdout)``; the held-out part is never trained on.
+    """
+    check_int("n_holdout", n_holdout, low=0, high=len(x) - 1)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    keep, hold = perm[n_holdout:].sort().values, perm[:n_holdout].sort().values
+    return x[keep], y[keep], x[hold], y[hold]
+
+
+def subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int = 0):
+    """A seeded random subset of ``n`` examples (all of them when ``n`` is None)."""
+    if n is None or n == len(x):
+        return x, y
+    check_int("n", n, low=1, high=len(x))
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return x[idx], y[idx]
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0, 1]."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with ``pad`` zero pixels per side + horizontal flip, batched.
+
+    Same distribution as torchvision's ``RandomCrop(32, padding=4)`` followed by
+    ``RandomHorizontalFlip()``: every offset in ``0..2*pad`` per axis equally likely, flip with
+    probability 1/2, zero fill. Works on any dtype and keeps it; ``generator`` lives on the
+    CPU and draws the offsets, so results are identical across devices for one seed.
+    """
+    n, _, h, w = x.shape
+    padded = nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    rows = dy[:, None] + torch.arange(h, device=x.device)  # [n, h]
+    cols = dx[:, None] + torch.arange(w, device=x.device)  # [n, w]
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    # Advanced indexing gathers [n, h, w, c]; move channels back to dim 1.
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+):
+    """Yield ``(x_batch, y_batch)``; shuffled by ``generator`` when one is given."""
+    check_int("batch_size", batch_size, low=1)
+    n = len(x)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    order = order.to(x.device)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        idx = order[start : start + batch_size]
+        yield x[idx], y[idx]
+
+
+class Normalize(nn.Module):
+    """Maps [0, 1] pixels to per-channel standardized inputs; the first layer of a model."""
+
+    def __init__(self, mean=CIFAR10_MEAN, std=CIFAR10_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std

@@ -1,0 +1,232 @@
+"""One training loop for every chapter: ``fit`` (SGD + momentum, multi-step lr, optional
+regularizer, optional adversarial examples, checkpoint/resume, divergence check) and ``evaluate``.
+
+Conventions: images arrive as uint8 ``[N,3,32,32]`` and become [0, 1] floats per batch; the
+model normalizes inside (``make_model(..., normalize=True)``). Training may run under bf16
+autocast (``TrainConfig.bf16``); every measurement elsewhere in ``bplib`` runs in float32.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from bplib.checks import check_choice, check_float, check_int
+from bplib.data import augment, batches, to_float
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf or exceeded ``TrainConfig.max_loss``; nothing garbage was stored."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int  # passes over the training set
+    lr: float  # initial SGD learning rate
+    batch_size: int = 128  # images per step
+    momentum: float = 0.9  # SGD momentum (heavy ball)
+    weight_decay: float = 0.0  # coupled L2 coefficient inside SGD (torch convention)
+    milestones: tuple[int, ...] = ()  # epochs at which lr is multiplied by gamma
+    gamma: float = 0.1  # lr factor at each milestone
+    augment: bool = False  # random crop (pad 4) + horizontal flip per batch
+    eval_every: int = 1  # evaluate every N epochs (and always after the last)
+    bf16: bool = False  # bf16 autocast for training forward passes (faster on AMX CPUs / GPUs)
+    grad_clip_value: float | None = None  # clamp each gradient entry (official rank code: 0.1)
+    max_loss: float = 1e4  # a batch loss above this counts as divergence
+    extra: dict = field(default_factory=dict)  # free-form, recorded with the history
+
+    def __post_init__(self):
+        check_int("epochs", self.epochs, low=0)
+        check_float("lr", self.lr, low=0.0)
+        check_int("batch_size", self.batch_size, low=1)
+        check_float("momentum", self.momentum, low=0.0, high=1.0)
+        check_float("weight_decay", self.weight_decay, low=0.0)
+        check_int("eval_every", self.eval_every, low=1)
+        self.milestones = tuple(self.milestones)
+        for m in self.milestones:
+            check_int("milestones", m, low=1)
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate used during ``epoch`` (0-based)."""
+        return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when present, else CPU; ``"cpu"``/``"cuda"``/``"cuda:N"`` as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        check_choice("device", device, ("auto", "cpu", "cuda", "cuda:N"))
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def squared_norm(model: nn.Module) -> float:
+    """sum_i phi_i^2 over all trainable parameters (the paper's ||theta||^2)."""
+    with torch.no_grad():
+        return float(sum(p.double().pow(2).sum() for p in model.parameters() if p.requires_grad))
+
+
+@torch.no_grad()
+def evaluate(model, x, y, batch_size: int = 500, bf16: bool = False, adversary=None):
+    """(mean cross-entropy, accuracy in %) of ``model`` in eval mode; optionally on adversarial
+    examples ``adversary(model, x01, y)`` (the attack gets gradients; the evaluation does not)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, correct = 0.0, 0
+    for xb, yb in batches(x, y, batch_size):
+        xb, yb = to_float(xb.to(device)), yb.to(device)
+        if adversary is not None:
+            with torch.enable_grad():
+                xb = adversary(model, xb, yb)
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            out = model(xb).float()
+        total_loss += nn.functional.cross_entropy(out, yb, reduction="sum").item()
+        correct += (out.argmax(1) == yb).sum().item()
+    model.train(was_training)
+    return total_loss / len(x), 100.0 * correct / len(x)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: an interrupted save leaves the previous checkpoint
+
+
+def fit(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    eval_sets: dict | None = None,
+    regularizer=None,
+    adversary=None,
+    on_epoch_end=None,
+    run_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train ``model`` in place with SGD and return its per-epoch history.
+
+    - ``eval_sets``: ``{"test": (x, y), ...}``; accuracy/loss recorded every ``eval_every`` epochs.
+    - ``regularizer``: object with ``loss(model) -> tensor`` (added to the batch loss) and/or
+      ``after_backward(model)`` (edits gradients, e.g. the official norm-bias gradient form).
+    - ``adversary(model, x01, y) -> x01_adv``: replaces each training batch (adversarial training).
+    - ``on_epoch_end(model, epoch) -> dict | None``: e.g. rank projections or NTK snapshots;
+      returned values are appended to ``history["hooks"]``.
+    - ``run_dir``: a checkpoint is written there after every epoch; if one exists, training
+      resumes from it and ends with the same parameters as an uninterrupted run.
+    Raises :class:`TrainingDiverged` on NaN/inf or exploding loss (the last good checkpoint stays).
+    """
+    device = next(model.parameters()).device
+    eval_sets = eval_sets or {}
+    gen = torch.Generator().manual_seed(seed)  # batch order and augmentation draws
+    torch.manual_seed(seed)  # anything else random inside the model (dropout, attack starts)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    history = {
+        "epoch": [],
+        "lr": [],
+        "train_loss": [],
+        "train_acc": [],
+        "sq_norm": [],
+        "epoch_time_s": [],
+        "eval": {k: {"epoch": [], "loss": [], "acc": []} for k in eval_sets},
+        "hooks": [],
+        "config": asdict(cfg),
+        "seed": seed,
+    }
+    start_epoch = 0
+    ckpt = Path(run_dir) / "checkpoint.pt" if run_dir is not None else None
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        if state["config"] != asdict(cfg) or state["seed"] != seed:
+            raise ValueError(
+                f"run_dir={str(run_dir)!r} holds a checkpoint of a different "
+                "config or seed; use another run_dir or delete it"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history, start_epoch = state["history"], state["epoch"] + 1
+    elif ckpt is not None:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+
+    bar = tqdm(range(start_epoch, cfg.epochs), disable=not progress, desc="epochs", leave=False)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr_at(epoch)
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for step, (xb, yb) in enumerate(batches(x_train, y_train, cfg.batch_size, gen)):
+            xb = xb.to(device, non_blocking=True)
+            yb = yb.to(device, non_blocking=True)
+            if cfg.augment:
+                xb = augment(xb, gen)
+            xb = to_float(xb)
+            if adversary is not None:
+                xb = adversary(model, xb, yb)
+            with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
+                out = model(xb)
+            loss = nn.functional.cross_entropy(out.float(), yb)
+            if not math.isfinite(loss.item()) or loss.item() > cfg.max_loss:
+                raise TrainingDiverged(
+                    f"loss {loss.item():.4g} at epoch {epoch}, step {step} "
+                    f"(lr {cfg.lr_at(epoch)}); max_loss={cfg.max_loss}. "
+                    "Nothing of this epoch was recorded."
+                )
+            total = loss + regularizer.loss(model) if hasattr(regularizer, "loss") else loss
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            if hasattr(regularizer, "after_backward"):
+                regularizer.after_backward(model)
+            if cfg.grad_clip_value is not None:
+                nn.utils.clip_grad_value_(model.parameters(), cfg.grad_clip_value)
+            opt.step()
+            loss_sum += loss.item() * len(yb)
+            correct += (out.argmax(1) == yb).sum().item()
+            seen += len(yb)
+        history["epoch"].append(epoch + 1)
+        history["lr"].append(cfg.lr_at(epoch))
+        history["train_loss"].append(loss_sum / max(seen, 1))
+        history["train_acc"].append(100.0 * correct / max(seen, 1))
+        history["sq_norm"].append(squared_norm(model))
+        if on_epoch_end is not None:
+            history["hooks"].append(on_epoch_end(model, epoch + 1))
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            for name, (xe, ye) in eval_sets.items():
+                loss_e, acc_e = evaluate(model, xe, ye, bf16=cfg.bf16)
+                for key, value in (("epoch", epoch + 1), ("loss", loss_e), ("acc", acc_e)):
+                    history["eval"][name][key].append(value)
+        history["epoch_time_s"].append(time.perf_counter() - t0)
+        bar.set_postfix(
+            loss=f"{history['train_loss'][-1]:.3f}", acc=f"{history['train_acc'][-1]:.1f}"
+        )
+        if ckpt is not None:
+            _save_checkpoint(
+                ckpt,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": history,
+                    "epoch": epoch,
+                    "config": asdict(cfg),
+                    "seed": seed,
+                },
+            )
+    return history
