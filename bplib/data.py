@@ -125,8 +125,9 @@ def _from_torchvision(name: str, root: Path) -> CifarData:
 
 
 def load_cifar(name: str = "cifar10", data_dir=None, download_root=None) -> CifarData:
-    """Load CIFAR-10 (``cifar10``), its 2,000-image offline subset (``cifar10_small``), or
-    CIFAR-100 (``cifar100``: torchvision only, the offline folder has none).
+    """Load CIFAR-10 (``cifar10``), its first 2,000 training and 1,000 test images
+    (``cifar10_small``, for smoke runs), or CIFAR-100 (``cifar100``: torchvision only, the
+    offline folder has none).
 
     Raises ``FileNotFoundError`` naming both ways to get the data when neither works.
     """
@@ -135,13 +136,19 @@ def load_cifar(name: str = "cifar10", data_dir=None, download_root=None) -> Cifa
     npz = {"cifar10": "cifar10.npz", "cifar10_small": "cifar10_small.npz"}.get(name)
     if folder is not None and npz is not None and (folder / npz).exists():
         return _from_npz(folder / npz, name)
-    if name == "cifar10_small":
-        raise FileNotFoundError(
-            "dataset='cifar10_small' exists only as an offline npz: set BPLIB_DATA (or data_dir) "
-            "to a folder holding cifar10_small.npz, or use dataset='cifar10' to download."
-        )
     root = Path(download_root or Path.home() / ".cache" / "bplib")
     try:
+        if name == "cifar10_small":  # the same images as the offline npz: the first 2,000 / 1,000
+            full = _from_torchvision("cifar10", root)
+            return CifarData(
+                full.x_train[:2000],
+                full.y_train[:2000],
+                full.x_test[:1000],
+                full.y_test[:1000],
+                full.classes,
+                full.source,
+                "CIFAR-10 test, first 1,000 images",
+            )
         return _from_torchvision(name, root)
     except Exception as err:  # network or md5 failure: say what to do, keep the cause
         raise FileNotFoundError(

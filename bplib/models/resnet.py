@@ -1,0 +1,150 @@
+"""CIFAR ResNet-18 family (kuangliu/pytorch-cifar layout) with width, skip and norm switches.
+
+Used by chapters 2 (norm-bias), 3 (NTK vs. width, skip x batch-norm) and 4 (rank).
+
+Input: ``[N, 3, 32, 32]`` in whatever space the caller gives (no normalization inside;
+``make_model`` prepends :class:`bplib.data.Normalize`). Output: ``[N, num_classes]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bplib.models._checks import choice, positive_float, positive_int, scaled
+
+NORMS = ("batchnorm", "none")
+
+
+def _norm(channels: int, norm: str) -> nn.Module:
+    return nn.BatchNorm2d(channels) if norm == "batchnorm" else nn.Identity()
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (``conv1`` carries the stride) with an optional shortcut.
+
+    ``out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``. The shortcut is the identity
+    when shapes match, else a strided 1x1 conv (+ BN). ``skip=False`` drops the shortcut
+    entirely (``self.shortcut is None``): the block is its residual branch followed by a ReLU.
+    ``norm="none"`` replaces every BN by ``nn.Identity`` and gives the convs a bias.
+    """
+
+    def __init__(
+        self, in_planes: int, planes: int, stride: int = 1, *, skip: bool = True, norm="batchnorm"
+    ):
+        super().__init__()
+        bias = norm == "none"
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=bias)
+        self.bn1 = _norm(planes, norm)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=bias)
+        self.bn2 = _norm(planes, norm)
+        self.shortcut: nn.Module | None
+        if not skip:
+            self.shortcut = None
+        elif stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=bias), _norm(planes, norm)
+            )
+        else:
+            self.shortcut = nn.Identity()
+
+    @property
+    def branch_convs(self) -> tuple[nn.Conv2d, ...]:
+        """The 3x3 convs of the residual branch (what :func:`block_convs` yields)."""
+        return (self.conv1, self.conv2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        return F.relu(out)
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet with BasicBlocks: 3x3 stem (no max-pool), four stages, global avg-pool, linear.
+
+    Args:
+        num_blocks: blocks per stage; ``(2, 2, 2, 2)`` is ResNet-18.
+        width: channel multiplier; stem and stages have ``max(1, round(c * width))`` channels
+            for ``c`` in 64 (stem), 64, 128, 256, 512. Stages 2-4 start with stride 2
+            (32 -> 16 -> 8 -> 4).
+        skip: ``False`` builds the skipless net: every block is its residual branch only
+            (no identity and no 1x1 projection shortcut).
+        norm: ``"batchnorm"`` (BN after every conv, convs without bias, as kuangliu) or
+            ``"none"`` (no BN modules at all; every conv has a bias, as the official
+            ``resnet_nobn.py``).
+        num_classes: output size.
+
+    ``resnet18()`` (width 1, batch norm, skips) has 11,173,962 parameters; the skipless one has
+    11,000,138 (no 1x1 shortcuts); ``norm="none"`` has 11,169,162 (10,996,234 also
+    skipless). Pooling is adaptive
+    global averaging (identical to the reference's ``avg_pool2d(out, 4)`` on 32x32 inputs).
+    """
+
+    def __init__(
+        self,
+        num_blocks: Sequence[int] = (2, 2, 2, 2),
+        *,
+        width: float = 1.0,
+        skip: bool = True,
+        norm: str = "batchnorm",
+        num_classes: int = 10,
+    ):
+        super().__init__()
+        width = positive_float("width", width)
+        self.norm = choice("norm", norm, NORMS)
+        self.skip = bool(skip)
+        num_blocks = tuple(positive_int("num_blocks[]", n) for n in num_blocks)
+        stem = scaled(64, width)
+        self.conv1 = nn.Conv2d(3, stem, 3, stride=1, padding=1, bias=norm == "none")
+        self.bn1 = _norm(stem, norm)
+        in_planes = stem
+        stages = []
+        for i, n in enumerate(num_blocks):
+            planes = scaled(64 * 2**i, width)
+            blocks = []
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(BasicBlock(in_planes, planes, stride, skip=skip, norm=norm))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        # layer1 .. layer4 as attributes, as in the reference code (state-dict names match).
+        self.num_stages = len(stages)
+        for i, stage in enumerate(stages):
+            self.add_module(f"layer{i + 1}", stage)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.linear = nn.Linear(in_planes, positive_int("num_classes", num_classes))
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        for stage in self.stages:
+            out = stage(out)
+        return self.linear(self.avgpool(out).flatten(1))
+
+
+def resnet18(
+    *, width: float = 1.0, skip: bool = True, norm: str = "batchnorm", num_classes: int = 10
+) -> ResNet:
+    """CIFAR ResNet-18 (11,173,962 parameters at width 1 with batch norm and skips)."""
+    return ResNet((2, 2, 2, 2), width=width, skip=skip, norm=norm, num_classes=num_classes)
+
+
+def block_convs(model: nn.Module) -> Iterator[nn.Conv2d]:
+    """The 3x3 convs inside residual blocks, input to output (2 per block).
+
+    Works on any model (also wrapped in ``nn.Sequential(Normalize(), net)``) whose blocks expose
+    ``branch_convs``: :class:`BasicBlock` (16 convs in ResNet-18, with or without skips), the
+    Fixup and Wide-ResNet blocks. The stem conv and 1x1 shortcut convs are not included.
+    """
+    for m in model.modules():
+        convs = getattr(type(m), "branch_convs", None)
+        if isinstance(convs, property):
+            yield from m.branch_convs
