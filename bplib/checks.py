@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 
 
@@ -16,8 +17,12 @@ def check_choice(name: str, value, allowed: Iterable):
 
 
 def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
-    """Raise ``ValueError`` unless ``value`` is an integer in ``[low, high]``; return it."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """Raise ``ValueError`` unless ``value`` is an integer (numpy ones too) in ``[low, high]``."""
+    try:
+        value = operator.index(value)  # ints and numpy integers, not floats
+    except TypeError:
+        raise ValueError(f"{name}={value!r} must be an integer") from None
+    if isinstance(value, bool):
         raise ValueError(f"{name}={value!r} must be an integer")
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"{'-inf' if low is None else low}..{'inf' if high is None else high}"
@@ -31,6 +36,13 @@ def check_float(name: str, value, low: float | None = None, high: float | None =
         raise ValueError(f"{name}={value!r} must be a number")
     if (low is not None and value < low) or (high is not None and value > high):
         raise ValueError(f"{name}={value!r} is out of range; allowed: [{low}, {high}]")
+    return float(value)
+
+
+def check_positive(name: str, value) -> float:
+    """Raise ``ValueError`` unless ``value`` is a real number > 0; return it as float."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name}={value!r} must be a positive number")
     return float(value)
 
 

@@ -11,7 +11,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from bplib.models._checks import positive_int
+from bplib.checks import check_int
 
 
 class ConvNet(nn.Module):
@@ -33,7 +33,7 @@ class ConvNet(nn.Module):
 
     def __init__(self, width: int = 64, num_classes: int = 10):
         super().__init__()
-        w = positive_int("width", width)
+        w = check_int("width", width, low=1)
         chans = (3, w, 2 * w, 2 * w, 4 * w, 4 * w)
         layers: list[tuple[str, nn.Module]] = []
         for i, (c_in, c_out) in enumerate(zip(chans[:-1], chans[1:])):
@@ -47,7 +47,7 @@ class ConvNet(nn.Module):
             OrderedDict(
                 [
                     ("flatten", nn.Flatten()),
-                    ("linear", nn.Linear(36 * w, positive_int("num_classes", num_classes))),
+                    ("linear", nn.Linear(36 * w, check_int("num_classes", num_classes, low=1))),
                 ]
             )
         )

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bplib.models._checks import positive_int
+from bplib.checks import check_int
 
 
 class Bottleneck(nn.Module):
@@ -71,8 +71,8 @@ class DenseNet(nn.Module):
         pool_size: int = 2,
     ):
         super().__init__()
-        k = self.growth_rate = positive_int("growth_rate", growth_rate)
-        num_blocks = tuple(positive_int("num_blocks[]", n) for n in num_blocks)
+        k = self.growth_rate = check_int("growth_rate", growth_rate, low=1)
+        num_blocks = tuple(check_int("num_blocks[]", n, low=1) for n in num_blocks)
         if not 0.0 < reduction <= 1.0:
             raise ValueError(f"reduction must be in (0, 1], got {reduction!r}")
         planes = 2 * k
@@ -87,8 +87,8 @@ class DenseNet(nn.Module):
                 planes = out_planes
         self.features = nn.Sequential(*stages)
         self.bn = nn.BatchNorm2d(planes)
-        self.avgpool = nn.AdaptiveAvgPool2d(positive_int("pool_size", pool_size))
-        self.linear = nn.Linear(planes * pool_size**2, positive_int("num_classes", num_classes))
+        self.avgpool = nn.AdaptiveAvgPool2d(check_int("pool_size", pool_size, low=1))
+        self.linear = nn.Linear(planes * pool_size**2, check_int("num_classes", num_classes, low=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.features(self.conv1(x))

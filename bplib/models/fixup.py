@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bplib.models._checks import positive_int
+from bplib.checks import check_int
 
 
 def _conv3x3(in_planes: int, planes: int, stride: int = 1) -> nn.Conv2d:
@@ -74,7 +74,7 @@ class FixupResNet(nn.Module):
 
     def __init__(self, num_blocks: Sequence[int] = (3, 3, 3), num_classes: int = 10):
         super().__init__()
-        num_blocks = tuple(positive_int("num_blocks[]", n) for n in num_blocks)
+        num_blocks = tuple(check_int("num_blocks[]", n, low=1) for n in num_blocks)
         self.num_layers = sum(num_blocks)
         self.conv1 = _conv3x3(3, 16)
         self.bias1 = nn.Parameter(torch.zeros(1))
@@ -92,7 +92,7 @@ class FixupResNet(nn.Module):
             self.add_module(f"layer{i + 1}", stage)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.bias2 = nn.Parameter(torch.zeros(1))
-        self.fc = nn.Linear(in_planes, positive_int("num_classes", num_classes))
+        self.fc = nn.Linear(in_planes, check_int("num_classes", num_classes, low=1))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from bplib.models._checks import positive_int
+from bplib.checks import check_int
 
 
 class MLP(nn.Module):
@@ -33,9 +33,9 @@ class MLP(nn.Module):
         super().__init__()
         if isinstance(widths, int):
             raise ValueError(f"widths must be a sequence of ints (e.g. [w]), got {widths!r}")
-        widths = tuple(positive_int("widths[]", w) for w in widths)
-        dims = (positive_int("in_features", in_features), *widths)
-        dims += (positive_int("num_classes", num_classes),)
+        widths = tuple(check_int("widths[]", w, low=1) for w in widths)
+        dims = (check_int("in_features", in_features, low=1), *widths)
+        dims += (check_int("num_classes", num_classes, low=1),)
         self.widths = widths
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
 

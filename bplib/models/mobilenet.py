@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bplib.models._checks import positive_float, positive_int, scaled
+from bplib.checks import check_int, check_positive
+from bplib.models._checks import scaled
 
 # (expansion, out_planes, num_blocks, stride); strides of the stem and the 24-channel stage
 # are 1 instead of ImageNet's 2, for 32x32 inputs (32 -> 32 -> 16 -> 8 -> 4).
@@ -70,7 +71,7 @@ class MobileNetV2(nn.Module):
 
     def __init__(self, width: float = 1.0, num_classes: int = 10):
         super().__init__()
-        self.width = positive_float("width", width)
+        self.width = check_positive("width", width)
         stem = scaled(32, self.width)
         self.conv1 = nn.Conv2d(3, stem, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
@@ -87,7 +88,7 @@ class MobileNetV2(nn.Module):
         self.conv2 = nn.Conv2d(in_planes, head, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(head)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.linear = nn.Linear(head, positive_int("num_classes", num_classes))
+        self.linear = nn.Linear(head, check_int("num_classes", num_classes, low=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bplib.models._checks import choice, positive_float, positive_int, scaled
+from bplib.checks import check_choice, check_int, check_positive
+from bplib.models._checks import scaled
 
 NORMS = ("batchnorm", "none")
 
@@ -95,10 +96,10 @@ class ResNet(nn.Module):
         num_classes: int = 10,
     ):
         super().__init__()
-        width = positive_float("width", width)
-        self.norm = choice("norm", norm, NORMS)
+        width = check_positive("width", width)
+        self.norm = check_choice("norm", norm, NORMS)
         self.skip = bool(skip)
-        num_blocks = tuple(positive_int("num_blocks[]", n) for n in num_blocks)
+        num_blocks = tuple(check_int("num_blocks[]", n, low=1) for n in num_blocks)
         stem = scaled(64, width)
         self.conv1 = nn.Conv2d(3, stem, 3, stride=1, padding=1, bias=norm == "none")
         self.bn1 = _norm(stem, norm)
@@ -117,7 +118,7 @@ class ResNet(nn.Module):
         for i, stage in enumerate(stages):
             self.add_module(f"layer{i + 1}", stage)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.linear = nn.Linear(in_planes, positive_int("num_classes", num_classes))
+        self.linear = nn.Linear(in_planes, check_int("num_classes", num_classes, low=1))
 
     @property
     def stages(self) -> list[nn.Sequential]:

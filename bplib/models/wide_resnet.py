@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bplib.models._checks import positive_int
+from bplib.checks import check_int
 
 
 class WideBasic(nn.Module):
@@ -61,10 +61,10 @@ class WideResNet(nn.Module):
 
     def __init__(self, depth: int = 16, k: int = 1, num_classes: int = 10, dropout: float = 0.0):
         super().__init__()
-        depth = positive_int("depth", depth)
+        depth = check_int("depth", depth, low=1)
         if (depth - 4) % 6 != 0 or depth < 10:
             raise ValueError(f"depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
-        k = positive_int("k", k)
+        k = check_int("k", k, low=1)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         n = (depth - 4) // 6
@@ -79,7 +79,7 @@ class WideResNet(nn.Module):
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.linear = nn.Linear(in_planes, positive_int("num_classes", num_classes))
+        self.linear = nn.Linear(in_planes, check_int("num_classes", num_classes, low=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
