@@ -1,0 +1,385 @@
+"""Singular values and effective rank of convolutions, and the RankMin / RankMax projections.
+
+Convolution as a linear operator (Sedghi, Gupta & Long, 2019). A conv layer with kernel
+``K [c_out, c_in, k, k]`` acting on ``c_in x n x n`` inputs with *circular* boundary and stride
+1 is block-circulant; the 2-D DFT diagonalizes it, so its ``n^2 min(c_out, c_in)`` singular
+values are the union over the ``n x n`` frequencies ``(u, v)`` of the singular values of the
+``c_out x c_in`` matrix ``P(u, v) = sum_{p,q} K[:, :, p, q] exp(-2 pi i (u p + v q) / n)``,
+i.e. of ``fft2(K zero-padded to n x n)`` at that frequency.
+
+Conventions and approximations (stated because they change the numbers):
+- ``n`` is the spatial size of the layer's real *input* in the network, measured with forward
+  hooks on a dummy batch (32, 16, 8, 4 for CIFAR ResNet-18), never a hard-coded table (the
+  official code used ImageNet sizes 56/28/14/7).
+- Boundary: the network zero-pads; we compute the circular operator (exact for
+  ``padding_mode="circular"``, a close approximation otherwise, as in the paper).
+- Stride: a stride-2 conv is the stride-1 operator followed by subsampling; we report the
+  singular values of the stride-1 operator on the input size (as the paper and official code).
+- Orientation: torch convs are cross-correlations; flipping or shifting the kernel only
+  conjugates / multiplies by a phase, so the singular values are the same.
+
+Effective rank: ``||W||_* / ||W||_F = sum(s) / sqrt(sum(s^2))`` over all singular values of the
+operator. RankMin sets singular values below a threshold to zero, RankMax clips them at a
+ceiling; either edit is done per frequency, then the inverse FFT is taken and the kernel is
+cropped back to its ``k x k`` support (so the result is a projection of the *kernel*, not the
+exact edited operator).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from bplib.checks import check_choice, check_float, check_int
+from bplib.data import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    NUM_CLASSES,
+    Normalize,
+    batches,
+    holdout_split,
+    load_cifar,
+    subset,
+    to_float,
+)
+from bplib.models import block_convs, make_model
+from bplib.parallel import map_jobs
+from bplib.pgd import pgd_adversary
+from bplib.results import load_or_run, record_path
+from bplib.train import TrainConfig, fit
+
+OPS = ("rankmin", "rankmax")
+
+
+def _check_kernel(weight: torch.Tensor, n: int) -> None:
+    if weight.ndim != 4 or weight.shape[-1] != weight.shape[-2]:
+        raise ValueError(f"weight must be [c_out, c_in, k, k], got {tuple(weight.shape)}")
+    check_int("n", n, low=weight.shape[-1])
+
+
+def conv_frequency_matrices(weight: torch.Tensor, n: int) -> torch.Tensor:
+    """``[n, n, c_out, c_in]`` complex128: the DFT of the kernel zero-padded to ``n x n``."""
+    _check_kernel(weight, n)
+    spec = torch.fft.fft2(weight.detach().double().cpu(), s=(n, n))  # [c_out, c_in, n, n]
+    return spec.permute(2, 3, 0, 1)
+
+
+def conv_singular_values(weight: torch.Tensor, n: int) -> torch.Tensor:
+    """All ``n*n*min(c_out, c_in)`` singular values of the circular conv on ``n x n`` inputs,
+    float64, sorted in descending order."""
+    s = torch.linalg.svdvals(conv_frequency_matrices(weight, n))
+    return s.flatten().sort(descending=True).values
+
+
+def effective_rank(singular_values) -> float:
+    """``||W||_* / ||W||_F`` (1 for rank one, sqrt(rank) at most); 0 for the zero operator."""
+    s = torch.as_tensor(singular_values, dtype=torch.float64)
+    fro = s.pow(2).sum().sqrt()
+    return float(s.sum() / fro) if fro > 0 else 0.0
+
+
+def project_kernel(weight: torch.Tensor, n: int, op: str, threshold: float) -> torch.Tensor:
+    """RankMin (``op="rankmin"``: singular values ``< threshold`` -> 0) or RankMax
+    (``op="rankmax"``: singular values clipped to ``<= threshold``) of the conv operator on
+    ``n x n`` inputs, then inverse FFT and crop to the original ``k x k`` kernel.
+
+    Returns a new kernel with ``weight``'s shape, dtype and device.
+    """
+    check_choice("op", op, OPS)
+    check_float("threshold", threshold, low=0.0)
+    freq = conv_frequency_matrices(weight, n)
+    u, s, vh = torch.linalg.svd(freq, full_matrices=False)
+    s = torch.where(s < threshold, 0.0, s) if op == "rankmin" else s.clamp(max=threshold)
+    edited = (u * s.to(u.dtype).unsqueeze(-2)) @ vh  # [n, n, c_out, c_in]
+    k = weight.shape[-1]
+    full = torch.fft.ifft2(edited.permute(2, 3, 0, 1), s=(n, n)).real
+    return full[..., :k, :k].to(weight.dtype).to(weight.device).contiguous()
+
+
+def named_block_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """``(name, conv)`` for :func:`bplib.models.block_convs`, input to output."""
+    names = {id(m): name for name, m in model.named_modules()}
+    return [(names[id(c)], c) for c in block_convs(model)]
+
+
+@torch.no_grad()
+def conv_input_sizes(model: nn.Module, convs, image_size: int = 32) -> list[int]:
+    """Spatial input size ``n`` of each conv in ``convs``, from forward pre-hooks on one dummy
+    ``[1, 3, image_size, image_size]`` batch (eval mode, so no batch-norm statistic moves)."""
+    sizes = {}
+
+    def record(module, inputs):  # returns None: a pre-hook's return value would replace inputs
+        sizes.setdefault(id(module), inputs[0].shape[-1])
+
+    hooks = [c.register_forward_pre_hook(record) for c in convs]
+    was_training = model.training
+    device = next(model.parameters()).device
+    try:
+        model.eval()
+        model(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    missing = [c for c in convs if id(c) not in sizes]
+    if missing:
+        raise ValueError(f"{len(missing)} conv(s) were not called in the forward pass")
+    return [int(sizes[id(c)]) for c in convs]
+
+
+def quantiles(sorted_desc: torch.Tensor, num: int = 200) -> list[float]:
+    """``num`` evenly spaced order statistics of a descending spectrum (first and last kept);
+    the whole spectrum when it is shorter. Keeps records small."""
+    s = torch.as_tensor(sorted_desc, dtype=torch.float64)
+    if len(s) <= num:
+        return s.tolist()
+    idx = torch.linspace(0, len(s) - 1, num).round().long()
+    return s[idx].tolist()
+
+
+def layer_spectra(model: nn.Module, num_quantiles: int = 200, image_size: int = 32) -> list[dict]:
+    """Per block conv: name, input size n, stride, channels, effective rank, and the spectrum
+    subsampled to ``num_quantiles`` order statistics (descending)."""
+    named = named_block_convs(model)
+    sizes = conv_input_sizes(model, [c for _, c in named], image_size)
+    out = []
+    for (name, conv), n in zip(named, sizes):
+        s = conv_singular_values(conv.weight, n)
+        out.append(
+            {
+                "name": name,
+                "n": n,
+                "stride": conv.stride[0],
+                "c_out": conv.out_channels,
+                "c_in": conv.in_channels,
+                "effective_rank": effective_rank(s),
+                "max_rank": int(len(s)),
+                "spectrum_quantiles": quantiles(s, num_quantiles),
+            }
+        )
+    return out
+
+
+class RankProjection:
+    """``on_epoch_end`` hook for :func:`bplib.train.fit`: at the end of each epoch listed in
+    ``epochs`` (1-based), replace every block conv kernel by its RankMin / RankMax projection.
+
+    Input sizes ``n`` come from hooks on the first call. Returns ``{"epoch", "op",
+    "eff_rank_before", "eff_rank_after"}`` (per layer) on projection epochs, else None.
+    """
+
+    def __init__(self, op: str, threshold: float, epochs, image_size: int = 32):
+        self.op = check_choice("op", op, OPS)
+        self.threshold = check_float("threshold", threshold, low=0.0)
+        self.epochs = tuple(check_int("rank_epochs", e, low=1) for e in epochs)
+        self.image_size = image_size
+        self.sizes = None
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, epoch: int):
+        if epoch not in self.epochs:
+            return None
+        convs = [c for _, c in named_block_convs(model)]
+        if self.sizes is None:
+            self.sizes = conv_input_sizes(model, convs, self.image_size)
+        before, after = [], []
+        for conv, n in zip(convs, self.sizes):
+            before.append(effective_rank(conv_singular_values(conv.weight, n)))
+            conv.weight.copy_(project_kernel(conv.weight, n, self.op, self.threshold))
+            after.append(effective_rank(conv_singular_values(conv.weight, n)))
+        return {"epoch": epoch, "op": self.op, "eff_rank_before": before, "eff_rank_after": after}
+
+
+def spectra_summary(layers: list[dict]) -> dict:
+    """Effective ranks and input sizes as arrays (for plots and tables)."""
+    return {
+        "names": [d["name"] for d in layers],
+        "effective_rank": np.array([d["effective_rank"] for d in layers]),
+        "n": np.array([d["n"] for d in layers]),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The experiment of Table 4 / Figure 2: one training run per (model, row, seed)
+
+# Table 4 rows: name -> (rank projection or None, adversarial training?)
+ROWS = {
+    "natural": (None, False),
+    "RankMax": ("rankmax", False),
+    "RankMin": ("rankmin", False),
+    "adversarial": (None, True),
+    "RankMaxAdv": ("rankmax", True),
+    "RankMinAdv": ("rankmin", True),
+}
+EXPERIMENT = "rank"
+
+
+def model_label(skip: bool) -> str:
+    return "ResNet-18" if skip else "Skipless ResNet-18"
+
+
+def _bits(correct: torch.Tensor) -> str:
+    """Per-image correctness as a compact '0'/'1' string (for paired comparisons)."""
+    return "".join("1" if c else "0" for c in correct.tolist())
+
+
+@torch.no_grad()
+def _correct(model, x, y, adversary=None, batch_size=250) -> torch.Tensor:
+    """Boolean ``[N]``: is each (optionally attacked) image classified correctly (eval mode)."""
+
+    model.eval()
+    out = []
+    for xb, yb in batches(x, y, batch_size):
+        xb = to_float(xb)
+        if adversary is not None:
+            with torch.enable_grad():
+                xb = adversary(model, xb, yb)
+        out.append(model(xb).argmax(1) == yb)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+def _round(values, digits: int = 4) -> list[float]:
+    return [float(f"{v:.{digits}g}") for v in values]
+
+
+def _small_spectra(layers: list[dict]) -> list[dict]:
+    return [{**d, "spectrum_quantiles": _round(d["spectrum_quantiles"])} for d in layers]
+
+
+def _data(params: dict, data_dir):
+    """(x_fit, y_fit, x_hold, y_hold, x_test, y_test, test_name) with a fixed data seed 0."""
+
+    d = load_cifar(params["dataset"], data_dir=data_dir)
+    x, y = d.x_train, d.y_train
+    if params["n_holdout"] > 0:
+        x, y, xh, yh = holdout_split(x, y, params["n_holdout"], seed=0)
+    else:
+        xh, yh = x[:0], y[:0]
+    x, y = subset(x, y, params["n_train"], seed=0)
+    return x, y, xh, yh, d.x_test, d.y_test, d.test_name
+
+
+def train_row(params: dict, row: str, skip: bool, seed: int, data_dir=None) -> dict:
+    """Train one row of Table 4 (``row`` in :data:`ROWS`) and measure it; a JSON-able dict.
+
+    ``params``: a rank profile as a dict (see ``bplib/profiles/rank.py``). Same ``seed`` and
+    ``skip`` give the same initialization in every row, so rows are paired.
+    """
+
+    check_choice("row", row, tuple(ROWS))
+    op, adversarial = ROWS[row]
+    x, y, xh, yh, xt, yt, test_name = _data(params, data_dir)
+    norm = Normalize(CIFAR100_MEAN, CIFAR100_STD) if params["dataset"] == "cifar100" else True
+    torch.manual_seed(seed)
+    model = make_model(
+        "resnet18",
+        width=params["width"],
+        skip=skip,
+        normalize=norm,
+        num_classes=NUM_CLASSES[params["dataset"]],
+    )
+    init = _small_spectra(layer_spectra(model, params["num_quantiles"]))
+    threshold = params["rankmin_threshold"] if op == "rankmin" else params["rankmax_ceiling"]
+    hook = RankProjection(op, threshold, params["rank_epochs"]) if op else None
+    adv = None
+    if adversarial:
+        adv = pgd_adversary(
+            params["train_eps"],
+            params["train_alpha"],
+            params["train_steps"],
+            mode=params["train_attack_mode"],
+            bf16=params["bf16"],
+        )
+    cfg = TrainConfig(
+        epochs=params["epochs"],
+        lr=params["lr"],
+        batch_size=params["batch_size"],
+        momentum=params["momentum"],
+        weight_decay=params["weight_decay"],
+        milestones=tuple(params["milestones"]),
+        gamma=params["gamma"],
+        augment=params["augment"],
+        eval_every=params["epochs"],
+        bf16=params["bf16"],
+        grad_clip_value=params["grad_clip_value"],
+    )
+    hist = fit(model, x, y, cfg, seed=seed, adversary=adv, on_epoch_end=hook, progress=False)
+    return _measure(
+        model, params, hist, init if row == "natural" else None, (x, y, xh, yh, xt, yt), test_name
+    )
+
+
+def _measure(model, params, hist, init, data, test_name) -> dict:
+    """Clean accuracies, 20-step PGD robust accuracies (fp32, eval mode) and final spectra."""
+
+    x, y, xh, yh, xt, yt = data
+    n_rob = len(xt) if params["n_robust"] is None else min(params["n_robust"], len(xt))
+    test_correct = _correct(model, xt, yt)
+    robust = {}
+    for eps in params["eval_eps"]:
+        adv = pgd_adversary(eps, params["eval_alpha_frac"] * eps, params["eval_steps"])
+        robust[f"{eps * 255:g}/255"] = _bits(_correct(model, xt[:n_rob], yt[:n_rob], adv))
+    return {
+        "train_acc": 100.0 * _correct(model, x, y).double().mean().item(),
+        "holdout_acc": 100.0 * _correct(model, xh, yh).double().mean().item() if len(xh) else None,
+        "test_acc": 100.0 * test_correct.double().mean().item(),
+        "test_correct": _bits(test_correct),
+        "robust_correct": robust,
+        "n_train": len(x),
+        "n_holdout": len(xh),
+        "n_test": len(xt),
+        "n_robust": n_rob,
+        "test_name": test_name,
+        "history": {k: hist[k] for k in ("train_loss", "train_acc", "epoch_time_s", "hooks")},
+        "spectra_init": init,
+        "spectra": _small_spectra(layer_spectra(model, params["num_quantiles"])),
+    }
+
+
+def rank_job(profile: str, params: dict, row: str, skip: bool, seed: int, data_dir=None) -> dict:
+    """One stored record (``load_or_run``) of :func:`train_row`; a module-level job for
+    :func:`bplib.parallel.map_jobs`."""
+
+    return load_or_run(
+        EXPERIMENT,
+        {**params, "row": row, "skip": skip},
+        lambda: train_row(params, row, skip, seed, data_dir),
+        profile=profile,
+        seed=seed,
+    )
+
+
+def job_list(cfg) -> list[dict]:
+    """Keyword arguments of every :func:`rank_job` of a profile namespace ``cfg``; the expensive
+    (adversarial) jobs first so two workers finish together."""
+    params = {k: v for k, v in vars(cfg).items() if k not in ("seeds", "profile", "skips", "jobs")}
+    jobs = [
+        {"profile": cfg.profile, "params": params, "row": row, "skip": skip, "seed": seed}
+        for row in ROWS
+        for skip in cfg.skips
+        for seed in cfg.seeds
+    ]
+    return sorted(jobs, key=lambda j: not ROWS[j["row"]][1])
+
+
+def run_all(cfg, data_dir=None) -> list[dict]:
+    """Run the missing records of profile ``cfg`` in ``cfg.jobs`` 1-thread processes; return
+    all records in :func:`job_list` order."""
+
+    kw = [{**j, "data_dir": data_dir} for j in job_list(cfg)]
+
+    def missing(j):
+        key = {**j["params"], "row": j["row"], "skip": j["skip"], "seed": j["seed"]}
+        return not record_path(EXPERIMENT, key, j["profile"]).exists()
+
+    todo = [j for j in kw if missing(j)]
+    threads = torch.get_num_threads()
+    try:  # in-process jobs on one thread too: narrow nets lose time to thread contention
+        if cfg.jobs <= 1 and not torch.cuda.is_available():
+            torch.set_num_threads(1)
+        if todo:
+            map_jobs(rank_job, todo, jobs=cfg.jobs, desc="rank runs")
+    finally:
+        torch.set_num_threads(threads)
+    return [rank_job(**j) for j in kw]  # all stored now: reads the records
