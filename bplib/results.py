@@ -183,3 +183,35 @@ def describe(records: list[dict]) -> str:
         f"profile {', '.join(profiles)}; {len(seeds)} seed(s) {seeds}; "
         f"commit {', '.join(commits)}; device {', '.join(devices)}"
     )
+
+
+def arrays_path(
+    experiment: str, params: dict, profile: str, seed: int | None = None, root: Path | None = None
+) -> Path:
+    """Where the arrays stored beside a record live: the record's path with ``.npz``.
+
+    ``params`` and ``seed`` as given to :func:`load_or_run`, so a job can save its arrays
+    (e.g. kernels for a figure) under the key of the record it is about to write.
+    """
+    params = {**params, "seed": seed} if seed is not None else dict(params)
+    return record_path(experiment, params, profile, root).with_suffix(".npz")
+
+
+def save_arrays(path: Path, **arrays) -> None:
+    """Write named arrays to a compressed ``.npz`` atomically (temporary file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_arrays(path: Path) -> dict:
+    """``{name: numpy array}`` from a ``.npz`` written by :func:`save_arrays`."""
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}

@@ -1,0 +1,117 @@
+"""The Colab notebooks: a paired, output-free ``chapters/<name>.ipynb`` for each chapter source.
+
+The chapters are written as Jupytext MyST markdown (``chapters/<name>.md``); the book's Colab
+launch buttons open the ``.ipynb`` beside each one (excluded from the Sphinx build in
+``_config.yml``). Regeneration follows ``jupytext --to ipynb --update``: a cell whose source is
+unchanged keeps its id and metadata, so the notebooks' diffs stay small. A new cell gets an id
+derived from its source (not a random one), so regenerating is deterministic and ``--check``
+can tell drift from noise.
+
+    python -m bplib.notebooks            # write chapters/*.ipynb (or: bplib-sync-notebooks)
+    python -m bplib.notebooks --check    # exit 1 if any .ipynb is missing, stale or orphaned
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+from jupytext.combine import combine_inputs_with_outputs
+
+REPO_ROOT = Path(__file__).resolve().parent.parent  # not bplib.data's: no torch import here
+DEFAULT_CHAPTERS_DIR = REPO_ROOT / "chapters"
+
+
+def chapter_sources(chapters_dir: Path) -> list[Path]:
+    """The chapter notebooks in ``chapters_dir``: ``*.md`` files whose header names a kernel."""
+    return [p for p in sorted(Path(chapters_dir).glob("*.md")) if is_notebook(p)]
+
+
+def is_notebook(path: Path) -> bool:
+    """Whether ``path`` is a Jupytext notebook (a plain markdown file has no ``kernelspec``)."""
+    return "kernelspec" in jupytext.read(path).metadata
+
+
+def render(source: Path) -> str:
+    """The ``.ipynb`` text paired with ``source``: its cells without outputs, keeping the ids of
+    unchanged cells from the existing ``.ipynb`` (``jupytext --update``)."""
+    nb = jupytext.read(source)
+    target = source.with_suffix(".ipynb")
+    old_ids = set()
+    if target.exists():
+        old = nbformat.read(target, as_version=4)
+        old_ids = {cell.get("id") for cell in old.cells}
+        nb = combine_inputs_with_outputs(nb, old, fmt="md:myst")
+    nb.metadata.pop("jupytext", None)  # no pairing metadata: Colab users see a plain notebook
+    taken = set()
+    for cell in nb.cells:
+        if cell.get("id") not in old_ids or cell["id"] in taken:
+            cell["id"] = _stable_id(cell, taken)
+        taken.add(cell["id"])
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+    nbformat.validate(nb)
+    return nbformat.writes(nb) + "\n"
+
+
+def _stable_id(cell, taken: set) -> str:
+    """An id from the cell's type and source; a counter separates cells with equal sources."""
+    for n in range(len(taken) + 1):
+        text = f"{cell.cell_type}\n{cell.source}\n{n}"
+        cell_id = hashlib.sha256(text.encode()).hexdigest()[:12]
+        if cell_id not in taken:
+            return cell_id
+    raise AssertionError("unreachable: more counters than taken ids")
+
+
+def sync(chapters_dir: Path = DEFAULT_CHAPTERS_DIR, check: bool = False) -> list[str]:
+    """Write (or with ``check``, only compare) every paired notebook; return the problems:
+    ``"<file>: missing" | "<file>: stale" | "<file>: no chapter source"``. Writing fixes the
+    first two; an orphaned ``.ipynb`` is only reported (delete it if its chapter is gone)."""
+    problems = []
+    sources = chapter_sources(chapters_dir)
+    for source in sources:
+        target = source.with_suffix(".ipynb")
+        text = render(source)
+        if target.exists() and target.read_text() == text:
+            continue
+        problems.append(f"{target}: {'stale' if target.exists() else 'missing'}")
+        if not check:
+            target.write_text(text)
+    stems = {s.stem for s in sources}
+    for target in sorted(Path(chapters_dir).glob("*.ipynb")):
+        if target.stem not in stems:
+            problems.append(f"{target}: no chapter source {target.stem}.md")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bplib-sync-notebooks",
+        description="Write the output-free Colab notebooks chapters/*.ipynb from chapters/*.md.",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 if any notebook is missing, stale or orphaned",
+    )
+    parser.add_argument("--chapters-dir", type=Path, default=DEFAULT_CHAPTERS_DIR)
+    args = parser.parse_args(argv)
+    problems = sync(args.chapters_dir, check=args.check)
+    for line in problems:
+        path, _, what = line.partition(": ")
+        written = not args.check and what in ("missing", "stale")
+        print(f"wrote {path} (was {what})" if written else line, file=sys.stderr)
+    if args.check and problems:
+        print("run `python -m bplib.notebooks` and commit the notebooks", file=sys.stderr)
+    orphans = [p for p in problems if "no chapter source" in p]
+    return 1 if (problems if args.check else orphans) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""The website in a real headless browser (Debian's chromium): every page of the built book is
+served on 127.0.0.1 and opened; no page shows execution errors, every image loads, math is
+typeset, the Colab launch links point to the paired .ipynb files; a screenshot of each page is
+kept in ``_build/screenshots/``.
+
+The site is built like ``make book PROFILE=smoke`` (every chapter executed at the smoke profile,
+into ``_build/smoke`` so ``make book`` and this test share the execution cache), or at
+``$BPLIB_SITE_PROFILE`` (``cpu``: the published site, read from the committed records), or taken
+from ``$BPLIB_SITE_DIR`` (a build folder or its ``html`` folder; e.g. after ``make book``:
+``BPLIB_SITE_DIR=_build/cpu``). Without chromium the test is skipped, unless
+``$BPLIB_REQUIRE_BROWSER`` is set (``.ci/run`` sets it after installing chromium).
+
+How the checks run in the browser: the test's HTTP server appends one ``<script>`` to each page.
+After the page's ``load`` event and MathJax's start-up typesetting, it loads every ``<img>``
+source again as a fresh ``Image`` (so lazy or hidden images count too), and writes
+``{"images": [{src, width}], "mjx": n, "merror": n}`` into ``<body data-bplib-check>``;
+chromium's ``--dump-dom`` returns the DOM after ``--virtual-time-budget`` ms of page time.
+"""
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from bs4 import BeautifulSoup
+
+pytestmark = pytest.mark.book
+
+REPO = Path(__file__).resolve().parent.parent
+SCREENSHOTS = REPO / "_build" / "screenshots"
+CHROMIUM = Path(os.environ.get("BPLIB_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--window-size=1280,1600",
+    "--virtual-time-budget=5000",  # ms of page time: load, images, MathJax typesetting
+]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CHECK_SCRIPT = b"""<script>/* injected by tests/test_site.py */
+window.addEventListener("load", async () => {
+  const report = {};
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    await MathJax.startup.promise.catch((e) => { report.mathjax_error = String(e); });
+  }
+  const probe = (src) => new Promise((resolve) => {
+    const im = new Image();
+    im.onload = () => resolve(im.naturalWidth);
+    im.onerror = () => resolve(0);
+    im.src = src;
+  });
+  const imgs = [...document.images];
+  const widths = await Promise.all(imgs.map((i) => probe(i.currentSrc || i.src)));
+  report.images = imgs.map((i, k) => ({src: i.getAttribute("src"), width: widths[k]}));
+  report.mjx = document.querySelectorAll("mjx-container").length;
+  report.merror = document.querySelectorAll("mjx-merror").length;
+  document.body.setAttribute("data-bplib-check", JSON.stringify(report));
+});
+</script>"""
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    if CHROMIUM.exists():
+        return CHROMIUM
+    reason = f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)"
+    if os.environ.get("BPLIB_REQUIRE_BROWSER"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def html_dir(chromium):
+    """The built site's html folder (built here unless $BPLIB_SITE_DIR names one)."""
+    given = os.environ.get("BPLIB_SITE_DIR")
+    if given:
+        for folder in (Path(given), Path(given) / "_build" / "html", Path(given) / "html"):
+            if (folder / "index.html").exists():
+                return folder
+        pytest.fail(f"BPLIB_SITE_DIR={given} holds no index.html (nor _build/html/index.html)")
+    profile = os.environ.get("BPLIB_SITE_PROFILE", "smoke")
+    out = REPO / "_build" / profile
+    jb = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(jb if jb.exists() else shutil.which("jupyter-book")), "build", str(REPO),
+           "-W", "-n", "--keep-going", "--all", "--path-output", str(out)]  # fmt: skip
+    env = {**os.environ, "BPLIB_PROFILE": profile}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, f"book build failed:\n{(proc.stdout + proc.stderr)[-6000:]}"
+    return out / "_build" / "html"
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    """Serves the site; HTML pages get CHECK_SCRIPT before ``</body>``."""
+
+    def do_GET(self):
+        path = Path(self.translate_path(self.path))
+        if path.is_dir():
+            path = path / "index.html"
+        if path.suffix != ".html" or not path.is_file():
+            return super().do_GET()
+        body = path.read_bytes().replace(b"</body>", CHECK_SCRIPT + b"</body>", 1)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # keep the test output readable
+        pass
+
+
+@contextlib.contextmanager
+def serving(html_dir: Path):
+    """Base URL of ``html_dir`` served on 127.0.0.1 (a free port) from a thread."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=html_dir))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def pages(html_dir: Path) -> list[str]:
+    """Every HTML page of the site, relative to ``html_dir`` (not the theme's static files)."""
+    skip = ("_static", "_sources", "_images")
+    found = sorted(p.relative_to(html_dir).as_posix() for p in html_dir.rglob("*.html"))
+    return [p for p in found if not p.startswith(skip)]
+
+
+def open_page(chromium: Path, url: str, screenshot: Path, profile_dir: Path) -> BeautifulSoup:
+    """The DOM of ``url`` after page load and scripts; saves a screenshot on the way."""
+    cmd = [str(chromium), *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}",
+           f"--screenshot={screenshot}", "--dump-dom", url]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"chromium failed on {url}:\n{proc.stderr[-3000:]}"
+    return BeautifulSoup(proc.stdout, "html.parser")
+
+
+def page_problems(page: str, static: BeautifulSoup, dom: BeautifulSoup, colab: str) -> list[str]:
+    """What is wrong with one page (empty when it is fine)."""
+    problems = []
+    raw = dom.body.get("data-bplib-check") if dom.body else None
+    if raw is None:
+        return [f"{page}: the check script did not finish (page load or MathJax stalled)"]
+    report = json.loads(raw)
+    if "mathjax_error" in report:
+        problems.append(f"{page}: MathJax failed: {report['mathjax_error']}")
+    # 1. execution errors
+    for node in dom.select(".traceback, .output.error, .cell_output .error"):
+        problems.append(f"{page}: error output: {node.get_text()[:200]!r}")
+    for node in dom.select(".cell_output"):
+        if "Traceback (most recent call last)" in node.get_text():
+            problems.append(f"{page}: traceback in an output: {node.get_text()[:200]!r}")
+    # 2. images
+    for image in report["images"]:
+        if image["width"] <= 0:
+            problems.append(f"{page}: image does not load: {image['src']}")
+    # 3. math: every math element of the page source is typeset, without TeX errors
+    n_math = len(static.select(".math"))
+    if n_math and report["mjx"] < n_math:
+        problems.append(f"{page}: {n_math} math elements but {report['mjx']} typeset")
+    if report["merror"]:
+        problems.append(f"{page}: {report['merror']} TeX errors (mjx-merror)")
+    # 4. Colab launch links open a paired notebook of the repository
+    links = [a["href"] for a in dom.select("a[href]") if a["href"].startswith(colab)]
+    if page.startswith("chapters/") and not links:
+        problems.append(f"{page}: no Colab launch link")
+    for href in links:
+        path = href.split("/blob/", 1)[-1].split("/", 1)[-1]  # after /blob/<branch>/
+        if not href.endswith(".ipynb") or not (REPO / path).is_file():
+            problems.append(f"{page}: Colab link {href} is not a paired .ipynb of the repo")
+    return problems
+
+
+def check_site(chromium: Path, html_dir: Path, screenshots: Path, profile_dir: Path) -> list[str]:
+    """Open every page of ``html_dir`` in chromium; the problems found on all pages."""
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    colab = config["launch_buttons"]["colab_url"].rstrip("/") + "/"
+    screenshots.mkdir(parents=True, exist_ok=True)
+    problems = []
+    with serving(html_dir) as url:
+        for page in pages(html_dir):
+            shot = screenshots / (page.replace("/", "__").removesuffix(".html") + ".png")
+            shot.unlink(missing_ok=True)
+            dom = open_page(chromium, f"{url}/{page}", shot, profile_dir)
+            static = BeautifulSoup((html_dir / page).read_text(), "html.parser")
+            problems += page_problems(page, static, dom, colab)
+            if not (shot.is_file() and shot.read_bytes()[:8] == PNG_MAGIC):
+                problems.append(f"{page}: no screenshot at {shot}")
+    return problems
+
+
+def test_every_page_in_headless_chromium(chromium, html_dir, tmp_path):
+    assert "intro.html" in pages(html_dir), f"no intro.html in {html_dir}"
+    problems = check_site(chromium, html_dir, SCREENSHOTS, tmp_path / "chromium")
+    assert not problems, "\n".join(problems)
+
+
+BROKEN_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>
+<img src="../_images/ok.png"> <img src="../_images/missing.png">
+<div class="cell_output"><pre>Traceback (most recent call last):\n  ZeroDivisionError</pre></div>
+<p><span class="math notranslate nohighlight">\\(x^2\\)</span> (no MathJax on this page)</p>
+<a href="https://colab.research.google.com/github/o/r/blob/main/chapters/broken.md">Colab</a>
+</body></html>"""
+
+
+def test_synthetic_broken_page_is_caught(chromium, tmp_path):
+    """The checks are not vacuous: a synthetic page with each defect fails each check once."""
+    from PIL import Image
+
+    (tmp_path / "site" / "chapters").mkdir(parents=True)
+    (tmp_path / "site" / "_images").mkdir()
+    Image.new("RGB", (4, 3), "red").save(tmp_path / "site" / "_images" / "ok.png")
+    (tmp_path / "site" / "chapters" / "broken.html").write_text(BROKEN_PAGE)
+    problems = check_site(chromium, tmp_path / "site", tmp_path / "shots", tmp_path / "chromium")
+    expected = [
+        "image does not load: ../_images/missing.png",
+        "traceback in an output",
+        "1 math elements but 0 typeset",
+        "Colab link https://colab.research.google.com/github/o/r/blob/main/chapters/broken.md",
+    ]
+    assert len(problems) == len(expected), problems
+    for fragment in expected:
+        assert sum(fragment in p for p in problems) == 1, (fragment, problems)
