@@ -1,0 +1,291 @@
+"""Lemma 1 of the paper as code: put an affine map into a ReLU network, and the bad
+initializations of Table 1.
+
+Lemma 1 (rank-s affine expression): for an affine map ``G(x) = A x + b`` with ``rank(A) = r``
+and a finite data set ``Omega``, an MLP of minimum width ``>= r`` reproduces ``G`` on ``Omega``:
+
+- factor ``A = Q P`` (balanced SVD factors, ``P``: ``r x d``, ``Q``: ``m x r``), ``P`` in the
+  first layer, ``Q`` in the last, identities in between;
+- per-unit bias offsets ``c`` just large enough that every pre-activation on ``Omega`` is at
+  least ``margin > 0``, so every ReLU acts as the identity there; the last bias is
+  ``b - Q c``, which removes them again.
+
+Units that the factorization does not use get zero weights and bias ``margin`` (positive and
+constant, ignored by the last layer), so *every* pre-activation on ``Omega`` is positive while
+the extra units add little curvature (a large constant activation would make the Hessian of
+the last layer, and so the largest eigenvalue, large).
+All arithmetic is done in float64, then cast to the layers' dtype.
+
+Data convention: the construction functions take ``x`` in the bare network's input space
+(``[N, 3, 32, 32]`` or ``[N, d]`` floats). :func:`embed_linear_classifier` takes two
+``make_model`` networks and uint8 / [0, 1] images and handles the shared :class:`Normalize`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bplib.checks import check_choice, check_float
+from bplib.data import Normalize, batches, to_float
+from bplib.models import MLP, ConvNet, unwrap
+
+INITS = ("default", "lemma1", "bias_plus20", "bias_uniform50", "bias_uniform10")
+
+
+def balanced_factors(
+    a: torch.Tensor, tol: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A = Q @ P`` with ``P = sqrt(S) V^T`` (``r x d``) and ``Q = U sqrt(S)`` (``m x r``),
+    ``r`` = numerical rank of ``A`` (singular values above ``tol * s_max``; default
+    ``max(m, d) * eps`` of ``A``'s dtype, as ``torch.linalg.matrix_rank``), in float64."""
+    if tol is None:
+        tol = max(a.shape) * torch.finfo(a.dtype).eps
+    u, s, vh = torch.linalg.svd(a.double(), full_matrices=False)
+    r = max(1, int((s > tol * s[0]).sum())) if s.numel() else 0
+    root = s[:r].sqrt()
+    return u[:, :r] * root, root[:, None] * vh[:r]
+
+
+def _offsets(min_values: torch.Tensor, margin: float) -> torch.Tensor:
+    """Per-unit bias offsets ``c_j``: every ``z_j + c_j`` with ``z_j >= min_values[j]`` is at
+    least ``margin`` (``c_j >= margin``; float64)."""
+    return (-min_values.double()).clamp(min=0.0) + margin
+
+
+@torch.no_grad()
+def _min_projection(p: torch.Tensor, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Per-row minimum over all data of ``P x`` (float64, ``[r]``), batch by batch."""
+    out = torch.full((p.shape[0],), float("inf"), dtype=torch.float64, device=x.device)
+    p = p.to(x.device)
+    for xb, _ in batches(x, x, batch_size):
+        out = torch.minimum(out, (xb.double().flatten(1) @ p.T).min(0).values)
+    return out
+
+
+@torch.no_grad()
+def embed_affine(
+    mlp: MLP,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    x: torch.Tensor,
+    margin: float = 1.0,
+    batch_size: int = 2000,
+    scale: float = 1.0,
+) -> dict:
+    """Set the weights of ``mlp`` (in place) so that ``mlp(x_i) = A x_i + b`` on every row of
+    ``x`` (Lemma 1). ``a``: ``[m, d]``, ``b``: ``[m]``, ``x``: ``[N, ...]`` with ``d`` features.
+
+    ``scale`` multiplies ``P`` (and so the offsets) and divides ``Q`` (see
+    :func:`balanced_scale`). ``margin`` (pre-activation units) is the smallest pre-activation on
+    ``x``; unit ``j < r`` of
+    the first layer gets the offset ``c_j = margin - min_x (P x)_j`` (when positive). Raises
+    ``ValueError`` when the net is too narrow (``rank(A) > min width``) or shapes differ.
+    Returns ``{"rank", "offset", "min_width"}``.
+    """
+    check_float("margin", margin, low=0.0)
+    layers = list(mlp.layers)
+    if len(layers) < 2:
+        raise ValueError("mlp must have at least one hidden layer (depth >= 2)")
+    if a.shape != (layers[-1].out_features, layers[0].in_features) or b.shape != a.shape[:1]:
+        raise ValueError(
+            f"A must be [{layers[-1].out_features}, {layers[0].in_features}] and b "
+            f"[{layers[-1].out_features}], got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    check_float("scale", scale, low=0.0)
+    q, p = balanced_factors(a)
+    q, p = q / scale, p * scale  # same product; scale trades first- vs last-layer curvature
+    r, min_width = p.shape[0], min(mlp.widths)
+    if r > min_width:
+        raise ValueError(f"rank(A)={r} exceeds the minimum width {min_width} of the mlp")
+    c = _offsets(_min_projection(p, x, batch_size), margin)
+    for i, layer in enumerate(layers[:-1]):
+        w = torch.zeros(layer.weight.shape, dtype=torch.float64)
+        bias = torch.full((layer.out_features,), margin, dtype=torch.float64)
+        if i == 0:
+            w[:r] = p
+            bias[:r] = c
+        else:  # identity passes every unit on (their pre-activations are already >= margin)
+            k = min(w.shape)
+            w[:k, :k] = torch.eye(k, dtype=torch.float64)
+            bias[:k] = 0.0
+        layer.weight.copy_(w)
+        layer.bias.copy_(bias)
+    last = layers[-1]
+    w = torch.zeros(last.weight.shape, dtype=torch.float64)
+    w[:, :r] = q
+    last.weight.copy_(w)
+    last.bias.copy_(b.double() - q @ c)
+    return {
+        "rank": r,
+        "offset_max": c.max().item(),
+        "offset_mean": c.mean().item(),
+        "min_width": min_width,
+    }
+
+
+@torch.no_grad()
+def balanced_scale(a: torch.Tensor, x: torch.Tensor, margin: float = 1.0, iters: int = 30) -> float:
+    """A ``scale`` for :func:`embed_affine` that balances two curvature proxies of the embedded
+    network's loss: the last layer sees activations ``h = P x + c`` (Hessian block ~
+    ``||E h||^2``, grows as ``scale^2``), the first layer sees ``x`` through ``Q`` (block ~
+    ``||Q||_2^2 lambda_max(E[x x^T])``, shrinks as ``scale^-2``). Returns
+    ``(first / last)^(1/4)`` at scale 1, so that both proxies are equal. ``x``: ``[N, d]``.
+    """
+    q, p = balanced_factors(a.to(x.device))
+    x = x.double().flatten(1)
+    v = torch.ones(x.shape[1], dtype=torch.float64, device=x.device)
+    for _ in range(iters):  # power iteration for lambda_max(E[x x^T])
+        v = x.T @ (x @ v) / len(x)
+        lam = v.norm().item()
+        v = v / lam
+    first = torch.linalg.matrix_norm(q, ord=2).item() ** 2 * lam
+    z = x @ p.T
+    h_mean = z.mean(0) + _offsets(z.min(0).values, margin)
+    last = h_mean.pow(2).sum().item()
+    return (first / last) ** 0.25
+
+
+def conv_reference(
+    kernel: torch.Tensor, linear: torch.Tensor, bias: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
+    """The function the ConvNet construction reproduces: ``L vec(pool(pool(K * x))) + b``.
+
+    ``K``: ``[k, 3, 3, 3]`` (one 3x3 conv, padding 1, no bias), ``pool`` = the ConvNet's two
+    3x3 max-pools (32 -> 10 -> 3), ``L``: ``[m, 9k]`` on the channel-major flattened ``[k,3,3]``
+    map, ``b``: ``[m]``. This is the ConvNet with its ReLUs removed and its convs merged into one
+    rank-limited conv; without pools it would be an affine map (max-pool is piecewise linear).
+    """
+    z = nn.functional.conv2d(x, kernel, padding=1)
+    z = nn.functional.max_pool2d(nn.functional.max_pool2d(z, 3), 3)
+    return z.flatten(1) @ linear.T + bias
+
+
+@torch.no_grad()
+def embed_conv(
+    net: ConvNet,
+    kernel: torch.Tensor,
+    linear: torch.Tensor,
+    bias: torch.Tensor,
+    x: torch.Tensor,
+    margin: float = 1.0,
+    batch_size: int = 500,
+) -> dict:
+    """Set ``net`` (a :class:`ConvNet`, in place) so that ``net(x_i) = conv_reference(...)`` on
+    every image of ``x`` (the convolutional version of Lemma 1).
+
+    ``conv0`` holds ``K`` in its first ``k <= width`` channels plus the offset ``c``; ``conv1..4``
+    are Dirac (centre-tap identity) kernels, which commute with zero padding; max-pool commutes
+    with adding ``c``; the linear layer holds ``L`` and the bias ``b - L (c 1)``.
+    Returns ``{"channels", "offset"}``.
+    """
+    check_float("margin", margin, low=0.0)
+    convs, lin = net.convs, net.classifier.linear
+    k = kernel.shape[0]
+    if kernel.shape[1:] != (3, 3, 3) or k > net.width:
+        raise ValueError(f"kernel must be [k, 3, 3, 3] with k <= width={net.width}")
+    if linear.shape != (lin.out_features, 9 * k) or bias.shape != (lin.out_features,):
+        raise ValueError(f"linear must be [{lin.out_features}, {9 * k}], bias [{lin.out_features}]")
+    z_min = torch.full((k,), float("inf"), dtype=torch.float64)
+    for xb, _ in batches(x, x, batch_size):
+        z = nn.functional.conv2d(xb.double(), kernel.double(), padding=1)
+        z_min = torch.minimum(z_min, z.transpose(0, 1).flatten(1).min(1).values)
+    c = _offsets(z_min, margin)
+    for i, conv in enumerate(convs):
+        w = torch.zeros(conv.weight.shape, dtype=torch.float64)
+        b = torch.full((conv.out_channels,), margin, dtype=torch.float64)
+        if i == 0:
+            w[:k] = kernel.double()
+            b[:k] = c
+        else:
+            m = min(conv.in_channels, conv.out_channels)
+            w[:m, :m, 1, 1] = torch.eye(m, dtype=torch.float64)
+            b[:m] = 0.0
+        conv.weight.copy_(w)
+        conv.bias.copy_(b)
+    w = torch.zeros(lin.weight.shape, dtype=torch.float64)
+    w[:, : 9 * k] = linear.double()
+    lin.weight.copy_(w)
+    lin.bias.copy_(bias.double() - linear.double() @ c.repeat_interleave(9))
+    return {"channels": k, "offset_max": c.max().item()}
+
+
+def affine_of(linear_model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, b)`` of a linear classifier ``make_model("mlp", widths=())`` (bare or wrapped)."""
+    net = unwrap(linear_model)
+    if not isinstance(net, MLP) or len(net.layers) != 1:
+        raise ValueError("linear_model must be make_model('mlp', widths=()) (one nn.Linear)")
+    return net.layers[0].weight.detach().double(), net.layers[0].bias.detach().double()
+
+
+@torch.no_grad()
+def embed_linear_classifier(
+    linear_model: nn.Module,
+    mlp_model: nn.Module,
+    x: torch.Tensor,
+    margin: float = 1.0,
+    scale: float | str = "balanced",
+) -> dict:
+    """Lemma 1 on networks from ``make_model``: ``mlp_model`` (in place) reproduces the linear
+    classifier ``linear_model`` on the images ``x`` (uint8 or [0, 1]); both act on the same
+    normalized inputs, so both must have the same ``Normalize`` in front (checked).
+    ``scale="balanced"`` uses :func:`balanced_scale`; a number is passed to :func:`embed_affine`."""
+    norm_lin = getattr(linear_model, "normalize", None)
+    norm_mlp = getattr(mlp_model, "normalize", None)
+    if not (isinstance(norm_lin, Normalize) and isinstance(norm_mlp, Normalize)):
+        raise ValueError(
+            "linear_model and mlp_model must both come from make_model(normalize=True)"
+        )
+    same = all(torch.equal(getattr(norm_lin, k), getattr(norm_mlp, k)) for k in ("mean", "std"))
+    if not same:
+        raise ValueError("linear_model and mlp_model must normalize their inputs identically")
+    z = torch.cat([norm_lin(to_float(xb)).double().flatten(1) for xb, _ in batches(x, x, 5000)])
+    a, b = affine_of(linear_model)
+    if scale == "balanced":
+        scale = balanced_scale(a, z, margin)
+    return {**embed_affine(unwrap(mlp_model), a, b, z, margin, scale=scale), "scale": scale}
+
+
+def polish_lbfgs(linear_model: nn.Module, x: torch.Tensor, y: torch.Tensor, wd: float, iters: int):
+    """Full-batch L-BFGS on ``mean CE + (wd/2)||phi||^2`` of a linear classifier (in place), to
+    bring SGD's iterate close to the minimum of the convex linear problem. ``x``: uint8 images.
+    Returns the final objective value."""
+    with torch.no_grad():
+        z = torch.cat(
+            [linear_model.normalize(to_float(xb)).flatten(1) for xb, _ in batches(x, x, 5000)]
+        )
+    layer = unwrap(linear_model).layers[0]
+    opt = torch.optim.LBFGS(
+        layer.parameters(), max_iter=iters, history_size=20, tolerance_grad=1e-9,
+        tolerance_change=1e-12, line_search_fn="strong_wolfe",
+    )  # fmt: skip
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(layer(z), y) + 0.5 * wd * sum(
+            p.pow(2).sum() for p in layer.parameters()
+        )
+        loss.backward()
+        return loss
+
+    return float(opt.step(closure).detach())
+
+
+@torch.no_grad()
+def init_biases(model: nn.Module, init: str, generator: torch.Generator) -> None:
+    """Table 1's initializations, in place, on top of PyTorch's default init of ``model``.
+
+    ``default``: unchanged; ``bias_plus20``: every bias += 20 (official ``high_bias``);
+    ``bias_uniform50`` / ``bias_uniform10``: every bias ~ U(-50, 50) / U(-10, 10) (official
+    ``variant_bias``). ``lemma1`` is :func:`embed_linear_classifier`, not handled here.
+    """
+    check_choice("init", init, ("default", "bias_plus20", "bias_uniform50", "bias_uniform10"))
+    for name, param in model.named_parameters():
+        if not name.endswith("bias"):
+            continue
+        if init == "bias_plus20":
+            param += 20.0
+        elif init in ("bias_uniform50", "bias_uniform10"):
+            half = 50.0 if init == "bias_uniform50" else 10.0
+            draw = torch.rand(param.shape, generator=generator, dtype=torch.float64)
+            param.copy_((2 * draw - 1) * half)

@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bplib.hessian import (
+    HessianOperator,
+    extreme_eigenvalues_lanczos,
+    extreme_eigenvalues_power,
+    full_loss_grad,
+    positive_fraction,
+)
+from bplib.models import MLP
+
+
+def _tiny(seed=0):
+    torch.manual_seed(seed)
+    return MLP((6, 5), in_features=8, num_classes=3)
+
+
+def _data(n=64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 8, generator=gen), torch.randint(0, 3, (n,), generator=gen)
+
+
+def _dense_hessian(model, x, y, wd):
+    params = list(model.parameters())
+    shapes = [p.shape for p in params]
+    sizes = [p.numel() for p in params]
+    base = torch.func.functional_call
+
+    def loss(flat):
+        chunks = torch.split(flat, sizes)
+        named = {n: c.view(s) for (n, _), c, s in zip(model.named_parameters(), chunks, shapes)}
+        out = base(model, named, (x,))
+        return nn.functional.cross_entropy(out, y) + 0.5 * wd * flat.pow(2).sum()
+
+    flat = torch.cat([p.detach().reshape(-1) for p in params]).double()
+    model.double()
+    h = torch.autograd.functional.hessian(loss, flat)
+    model.float()
+    return h
+
+
+def test_hvp_matches_dense_hessian_synthetic():
+    model = _tiny()
+    x, y = _data()
+    h = _dense_hessian(model, x.double(), y, wd=0.01)
+    op = HessianOperator(model, x, y, weight_decay=0.01, batch_size=20, dtype="float64")
+    v = np.random.default_rng(0).standard_normal(op.dim)
+    assert np.allclose(op.matvec(v), h.numpy() @ v, atol=1e-10)
+    assert op.n_hvp == 1
+    eig = np.linalg.eigvalsh(h.numpy())
+    lan = extreme_eigenvalues_lanczos(op, tol=1e-10, ncv=20)
+    assert lan["converged"]
+    assert lan["min_eig"] == pytest.approx(eig[0], abs=1e-6)
+    assert lan["max_eig"] == pytest.approx(eig[-1], rel=1e-6)
+    op_one_batch = HessianOperator(model, x, y, weight_decay=0.01, batch_size=64, dtype="float64")
+    pw = extreme_eigenvalues_power(op_one_batch, iters=1500)
+    assert pw["n_hvp"] == 3000
+    assert pw["max_abs_eig"] == pytest.approx(max(abs(eig[0]), abs(eig[-1])), rel=1e-4)
+    # power iteration converges slowly on the shifted Hessian; agreement to 5% of |lambda_max|
+    assert abs(pw["min_eig"] - eig[0]) < 0.05 * abs(eig).max()
+    assert lan["n_hvp"] < pw["n_hvp"] / 10
+
+
+def test_full_loss_grad_synthetic():
+    model = _tiny()
+    x, y = _data(50)
+    out = full_loss_grad(model, x, y, weight_decay=0.1, batch_size=7)
+    loss = nn.functional.cross_entropy(model(x), y)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    g = torch.cat([t.reshape(-1) for t in grads])
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert out["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    assert out["grad_norm"] == pytest.approx(g.norm().item(), rel=1e-4)
+    assert out["grad_norm_wd"] == pytest.approx((g + 0.1 * theta).norm().item(), rel=1e-4)
+    assert out["loss_wd"] == pytest.approx(loss.item() + 0.05 * theta.pow(2).sum().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="dtype"):
+        full_loss_grad(model, x, y, dtype="bfloat16")
+
+
+def test_positive_fraction_synthetic():
+    model = _tiny()
+    x, _ = _data(40)
+    with torch.no_grad():
+        for layer in model.layers[:-1]:
+            layer.bias.fill_(1e3)  # every pre-activation positive
+    assert positive_fraction(model, x, batch_size=9) == [1.0, 1.0]
+    with torch.no_grad():
+        model.layers[0].bias.fill_(-1e3)  # first layer dead; second layer sees only its bias
+    frac = positive_fraction(model, x)
+    assert frac[0] == 0.0 and frac[1] == 1.0
