@@ -4,6 +4,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PROFILE ?= cpu
 # Records are committed for the cpu profile, so `make book` re-executes chapters from them.
+# --all: re-render every page (execution stays cached), so launch links follow new .ipynb files.
 BUILD   := _build/$(PROFILE)
 
 .PHONY: book test env clean
@@ -17,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 env: $(VENV)/.installed
 
 book: $(VENV)/.installed
-	BPLIB_PROFILE=$(PROFILE) $(VENV)/bin/jupyter-book build . -W -n --keep-going \
+	BPLIB_PROFILE=$(PROFILE) $(VENV)/bin/jupyter-book build . -W -n --keep-going --all \
 		--path-output $(BUILD)
 	@echo "open $(BUILD)/_build/html/index.html"
 
