@@ -73,9 +73,8 @@ def git_commit() -> tuple[str, bool]:
         run = lambda *a: subprocess.run(  # noqa: E731
             ["git", *a], cwd=REPO_ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = bool(
-            run("status", "--porcelain", "--untracked-files=no", "--", "bplib", "chapters")
-        )
+        # Untracked files count too: a record made by code no commit holds is "dirty".
+        dirty = bool(run("status", "--porcelain", "--", "bplib", "chapters"))
         return run("rev-parse", "HEAD"), dirty
     except (OSError, subprocess.CalledProcessError):
         return "unknown", True
