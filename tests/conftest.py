@@ -1,6 +1,12 @@
 """Shared fixtures. Real CIFAR-10 comes from the offline folder; tests needing it skip (saying
 why) when it is absent. Synthetic tensors are used only where a test says so in its name."""
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -25,3 +31,31 @@ def records_dir(tmp_path, monkeypatch):
     """A private record store so tests never touch data/records."""
     monkeypatch.setenv("BPLIB_RECORDS", str(tmp_path / "records"))
     return tmp_path / "records"
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def site_html() -> Path:
+    """The built website's html folder, built once per test session with ``-W`` at
+    ``$BPLIB_SITE_PROFILE`` (default ``smoke``: every chapter executes), unless
+    ``$BPLIB_SITE_DIR`` names an existing build to check instead."""
+    given = os.environ.get("BPLIB_SITE_DIR")
+    if given:
+        for folder in (Path(given), Path(given) / "_build" / "html", Path(given) / "html"):
+            if (folder / "index.html").exists():
+                return folder
+        pytest.fail(f"BPLIB_SITE_DIR={given} holds no index.html (nor _build/html/index.html)")
+    jb = Path(sys.executable).with_name("jupyter-book")
+    if not jb.exists() and shutil.which("jupyter-book") is None:
+        pytest.skip("jupyter-book is not installed (pip install -e '.[book]')")
+    profile = os.environ.get("BPLIB_SITE_PROFILE", "smoke")
+    out = REPO / "_build" / profile
+    cmd = [str(jb if jb.exists() else shutil.which("jupyter-book")), "build", str(REPO),
+           "-W", "-n", "--keep-going", "--all", "--path-output", str(out)]  # fmt: skip
+    env = {**os.environ, "BPLIB_PROFILE": profile}
+    # A hung kernel fails the build (cell timeout in _config.yml) instead of blocking CI.
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, f"book build -W failed:\n{(proc.stdout + proc.stderr)[-6000:]}"
+    return out / "_build" / "html"
