@@ -38,6 +38,7 @@ for no regularizer).
 from __future__ import annotations
 
 import itertools
+import json
 
 import torch
 from torch import nn
@@ -47,7 +48,7 @@ from bplib.data import CIFAR100_MEAN, CIFAR100_STD, Normalize, holdout_split, lo
 from bplib.models import count_parameters, make_model
 from bplib.parallel import map_jobs
 from bplib.report import fmt_mean_std, mean_std, t_interval
-from bplib.results import load_or_run
+from bplib.results import jsonable, load_or_run
 from bplib.train import TrainConfig, TrainingDiverged, fit, resolve_device, squared_norm
 
 KINDS = ("none", "weight_decay", "norm_bias")
@@ -317,3 +318,46 @@ def difference_rows(groups: dict, cfg, dataset: str) -> list[list]:
             table = "3" if normalize else "2"
             rows.append([model_label(cfg.models[key]), table, name.replace("_acc", ""), *cells])
     return rows
+
+
+def verdict_reading(d: dict) -> str:
+    """The chapter's reading of one :func:`difference_summary` of norm-bias minus weight decay
+    (accuracy points): the belief predicts a negative difference (weight decay's smaller norm
+    generalizes better); a 95% interval that contains 0, or fewer than 2 seeds, decides nothing."""
+    if d["n"] >= 2 and d["high"] < 0:
+        return "weight decay better: supports the belief"
+    if d["n"] >= 2 and d["low"] > 0:
+        return "norm-bias better: contradicts the belief"
+    return "no difference detectable at this scale"
+
+
+def verdict_rows(groups: dict, cfg, split: str) -> list[list]:
+    """Verdict table of the chapter: per (model row, normalization, dataset) of :func:`collect`,
+    ``[model, table "2"/"3", dataset, "mean [low, high] (n=k)", reading]`` for the paired
+    difference norm-bias minus weight decay of ``split`` (``"holdout_acc"`` or ``"test_acc"``)."""
+    rows = []
+    for (key, normalize, dataset), group in groups.items():
+        d = difference_summary(group, "norm_bias", "weight_decay", split)
+        rows.append([model_label(cfg.models[key]), "3" if normalize else "2", dataset,
+                     f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] (n={d['n']})",
+                     verdict_reading(d)])  # fmt: skip
+    return rows
+
+
+def runs_from_records(cfg, records: list[dict]) -> list[tuple[str, dict, dict]]:
+    """``[(row_key, spec, record), ...]`` (as :func:`run_table` returns) from stored records,
+    without training: a record is kept when its parameters equal a spec of
+    :func:`table_specs` apart from the seed, so seeds added by a later batch run are included
+    and records of another configuration are not."""
+    by_params = {}
+    for i, (key, spec) in enumerate(table_specs(cfg)):
+        rest = {k: v for k, v in spec.items() if k != "seed"}
+        by_params.setdefault(json.dumps(jsonable(rest), sort_keys=True), (i, key))
+    found = []
+    for rec in records:
+        rest = {k: v for k, v in rec["params"].items() if k != "seed"}
+        hit = by_params.get(json.dumps(jsonable(rest), sort_keys=True))
+        if hit is not None:
+            found.append((hit, rec))
+    found.sort(key=lambda t: (t[0][0], t[1]["seed"]))  # the chapter's order, then by seed
+    return [(key, rec["params"], rec) for (_, key), rec in found]
