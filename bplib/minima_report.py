@@ -188,3 +188,16 @@ def plot_curves(records: list[dict]):
     ax[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def suboptimal_minima(evidence: dict, gaps: dict) -> tuple[dict[str, bool], list[str]]:
+    """The chapter's verdict rule, shared by the chapter and the results page.
+
+    A row is at a local minimum when both tests of :func:`local_min_evidence` pass (smallest
+    eigenvalue non-negative up to the solver's accuracy, gradient norm fell tenfold); it is a
+    *suboptimal* one when its paired training-loss gap to the default row (:func:`loss_gaps`)
+    has a 95% interval above 0. Returns ``({row: at_local_min}, [suboptimal rows])``.
+    """
+    local_min = {r: ev["nonneg"] and ev["grad_ratio_max"] < 0.1 for r, ev in evidence.items()}
+    bad = [r for r in gaps if r != "lemma1" and local_min.get(r) and gaps[r][1] > 0]
+    return local_min, bad

@@ -85,11 +85,7 @@ def _minima(records: list[dict], profile: str) -> dict:
     )
     evidence = minima_report.local_min_evidence(records)
     gaps = minima_report.loss_gaps(records) if "default" in evidence else {}
-    # The chapter's rule (its Verdict cell): a local minimum passes both tests (min eig >= 0 up
-    # to the solver's accuracy, gradient norm fell tenfold); it is suboptimal when its paired
-    # training-loss gap to the default row has a 95% interval above 0.
-    local_min = {r: ev["nonneg"] and ev["grad_ratio_max"] < 0.1 for r, ev in evidence.items()}
-    bad = [r for r in gaps if r != "lemma1" and local_min[r] and gaps[r][1] > 0]
+    _, bad = minima_report.suboptimal_minima(evidence, gaps)  # the chapter's rule
     names = ", ".join(minima_report.ROW_NAMES[r] for r in bad)
     verdict = (
         f"suboptimal local minima found in {len(bad)} row(s): {names}"
