@@ -81,15 +81,9 @@ def measure(model, data, p: dict) -> dict:
 
 
 def _train_cfg(p: dict, row: str) -> TrainConfig:
-    return TrainConfig(
-        epochs=p["epochs"],
-        lr=p["lr"],
-        batch_size=p["batch_size"],
+    return TrainConfig.from_params(
+        p,
         momentum=0.0 if row == "bias_uniform10" else p["momentum"],
-        weight_decay=p["weight_decay"],
-        milestones=p["milestones"],
-        gamma=p["gamma"],
-        bf16=p["bf16"],
         max_loss=1e6,  # the bias rows start at losses of 30-50 and must be allowed to train
     )
 

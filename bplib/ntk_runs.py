@@ -99,16 +99,7 @@ def _job_body(p: dict, seed: int, store: str | None):
         trajectory.append({"epoch": epoch, **kernel_measures(phi0[p["samples"][0]], phi)})
         return trajectory[-1]
 
-    cfg = TrainConfig(
-        epochs=p["epochs"],
-        lr=p["lr"],
-        batch_size=p["batch_size"],
-        momentum=p["momentum"],
-        weight_decay=p["weight_decay"],
-        milestones=tuple(p["milestones"]),
-        gamma=p["gamma"],
-        bf16=p["bf16"],
-    )
+    cfg = TrainConfig.from_params(p, augment=False)
     t1 = time.perf_counter()
     try:
         hist = fit(

@@ -291,19 +291,7 @@ def train_row(params: dict, row: str, skip: bool, seed: int, data_dir=None) -> d
             mode=params["train_attack_mode"],
             bf16=params["bf16"],
         )
-    cfg = TrainConfig(
-        epochs=params["epochs"],
-        lr=params["lr"],
-        batch_size=params["batch_size"],
-        momentum=params["momentum"],
-        weight_decay=params["weight_decay"],
-        milestones=tuple(params["milestones"]),
-        gamma=params["gamma"],
-        augment=params["augment"],
-        eval_every=params["epochs"],
-        bf16=params["bf16"],
-        grad_clip_value=params["grad_clip_value"],
-    )
+    cfg = TrainConfig.from_params(params, eval_every=params["epochs"])
     hist = fit(model, x, y, cfg, seed=seed, adversary=adv, on_epoch_end=hook, progress=False)
     return _measure(
         model, params, hist, init if row == "natural" else None, (x, y, xh, yh, xt, yt), test_name

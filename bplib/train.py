@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -52,6 +52,13 @@ class TrainConfig:
         self.milestones = tuple(self.milestones)
         for m in self.milestones:
             check_int("milestones", m, low=1)
+
+    @classmethod
+    def from_params(cls, params: dict, **overrides) -> TrainConfig:
+        """A config from a chapter's parameter dict: the keys that name a field are taken,
+        other keys are ignored; ``overrides`` win over ``params``."""
+        names = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{**{k: v for k, v in params.items() if k in names}, **overrides})
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate used during ``epoch`` (0-based)."""
