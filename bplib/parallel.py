@@ -34,6 +34,6 @@ def map_jobs(fn, kwargs_list: list[dict], jobs: int | None = None, desc: str = "
     ctx = mp.get_context("spawn")  # fork after torch init can deadlock
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(1,)) as ex:
         futures = [ex.submit(fn, **kw) for kw in kwargs_list]
-        for _ in tqdm(futures, desc=desc, leave=False):
-            _.exception()  # wait, keep going past failures
+        for future in tqdm(futures, desc=desc, leave=False):
+            future.exception()  # wait for each; one failure does not stop the others
     return [f.result() for f in futures]

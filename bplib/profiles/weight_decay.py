@@ -26,6 +26,9 @@ _RESNET18 = {"paper_row": "ResNet-18", "model": "resnet18", "model_kw": {}}
 _DENSENET = {"paper_row": "DenseNet-40", "model": "densenet40", "model_kw": {}}
 _MOBILENET = {"paper_row": "MobileNetV2", "model": "mobilenetv2", "model_kw": {}}
 _FIXUP = {"paper_row": "ResNet-20 Fixup", "model": "resnet20_fixup", "model_kw": {}}
+# Fixup ResNet-20 is the paper's own model: the same row (paper values) at cpu and paper.
+_FIXUP_ROW = {**_FIXUP, "weight_decay": 1e-4, "norm_bias_coef": 0.0005, "mu2": 1000.0,
+              "normalize": [True]}  # fmt: skip
 _MLP = {"paper_row": "MLP", "model": "mlp", "model_kw": {"widths": [2048, 2048, 2048]}}
 
 PROFILES = {
@@ -82,13 +85,7 @@ PROFILES = {
         "scope": "all",
         "regularizers": ["none", "weight_decay", "norm_bias"],
         "models": {
-            "resnet20_fixup": {
-                **_FIXUP,
-                "weight_decay": 1e-4,
-                "norm_bias_coef": 0.0005,
-                "mu2": 1000.0,
-                "normalize": [True],
-            },  # fmt: skip
+            "resnet20_fixup": dict(_FIXUP_ROW),
             "resnet18_w8": {
                 "paper_row": "ResNet-18",
                 "model": "resnet18",
@@ -147,13 +144,7 @@ PROFILES = {
                 "mu2": 5000.0,
                 "normalize": [False, True],
             },  # fmt: skip
-            "resnet20_fixup": {
-                **_FIXUP,
-                "weight_decay": 1e-4,
-                "norm_bias_coef": 0.0005,
-                "mu2": 1000.0,
-                "normalize": [True],
-            },  # fmt: skip
+            "resnet20_fixup": dict(_FIXUP_ROW),
             "mlp": {
                 **_MLP,
                 "weight_decay": 1e-4,
