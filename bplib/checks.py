@@ -5,6 +5,8 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable
 
+import torch
+
 
 def check_choice(name: str, value, allowed: Iterable):
     """Raise ``ValueError`` unless ``value`` is one of ``allowed``; return it."""
@@ -56,3 +58,12 @@ def check_seeds(seeds) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds={seeds!r} has repeats; give distinct integers")
     return seeds
+
+
+# Measurement dtypes (Hessian, NTK, singular values): never bf16, which is for training only.
+MEASURE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def check_dtype(name: str, value: str) -> torch.dtype:
+    """The torch dtype of a measurement dtype name (``"float32"`` or ``"float64"``)."""
+    return MEASURE_DTYPES[check_choice(name, value, tuple(MEASURE_DTYPES))]

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from bplib.report import fmt_mean_std, mean_std, t_interval
+from bplib.stats import fmt_mean_std, mean_std, t_interval
 
 ROW_NAMES = {
     "default": "default",

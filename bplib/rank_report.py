@@ -13,7 +13,7 @@ import numpy as np
 
 from bplib.profiles.rank import PAPER_TABLE4
 from bplib.rank import ROWS, model_label
-from bplib.report import fmt_mean_std, t_interval
+from bplib.stats import fmt_mean_std, t_interval
 
 METRICS = ("train", "test", "robust 8/255", "robust 1/255")
 

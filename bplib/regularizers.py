@@ -47,8 +47,8 @@ from bplib.checks import check_choice, check_float
 from bplib.data import CIFAR100_MEAN, CIFAR100_STD, Normalize, holdout_split, load_cifar, subset
 from bplib.models import count_parameters, make_model
 from bplib.parallel import map_jobs
-from bplib.report import fmt_mean_std, mean_std, t_interval
 from bplib.results import jsonable, load_or_run
+from bplib.stats import fmt_mean_std, mean_std, t_interval
 from bplib.train import TrainConfig, TrainingDiverged, fit, resolve_device, squared_norm
 
 KINDS = ("none", "weight_decay", "norm_bias")

@@ -103,6 +103,25 @@ def evaluate(model, x, y, batch_size: int = 500, bf16: bool = False, adversary=N
     return total_loss / len(x), 100.0 * correct / len(x)
 
 
+@torch.no_grad()
+def correct(model, x, y, adversary=None, batch_size: int = 500) -> torch.Tensor:
+    """Boolean ``[N]`` on ``x``'s device: is each (optionally attacked) image of the uint8
+    batch ``x`` classified correctly, in eval mode and float32? The one per-image evaluation loop
+    (paired comparisons need the per-image outcome, not just the accuracy)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for xb, yb in batches(x, y, batch_size):
+        xb, yb = to_float(xb.to(device)), yb.to(device)
+        if adversary is not None:
+            with torch.enable_grad():
+                xb = adversary(model, xb, yb)
+        out.append(model(xb).argmax(1) == yb)
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=device)
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)

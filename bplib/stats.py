@@ -4,6 +4,7 @@ intervals, tables beside the paper's numbers, glued values, a provenance line.""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
@@ -73,3 +74,15 @@ def glue(name: str, value, display: bool = False):
         return value
     nb_glue(name, value, display=display)
     return value
+
+
+@dataclass
+class Summary:
+    """What a claim shows, computed from its records by ``claims.<claim>.summarize``: our
+    headline (shown beside ``paper_headline()``), the verdict, and the values its chapter glues
+    and the tables it shows."""
+
+    ours: str  # ours: mean +- std or a paired interval, with n
+    verdict: str  # decided from the records by the claim's rule
+    glue: dict = field(default_factory=dict)  # name -> value the chapter's prose glues
+    tables: dict = field(default_factory=dict)  # name -> (headers, rows) the chapter shows

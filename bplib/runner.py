@@ -1,0 +1,132 @@
+"""One runner for every claim: a claim lists its jobs, the runner reads what is stored, computes
+only what is missing, and returns the records of exactly those jobs.
+
+The record-key rule, the same for every claim: a record is keyed by its experiment, its
+``params`` and its ``seed`` (``results.record_key({**params, "seed": seed})``). ``params`` are
+the profile's configuration values that change the result plus the job's place in the grid
+(row, family, width, ...). Where and how a job runs (device, data folder, records store, worker
+count, ``force``) is a :class:`Context` and never part of a key: :func:`job` refuses such names.
+
+A claim module provides ``jobs(cfg) -> list[Job]`` and a module-level ``work(job, ctx) -> dict``
+(picklable, so a worker process can run it); :func:`run` does the rest. Because the runner
+looks records up by key, a store that also holds records of other configurations (other
+parameters, other seeds) never changes what a claim sees.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bplib.checks import check_choice
+from bplib.parallel import map_jobs
+from bplib.results import PROFILES, arrays_path, load_or_run, record_path
+from bplib.train import resolve_device
+
+# Names that say where or how a job runs, not what it computes: never in a record key.
+NOT_PARAMS = frozenset({"device", "data_dir", "root", "jobs", "force", "profile", "seeds", "seed"})
+
+
+@dataclass(frozen=True)
+class Job:
+    """One record to produce: ``experiment`` (the store's folder), ``params`` and ``seed``.
+
+    ``cost`` only orders the work (largest first, so the slow jobs start early)."""
+
+    experiment: str
+    params: dict = field(hash=False)
+    seed: int
+    cost: float = field(default=0.0, compare=False)
+
+    def path(self, profile: str, root: Path | None = None) -> Path:
+        return record_path(self.experiment, {**self.params, "seed": self.seed}, profile, root)
+
+
+def job(experiment: str, params: dict, seed: int, cost: float = 0.0) -> Job:
+    """A :class:`Job`, refusing parameters that name a place or a runner setting."""
+    leaked = sorted(NOT_PARAMS & set(params))
+    if leaked:
+        raise ValueError(
+            f"record parameters must not contain {', '.join(leaked)}: they say where a job runs, "
+            "not what it computes (pass them in the Context)"
+        )
+    return Job(experiment, json.loads(json.dumps(params)), int(seed), cost)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where jobs run and where their records go; never part of a record key."""
+
+    profile: str
+    device: str = "auto"
+    data_dir: str | Path | None = None
+    root: Path | None = None  # records store; None: ``results.records_root()``
+
+    def __post_init__(self):
+        check_choice("profile", self.profile, PROFILES)
+
+    def arrays(self, job: Job) -> Path:
+        """Where ``job`` may store arrays beside its record (same key, ``.npz``)."""
+        return arrays_path(job.experiment, job.params, self.profile, job.seed, self.root)
+
+
+def load(job: Job, profile: str, root: Path | None = None) -> dict | None:
+    """The stored record of ``job`` at ``profile``, or None when there is none."""
+    path = job.path(profile, root)
+    if not path.exists():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def stored(jobs: list[Job], profile: str, root: Path | None = None) -> list[dict | None]:
+    """The stored record of every job (None where missing), in ``jobs`` order; trains nothing."""
+    return [load(j, profile, root) for j in jobs]
+
+
+def _run_one(work, job: Job, ctx: Context, force: bool) -> dict:
+    """Compute one job's record and store it (module level: worker processes run it)."""
+    return load_or_run(
+        job.experiment,
+        job.params,
+        lambda: work(job, ctx),
+        profile=ctx.profile,
+        seed=job.seed,
+        device=str(resolve_device(ctx.device)),
+        force=force,
+        root=ctx.root,
+    )
+
+
+def run(
+    jobs: list[Job],
+    work,
+    ctx: Context,
+    n_procs: int | None = None,
+    force: bool = False,
+    desc: str = "jobs",
+) -> list[dict]:
+    """The records of ``jobs`` (in order): stored ones are read, missing ones computed by
+    ``work(job, ctx)`` in ``n_procs`` one-thread processes (default: 2 on a 2+ core CPU, 1 on a
+    GPU). No worker process starts when nothing is missing. ``force`` recomputes every job."""
+    todo = [j for j in jobs if force or load(j, ctx.profile, ctx.root) is None]
+    if todo:
+        if resolve_device(ctx.device).type == "cuda":
+            n_procs = 1  # one GPU: run in-process
+        todo.sort(key=lambda j: -j.cost)
+        kwargs = [dict(work=work, job=j, ctx=ctx, force=force) for j in todo]
+        threads = torch.get_num_threads()
+        try:  # in-process CPU jobs on one thread too: narrow nets lose time to contention
+            if n_procs == 1 and resolve_device(ctx.device).type == "cpu":
+                torch.set_num_threads(1)
+            map_jobs(_run_one, kwargs, jobs=n_procs, desc=desc)
+        finally:
+            torch.set_num_threads(threads)
+    records = stored(jobs, ctx.profile, ctx.root)
+    missing = [j for j, r in zip(jobs, records) if r is None]
+    if missing:  # only a job that wrote nothing gets here; never return a partial set silently
+        raise RuntimeError(f"{len(missing)} job(s) stored no record, e.g. {missing[0]}")
+    return records
