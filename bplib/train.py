@@ -89,7 +89,7 @@ def evaluate(model, x, y, batch_size: int = 500, bf16: bool = False, adversary=N
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total_loss, correct = 0.0, 0
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, correct: one read
     for xb, yb in batches(x, y, batch_size):
         xb, yb = to_float(xb.to(device)), yb.to(device)
         if adversary is not None:
@@ -97,9 +97,10 @@ def evaluate(model, x, y, batch_size: int = 500, bf16: bool = False, adversary=N
                 xb = adversary(model, xb, yb)
         with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
             out = model(xb).float()
-        total_loss += nn.functional.cross_entropy(out, yb, reduction="sum").item()
-        correct += (out.argmax(1) == yb).sum().item()
+        loss = nn.functional.cross_entropy(out, yb, reduction="sum")
+        sums += torch.stack([loss, (out.argmax(1) == yb).sum()]).to(sums)
     model.train(was_training)
+    total_loss, correct = sums.tolist()
     return total_loss / len(x), 100.0 * correct / len(x)
 
 
@@ -152,41 +153,20 @@ def fit(
       returned values are appended to ``history["hooks"]``.
     - ``run_dir``: a checkpoint is written there after every epoch; if one exists, training
       resumes from it and ends with the same parameters as an uninterrupted run.
-    Raises :class:`TrainingDiverged` on NaN/inf or exploding loss (the last good checkpoint stays).
+    Raises :class:`TrainingDiverged` at the end of an epoch in which a batch loss was NaN/inf or
+    above ``cfg.max_loss`` (the last good checkpoint stays; nothing of that epoch is recorded).
+    Loss and accuracy are summed on the device and read once per epoch: no per-step host sync.
     """
-    device = next(model.parameters()).device
     eval_sets = eval_sets or {}
     gen = torch.Generator().manual_seed(seed)  # batch order and augmentation draws
     torch.manual_seed(seed)  # anything else random inside the model (dropout, attack starts)
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    history = {
-        "epoch": [],
-        "lr": [],
-        "train_loss": [],
-        "train_acc": [],
-        "sq_norm": [],
-        "epoch_time_s": [],
-        "eval": {k: {"epoch": [], "loss": [], "acc": []} for k in eval_sets},
-        "hooks": [],
-        "config": asdict(cfg),
-        "seed": seed,
-    }
-    start_epoch = 0
+    history, start_epoch = _new_history(cfg, seed, eval_sets), 0
     ckpt = Path(run_dir) / "checkpoint.pt" if run_dir is not None else None
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        if state["config"] != asdict(cfg) or state["seed"] != seed:
-            raise ValueError(
-                f"run_dir={str(run_dir)!r} holds a checkpoint of a different "
-                "config or seed; use another run_dir or delete it"
-            )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        history, start_epoch = state["history"], state["epoch"] + 1
+        history, start_epoch = _resume(ckpt, model, opt, gen, cfg, seed)
     elif ckpt is not None:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
 
@@ -195,64 +175,95 @@ def fit(
         t0 = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = cfg.lr_at(epoch)
-        model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for step, (xb, yb) in enumerate(batches(x_train, y_train, cfg.batch_size, gen)):
-            xb = xb.to(device, non_blocking=True)
-            yb = yb.to(device, non_blocking=True)
-            if cfg.augment:
-                xb = augment(xb, gen)
-            xb = to_float(xb)
-            if adversary is not None:
-                xb = adversary(model, xb, yb)
-            with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
-                out = model(xb)
-            loss = nn.functional.cross_entropy(out.float(), yb)
-            if not math.isfinite(loss.item()) or loss.item() > cfg.max_loss:
-                raise TrainingDiverged(
-                    f"loss {loss.item():.4g} at epoch {epoch}, step {step} "
-                    f"(lr {cfg.lr_at(epoch)}); max_loss={cfg.max_loss}. "
-                    "Nothing of this epoch was recorded."
-                )
-            total = loss + regularizer.loss(model) if hasattr(regularizer, "loss") else loss
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            if hasattr(regularizer, "after_backward"):
-                regularizer.after_backward(model)
-            if cfg.grad_clip_value is not None:
-                nn.utils.clip_grad_value_(model.parameters(), cfg.grad_clip_value)
-            opt.step()
-            loss_sum += loss.item() * len(yb)
-            correct += (out.argmax(1) == yb).sum().item()
-            seen += len(yb)
-        history["epoch"].append(epoch + 1)
-        history["lr"].append(cfg.lr_at(epoch))
-        history["train_loss"].append(loss_sum / max(seen, 1))
-        history["train_acc"].append(100.0 * correct / max(seen, 1))
-        history["sq_norm"].append(squared_norm(model))
+        steps = batches(x_train, y_train, cfg.batch_size, gen)
+        loss, acc = _train_epoch(model, steps, opt, cfg, gen, regularizer, adversary, epoch)
+        for key, value in (("epoch", epoch + 1), ("lr", cfg.lr_at(epoch)),
+                           ("train_loss", loss), ("train_acc", acc),
+                           ("sq_norm", squared_norm(model))):  # fmt: skip
+            history[key].append(value)
         if on_epoch_end is not None:
             history["hooks"].append(on_epoch_end(model, epoch + 1))
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            for name, (xe, ye) in eval_sets.items():
-                loss_e, acc_e = evaluate(model, xe, ye, bf16=cfg.bf16)
-                for key, value in (("epoch", epoch + 1), ("loss", loss_e), ("acc", acc_e)):
-                    history["eval"][name][key].append(value)
+            _evaluate_sets(model, eval_sets, history["eval"], epoch + 1, cfg.bf16)
         history["epoch_time_s"].append(time.perf_counter() - t0)
-        bar.set_postfix(
-            loss=f"{history['train_loss'][-1]:.3f}", acc=f"{history['train_acc'][-1]:.1f}"
-        )
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.1f}")
         if ckpt is not None:
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch}
+            state.update(generator=gen.get_state(), torch_rng=torch.get_rng_state())
             _save_checkpoint(
-                ckpt,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "generator": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "history": history,
-                    "epoch": epoch,
-                    "config": asdict(cfg),
-                    "seed": seed,
-                },
+                ckpt, {**state, "history": history, "config": asdict(cfg), "seed": seed}
             )
     return history
+
+
+def _new_history(cfg: TrainConfig, seed: int, eval_sets: dict) -> dict:
+    keys = ("epoch", "lr", "train_loss", "train_acc", "sq_norm", "epoch_time_s", "hooks")
+    history = {k: [] for k in keys}
+    history["eval"] = {k: {"epoch": [], "loss": [], "acc": []} for k in eval_sets}
+    return {**history, "config": asdict(cfg), "seed": seed}
+
+
+def _resume(ckpt: Path, model, opt, gen, cfg: TrainConfig, seed: int) -> tuple[dict, int]:
+    """Load a checkpoint of the same config and seed into model, optimizer and generators;
+    return (history so far, first epoch to run)."""
+    device = next(model.parameters()).device
+    state = torch.load(ckpt, map_location=device, weights_only=False)
+    if state["config"] != asdict(cfg) or state["seed"] != seed:
+        raise ValueError(
+            f"run_dir={str(ckpt.parent)!r} holds a checkpoint of a different "
+            "config or seed; use another run_dir or delete it"
+        )
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["history"], state["epoch"] + 1
+
+
+def _train_epoch(model, steps, opt, cfg, gen, regularizer, adversary, epoch) -> tuple[float, float]:
+    """One pass of SGD over ``steps``; (mean batch loss, accuracy in %) read once at the end."""
+    device = next(model.parameters()).device
+    model.train()
+    # Summed on the device (float64 where the device has it): one host read per epoch.
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64
+    sums = torch.zeros(2, dtype=acc_dtype, device=device)  # sum of loss * images, correct
+    seen = 0  # images (known on the host)
+    worst = torch.zeros((), device=device)  # largest batch loss; NaN propagates through maximum
+    for xb, yb in steps:
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        if cfg.augment:
+            xb = augment(xb, gen)
+        xb = to_float(xb)
+        if adversary is not None:
+            xb = adversary(model, xb, yb)
+        with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
+            out = model(xb)
+        loss = nn.functional.cross_entropy(out.float(), yb)
+        total = loss + regularizer.loss(model) if hasattr(regularizer, "loss") else loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        if hasattr(regularizer, "after_backward"):
+            regularizer.after_backward(model)
+        if cfg.grad_clip_value is not None:
+            nn.utils.clip_grad_value_(model.parameters(), cfg.grad_clip_value)
+        opt.step()
+        with torch.no_grad():
+            worst = torch.maximum(worst, loss.detach())
+            sums += torch.stack([loss.detach() * len(yb), (out.argmax(1) == yb).sum()]).to(sums)
+        seen += len(yb)
+    loss_sum, correct = sums.tolist()
+    worst = worst.item()
+    if not math.isfinite(worst) or worst > cfg.max_loss:
+        raise TrainingDiverged(
+            f"loss {worst:.4g} in epoch {epoch} (lr {cfg.lr_at(epoch)}); max_loss={cfg.max_loss}."
+            " Nothing of this epoch was recorded."
+        )
+    return loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1)
+
+
+def _evaluate_sets(model, eval_sets: dict, out: dict, epoch: int, bf16: bool) -> None:
+    """Append (epoch, loss, accuracy) of every evaluation set to ``out[name]``."""
+    for name, (xe, ye) in eval_sets.items():
+        loss_e, acc_e = evaluate(model, xe, ye, bf16=bf16)
+        for key, value in (("epoch", epoch), ("loss", loss_e), ("acc", acc_e)):
+            out[name][key].append(value)
