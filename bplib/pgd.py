@@ -52,10 +52,7 @@ def pgd_attack(
         generator: CPU generator for the random start (None = torch's global RNG).
     Returns a detached tensor with ``|x_adv - x| <= eps`` and ``0 <= x_adv <= 1`` elementwise.
     """
-    check_float("eps", eps, low=0.0, high=1.0)
-    check_float("alpha", alpha, low=0.0)
-    check_int("steps", steps, low=0)
-    check_choice("mode", mode, MODES)
+    _check(eps, alpha, steps, mode)
     x = x.detach()
     if steps == 0:
         return x.clone()
@@ -91,35 +88,27 @@ def pgd_attack(
     return x_adv.detach()
 
 
-def pgd_adversary(
-    eps: float,
-    alpha: float,
-    steps: int,
-    *,
-    random_start: bool = True,
-    mode: str = "current",
-    bf16: bool = False,
-):
-    """An ``adversary(model, x01, y) -> x01_adv`` for ``fit(adversary=...)`` (adversarial
-    training) and ``evaluate(adversary=...)`` (robust accuracy); arguments as
-    :func:`pgd_attack`, validated here, before any training starts."""
+def _check(eps: float, alpha: float, steps: int, mode: str) -> None:
     check_float("eps", eps, low=0.0, high=1.0)
     check_float("alpha", alpha, low=0.0)
     check_int("steps", steps, low=0)
     check_choice("mode", mode, MODES)
 
-    def adversary(model, x, y):
-        return pgd_attack(
-            model,
-            x,
-            y,
-            eps=eps,
-            alpha=alpha,
-            steps=steps,
-            random_start=random_start,
-            mode=mode,
-            bf16=bf16,
-        )
 
-    adversary.config = {"eps": eps, "alpha": alpha, "steps": steps, "mode": mode, "bf16": bf16}
+def pgd_adversary(eps: float, alpha: float, steps: int, **options):
+    """An ``adversary(model, x01, y) -> x01_adv`` for ``fit(adversary=...)`` (adversarial
+    training) and ``evaluate(adversary=...)`` (robust accuracy); arguments as
+    :func:`pgd_attack` (``options``: ``random_start``, ``mode``, ``bf16``, ``generator``),
+    validated here, before any training starts."""
+    unknown = sorted(set(options) - {"random_start", "mode", "bf16", "generator"})
+    if unknown:
+        raise ValueError(f"unknown PGD option(s) {unknown}; allowed: random_start, mode, bf16")
+    _check(eps, alpha, steps, options.get("mode", "current"))
+    kw = {"eps": eps, "alpha": alpha, "steps": steps, **options}
+
+    def adversary(model, x, y):
+        return pgd_attack(model, x, y, **kw)
+
+    defaults = {"mode": "current", "bf16": False}
+    adversary.config = {k: kw.get(k, defaults.get(k)) for k in ("eps", "alpha", "steps", *defaults)}
     return adversary

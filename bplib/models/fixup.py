@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bplib.checks import check_int
+from bplib.models._parts import add_stages
 
 
 def _conv3x3(in_planes: int, planes: int, stride: int = 1) -> nn.Conv2d:
@@ -78,18 +79,8 @@ class FixupResNet(nn.Module):
         self.num_layers = sum(num_blocks)
         self.conv1 = _conv3x3(3, 16)
         self.bias1 = nn.Parameter(torch.zeros(1))
-        in_planes = 16
-        stages = []
-        for i, n in enumerate(num_blocks):
-            planes = 16 * 2**i
-            blocks = []
-            for j in range(n):
-                blocks.append(FixupBasicBlock(in_planes, planes, 2 if (i > 0 and j == 0) else 1))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
-        self.num_stages = len(stages)
-        for i, stage in enumerate(stages):
-            self.add_module(f"layer{i + 1}", stage)
+        plan = [(16 * 2**i, n, 1 if i == 0 else 2) for i, n in enumerate(num_blocks)]
+        in_planes = add_stages(self, 16, plan, FixupBasicBlock)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.bias2 = nn.Parameter(torch.zeros(1))
         self.fc = nn.Linear(in_planes, check_int("num_classes", num_classes, low=1))

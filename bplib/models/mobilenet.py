@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bplib.checks import check_int, check_positive
-from bplib.models._checks import scaled
+from bplib.models._parts import scaled
 
 # (expansion, out_planes, num_blocks, stride); strides of the stem and the 24-channel stage
 # are 1 instead of ImageNet's 2, for 32x32 inputs (32 -> 32 -> 16 -> 8 -> 4).

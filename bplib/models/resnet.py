@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bplib.checks import check_choice, check_int, check_positive
-from bplib.models._checks import scaled
+from bplib.models._parts import add_stages, scaled, shortcut
 
 NORMS = ("batchnorm", "none")
 
@@ -42,15 +42,9 @@ class BasicBlock(nn.Module):
         self.bn1 = _norm(planes, norm)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=bias)
         self.bn2 = _norm(planes, norm)
-        self.shortcut: nn.Module | None
-        if not skip:
-            self.shortcut = None
-        elif stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=bias), _norm(planes, norm)
-            )
-        else:
-            self.shortcut = nn.Identity()
+        self.shortcut: nn.Module | None = None
+        if skip:
+            self.shortcut = shortcut(in_planes, planes, stride, bias, _norm(planes, norm))
 
     @property
     def branch_convs(self) -> tuple[nn.Conv2d, ...]:
@@ -103,20 +97,10 @@ class ResNet(nn.Module):
         stem = scaled(64, width)
         self.conv1 = nn.Conv2d(3, stem, 3, stride=1, padding=1, bias=norm == "none")
         self.bn1 = _norm(stem, norm)
-        in_planes = stem
-        stages = []
-        for i, n in enumerate(num_blocks):
-            planes = scaled(64 * 2**i, width)
-            blocks = []
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(BasicBlock(in_planes, planes, stride, skip=skip, norm=norm))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
-        # layer1 .. layer4 as attributes, as in the reference code (state-dict names match).
-        self.num_stages = len(stages)
-        for i, stage in enumerate(stages):
-            self.add_module(f"layer{i + 1}", stage)
+        plan = [(scaled(64 * 2**i, width), n, 1 if i == 0 else 2) for i, n in enumerate(num_blocks)]
+        in_planes = add_stages(
+            self, stem, plan, lambda i, o, s: BasicBlock(i, o, s, skip=skip, norm=norm)
+        )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(in_planes, check_int("num_classes", num_classes, low=1))
 

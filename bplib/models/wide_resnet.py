@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bplib.checks import check_int
+from bplib.models._parts import add_stages, shortcut
 
 
 class WideBasic(nn.Module):
@@ -31,10 +32,7 @@ class WideBasic(nn.Module):
         self.dropout = nn.Dropout(p=dropout)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=True)
-        if stride != 1 or in_planes != planes:
-            self.shortcut: nn.Module = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=True)
-        else:
-            self.shortcut = nn.Identity()
+        self.shortcut = shortcut(in_planes, planes, stride, bias=True)
 
     @property
     def branch_convs(self) -> tuple[nn.Conv2d, ...]:
@@ -70,13 +68,8 @@ class WideResNet(nn.Module):
         n = (depth - 4) // 6
         self.depth, self.k = depth, k
         self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=True)
-        in_planes = 16
-        for i, (planes, stride) in enumerate(((16 * k, 1), (32 * k, 2), (64 * k, 2))):
-            blocks = []
-            for j in range(n):
-                blocks.append(WideBasic(in_planes, planes, dropout, stride if j == 0 else 1))
-                in_planes = planes
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        plan = [(16 * k, n, 1), (32 * k, n, 2), (64 * k, n, 2)]
+        in_planes = add_stages(self, 16, plan, lambda i, o, s: WideBasic(i, o, dropout, s))
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(in_planes, check_int("num_classes", num_classes, low=1))

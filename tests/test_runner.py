@@ -1,0 +1,73 @@
+"""The one runner and record-key rule (bplib.runner): keys hold no place or runner setting,
+only missing jobs are computed, no worker process starts when nothing is missing."""
+
+import pytest
+
+from bplib import runner
+
+EXPERIMENT = "runner_test"
+
+
+CALLS = []  # jobs computed in this process (n_procs=1 runs in-process)
+
+
+def double(job, ctx):  # module level: worker processes can run it
+    CALLS.append(job.params["x"])
+    return {"value": 2 * job.params["x"], "device": ctx.device}
+
+
+def jobs_of(xs, seed=0):
+    return [runner.job(EXPERIMENT, {"x": x}, seed) for x in xs]
+
+
+@pytest.mark.parametrize("name", ["device", "data_dir", "jobs", "seed", "profile"])
+def test_job_refuses_place_and_runner_settings(name):
+    with pytest.raises(ValueError, match=name):
+        runner.job(EXPERIMENT, {"x": 1, name: "cpu"}, 0)
+
+
+def test_key_depends_on_params_and_seed_only(records_dir):
+    a, b = (
+        runner.job(EXPERIMENT, {"x": 1, "y": [1, 2]}, 0),
+        runner.job(EXPERIMENT, {"y": (1, 2), "x": 1}, 0),
+    )
+    assert a.path("smoke") == b.path("smoke")  # key order and tuple/list do not matter
+    assert a.path("smoke") != runner.job(EXPERIMENT, {"x": 1, "y": [1, 2]}, 1).path("smoke")
+    ctx_cpu, ctx_auto = runner.Context("smoke", device="cpu"), runner.Context("smoke")
+    runner.run([a], double, ctx_cpu, n_procs=1)
+    assert runner.run([a], double, ctx_auto, n_procs=1)[0]["result"]["device"] == "cpu"
+
+
+def test_run_computes_only_missing_and_keeps_order(records_dir, monkeypatch):
+    ctx = runner.Context("smoke")
+    first = runner.run(jobs_of([1, 2]), double, ctx, n_procs=1)
+    assert [r["result"]["value"] for r in first] == [2, 4]
+    calls = []
+    monkeypatch.setattr(runner, "map_jobs", lambda fn, kw, **k: calls.append(len(kw)) or [])
+    assert runner.run(jobs_of([1, 2]), double, ctx) == first  # nothing missing: no worker
+    assert calls == []
+    monkeypatch.undo()
+    out = runner.run(jobs_of([3, 1, 2]), double, ctx, n_procs=1)
+    assert [r["result"]["value"] for r in out] == [6, 2, 4]
+
+
+def test_stored_reads_only_the_named_keys(records_dir):
+    ctx = runner.Context("smoke")
+    runner.run(jobs_of([1]), double, ctx, n_procs=1)
+    runner.run(jobs_of([1], seed=5), double, ctx, n_procs=1)  # another seed in the same store
+    got = runner.stored(jobs_of([1, 2]), "smoke")
+    assert got[0]["seed"] == 0 and got[0]["result"]["value"] == 2 and got[1] is None
+
+
+def test_force_recomputes(records_dir):
+    ctx = runner.Context("smoke")
+    before = runner.run(jobs_of([7]), double, ctx, n_procs=1)[0]
+    runner.run(jobs_of([7]), double, ctx, n_procs=1)
+    assert CALLS.count(7) == 1
+    after = runner.run(jobs_of([7]), double, ctx, n_procs=1, force=True)[0]
+    assert CALLS.count(7) == 2 and after["result"] == before["result"]
+
+
+def test_context_rejects_unknown_profile():
+    with pytest.raises(ValueError, match="profile"):
+        runner.Context("huge")
