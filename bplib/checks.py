@@ -5,8 +5,6 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable
 
-import torch
-
 
 def check_choice(name: str, value, allowed: Iterable):
     """Raise ``ValueError`` unless ``value`` is one of ``allowed``; return it."""
@@ -61,9 +59,11 @@ def check_seeds(seeds) -> list[int]:
 
 
 # Measurement dtypes (Hessian, NTK, singular values): never bf16, which is for training only.
-MEASURE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MEASURE_DTYPES = ("float32", "float64")
 
 
-def check_dtype(name: str, value: str) -> torch.dtype:
+def check_dtype(name: str, value: str):
     """The torch dtype of a measurement dtype name (``"float32"`` or ``"float64"``)."""
-    return MEASURE_DTYPES[check_choice(name, value, tuple(MEASURE_DTYPES))]
+    import torch  # here, not at the top: the book tools import checks without torch
+
+    return getattr(torch, check_choice(name, value, MEASURE_DTYPES))

@@ -1,13 +1,13 @@
-"""bplib-run (bplib.batch): validation before anything runs, a real local batch with one failing
-job and the skip on re-run, and the same notebook on a real Dask LocalCluster. The chapter is a
-tiny synthetic MyST notebook written into tmp_path (kernel start-up dominates: ~2 s a job)."""
+"""bplib-run (bplib.book.batch): validation before anything runs, a real local batch with one
+failing job and the skip on re-run, and the same notebook on a real Dask LocalCluster. The chapter
+is a tiny synthetic MyST notebook written into tmp_path (kernel start-up dominates: ~2 s a job)."""
 
 import os
 
 import nbformat
 import pytest
 
-from bplib.batch import main, plan
+from bplib.book.batch import main, plan
 
 TINY = """\
 ---

@@ -11,7 +11,8 @@ import nbformat
 import pytest
 import yaml
 
-from bplib.notebooks import DEFAULT_CHAPTERS_DIR, REPO_ROOT, chapter_sources, main, render, sync
+from bplib.book import REPO_ROOT
+from bplib.book.notebooks import DEFAULT_CHAPTERS_DIR, chapter_sources, main, render, sync
 
 CHAPTERS = [p.stem for p in chapter_sources(DEFAULT_CHAPTERS_DIR)]
 
@@ -45,9 +46,9 @@ print(x)
 
 
 def test_committed_notebooks_are_in_sync():
-    """`python -m bplib.notebooks --check`: no chapter .ipynb missing, stale or orphaned."""
+    """`python -m bplib.book.notebooks --check`: no chapter .ipynb missing, stale or orphaned."""
     problems = sync(DEFAULT_CHAPTERS_DIR, check=True)
-    assert not problems, "run `python -m bplib.notebooks`:\n" + "\n".join(problems)
+    assert not problems, "run `python -m bplib.book.notebooks`:\n" + "\n".join(problems)
 
 
 def test_every_toc_chapter_has_a_source_and_a_notebook():

@@ -7,11 +7,9 @@ unchanged keeps its id and metadata, so the notebooks' diffs stay small. A new c
 derived from its source (not a random one), so regenerating is deterministic and ``--check``
 can tell drift from noise.
 
-    python -m bplib.notebooks            # write chapters/*.ipynb (or: bplib-sync-notebooks)
-    python -m bplib.notebooks --check    # exit 1 if any .ipynb is missing, stale or orphaned
+    python -m bplib.book.notebooks          # write chapters/*.ipynb (or: bplib-sync-notebooks)
+    python -m bplib.book.notebooks --check  # exit 1 if any .ipynb is missing, stale or orphaned
 """
-
-from __future__ import annotations
 
 import argparse
 import hashlib
@@ -22,18 +20,13 @@ import jupytext
 import nbformat
 from jupytext.combine import combine_inputs_with_outputs
 
-REPO_ROOT = Path(__file__).resolve().parent.parent  # not bplib.data's: no torch import here
-DEFAULT_CHAPTERS_DIR = REPO_ROOT / "chapters"
+from bplib.book import DEFAULT_CHAPTERS_DIR
 
 
 def chapter_sources(chapters_dir: Path) -> list[Path]:
     """The chapter notebooks in ``chapters_dir``: ``*.md`` files whose header names a kernel."""
-    return [p for p in sorted(Path(chapters_dir).glob("*.md")) if is_notebook(p)]
-
-
-def is_notebook(path: Path) -> bool:
-    """Whether ``path`` is a Jupytext notebook (a plain markdown file has no ``kernelspec``)."""
-    return "kernelspec" in jupytext.read(path).metadata
+    paths = sorted(Path(chapters_dir).glob("*.md"))
+    return [p for p in paths if "kernelspec" in jupytext.read(p).metadata]  # not plain markdown
 
 
 def render(source: Path) -> str:
@@ -91,15 +84,10 @@ def sync(chapters_dir: Path = DEFAULT_CHAPTERS_DIR, check: bool = False) -> list
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="bplib-sync-notebooks",
-        description="Write the output-free Colab notebooks chapters/*.ipynb from chapters/*.md.",
-    )
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="write nothing; exit 1 if any notebook is missing, stale or orphaned",
-    )
+    description = "Write the output-free Colab notebooks chapters/*.ipynb from chapters/*.md."
+    parser = argparse.ArgumentParser(prog="bplib-sync-notebooks", description=description)
+    check = "write nothing; exit 1 if any notebook is missing, stale or orphaned"
+    parser.add_argument("--check", action="store_true", help=check)
     parser.add_argument("--chapters-dir", type=Path, default=DEFAULT_CHAPTERS_DIR)
     args = parser.parse_args(argv)
     problems = sync(args.chapters_dir, check=args.check)
@@ -108,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         written = not args.check and what in ("missing", "stale")
         print(f"wrote {path} (was {what})" if written else line, file=sys.stderr)
     if args.check and problems:
-        print("run `python -m bplib.notebooks` and commit the notebooks", file=sys.stderr)
+        print("run `python -m bplib.book.notebooks` and commit the notebooks", file=sys.stderr)
     orphans = [p for p in problems if "no chapter source" in p]
     return 1 if (problems if args.check else orphans) else 0
 
