@@ -8,8 +8,11 @@ experiment's parameters. It holds::
                                      "device", "wall_time_s", "date", "host_cpus"}}
 
 Records are written atomically (temporary file + ``os.replace``), so a killed run leaves either
-the old record or the new one, never half a file. ``cpu`` and ``paper`` records are small and
-meant to be committed; ``smoke`` records are a local cache (git-ignored). The root is
+the old record or the new one, never half a file; a temporary file a kill leaves behind
+(``.tmp-*``) is never read as a record. New files get mode ``0o666 & ~umask`` (readable by a
+group sharing the store). A file that does not load (truncated, empty, not a record) raises
+:class:`CorruptFile` naming it; it is never silently recomputed. ``cpu`` and ``paper`` records
+are small and meant to be committed; ``smoke`` records are a local cache (git-ignored). The root is
 ``$BPLIB_RECORDS`` when set, else ``data/records`` in the repository.
 """
 
@@ -23,6 +26,7 @@ import platform
 import subprocess
 import tempfile
 import time
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,6 +37,82 @@ from bplib.checks import check_choice
 from bplib.data import REPO_ROOT
 
 PROFILES = ("smoke", "cpu", "paper")
+RECORD_KEYS = ("experiment", "profile", "seed", "params", "result", "provenance")
+TMP_PREFIX = ".tmp-"  # temporary files of atomic writes; never read as records or arrays
+
+
+class CorruptFile(ValueError):
+    """A stored file (record, arrays, checkpoint) exists but does not load. The message names the
+    path, why, and what to do; ``path`` holds the path."""
+
+    def __init__(self, path, what: str, reason: str, todo: str = "delete it to recompute"):
+        # All fields in args: the exception crosses from worker processes by pickling.
+        super().__init__(str(path), what, reason, todo)
+        self.path, self.what, self.reason, self.todo = Path(path), what, reason, todo
+
+    def __str__(self) -> str:
+        return f"{self.path} is not a readable {self.what} ({self.reason}); {self.todo}"
+
+
+class StoreNotWritable(OSError):
+    """The records store folder cannot be created or written (found before any work starts)."""
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it for good (Linux: /proc/self/status)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)  # no read-only call elsewhere: set and restore at once
+    os.umask(old)
+    return old
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Give a finished temporary file the mode a plain ``open`` would (mkstemp makes 0600,
+    unreadable to a group sharing the store), then move it into place atomically."""
+    os.chmod(tmp, 0o666 & ~current_umask())
+    os.replace(tmp, path)
+
+
+def check_writable(folder: Path, root: Path | None = None) -> None:
+    """Create ``folder`` and write and remove a probe file in it, or raise
+    :class:`StoreNotWritable` naming it: an unwritable store must fail before work, not after."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX + "probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        todo = (
+            f"pass a writable root (given: {str(root)!r}), or none to use BPLIB_RECORDS"
+            if root is not None
+            else f"set the BPLIB_RECORDS variable (now {os.environ.get('BPLIB_RECORDS')!r}) "
+            "to a writable folder"
+        )
+        raise StoreNotWritable(
+            f"records store folder {folder} cannot be written ({err.strerror or err}); {todo}. "
+            "Nothing was computed."
+        ) from err
+
+
+def read_record(path: Path) -> dict:
+    """The record stored at ``path``; :class:`CorruptFile` (naming it) if it is not one."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except ValueError as err:  # JSONDecodeError (truncated, empty) and UnicodeDecodeError
+        raise CorruptFile(path, "record", f"invalid JSON: {err}") from None
+    if not isinstance(record, dict):
+        raise CorruptFile(path, "record", f"a JSON {type(record).__name__}, not an object")
+    missing = [k for k in RECORD_KEYS if k not in record]
+    if missing:
+        raise CorruptFile(path, "record", f"missing key(s) {', '.join(missing)}")
+    return record
 
 
 def records_root() -> Path:
@@ -80,11 +160,15 @@ def git_commit() -> tuple[str, bool]:
         return "unknown", True
 
 
-def provenance(device: str, wall_time_s: float) -> dict:
+def provenance(device: str, wall_time_s: float, data: str | None = None) -> dict:
+    """Where and with what a record was made. ``data`` names the data it was computed from
+    (``bplib.data.data_identity``: a verified checksum or torchvision's version); None when the
+    caller does not say."""
     from bplib import __version__
 
     commit, dirty = git_commit()
     return {
+        "data": data,
         "commit": commit,
         "dirty": dirty,
         "torch": torch.__version__,
@@ -99,13 +183,13 @@ def provenance(device: str, wall_time_s: float) -> dict:
 
 def write_atomic(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -132,13 +216,15 @@ def load_or_run(
     ``fn`` takes no arguments and returns a JSON-able dict (tensors and arrays are converted).
     ``params`` must contain everything that changes the result (the seed included); the record
     carries them, so a reader can see what produced a number. ``force=True`` recomputes and
-    overwrites. A failing ``fn`` writes nothing, so an earlier record is never lost.
+    overwrites. A failing ``fn`` writes nothing, so an earlier record is never lost. A stored
+    file that is not a record raises :class:`CorruptFile`; an unwritable store raises
+    :class:`StoreNotWritable` before ``fn`` runs.
     """
     params = {**params, "seed": seed} if seed is not None else dict(params)
     path = record_path(experiment, params, profile, root)
     if path.exists() and not force:
-        with open(path) as f:
-            return json.load(f)
+        return read_record(path)
+    check_writable(path.parent, root)
     start = time.perf_counter()
     result = jsonable(fn())
     record = {
@@ -154,14 +240,17 @@ def load_or_run(
 
 
 def find_records(experiment: str, profile: str | None = None, root: Path | None = None):
-    """All stored records of an experiment (optionally of one profile), sorted by path."""
+    """All stored records of an experiment (optionally of one profile), sorted by path.
+
+    Temporary files of interrupted writes (``.tmp-*``) are skipped; a corrupt record raises
+    :class:`CorruptFile` naming it."""
     base = root or records_root()
     profiles = PROFILES if profile is None else (check_choice("profile", profile, PROFILES),)
     out = []
     for p in profiles:
         for path in sorted((base / p / experiment).glob("*.json")):
-            with open(path) as f:
-                out.append(json.load(f))
+            if not path.name.startswith("."):  # pathlib's glob matches dotfiles
+                out.append(read_record(path))
     return out
 
 
@@ -200,17 +289,26 @@ def save_arrays(path: Path, **arrays) -> None:
     """Write named arrays to a compressed ``.npz`` atomically (temporary file + ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=".npz")
     os.close(fd)
     try:
         np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
 def load_arrays(path: Path) -> dict:
-    """``{name: numpy array}`` from a ``.npz`` written by :func:`save_arrays`."""
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
+    """``{name: numpy array}`` from a ``.npz`` written by :func:`save_arrays`; a file that does
+    not load raises :class:`CorruptFile` naming it (a missing one: ``FileNotFoundError``)."""
+    try:
+        z = np.load(path)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a lone .npy array, not a .npz
+            raise zipfile.BadZipFile("a .npy array, not a .npz archive")
+        with z:
+            return {k: z[k] for k in z.files}
+    except (OSError, MemoryError):  # missing, unreadable, out of memory: not the file's fault
+        raise
+    except Exception as err:  # EOFError, BadZipFile, zlib.error, ValueError (pickled data), ...
+        raise CorruptFile(path, "arrays file", f"{type(err).__name__}: {err}") from None

@@ -23,7 +23,14 @@ import torch
 
 from bplib.checks import check_choice
 from bplib.parallel import map_jobs
-from bplib.results import PROFILES, arrays_path, load_or_run, record_path
+from bplib.results import (
+    PROFILES,
+    arrays_path,
+    check_writable,
+    load_or_run,
+    read_record,
+    record_path,
+)
 from bplib.train import resolve_device
 
 # Names that say where or how a job runs, not what it computes: never in a record key.
@@ -74,12 +81,12 @@ class Context:
 
 
 def load(job: Job, profile: str, root: Path | None = None) -> dict | None:
-    """The stored record of ``job`` at ``profile``, or None when there is none."""
+    """The stored record of ``job`` at ``profile``, or None when there is none; a file that is
+    not a record raises :class:`bplib.results.CorruptFile` naming it (never recomputed silently)."""
     path = job.path(profile, root)
     if not path.exists():
         return None
-    with open(path) as f:
-        return json.load(f)
+    return read_record(path)
 
 
 def stored(jobs: list[Job], profile: str, root: Path | None = None) -> list[dict | None]:
@@ -111,8 +118,12 @@ def run(
 ) -> list[dict]:
     """The records of ``jobs`` (in order): stored ones are read, missing ones computed by
     ``work(job, ctx)`` in ``n_procs`` one-thread processes (default: 2 on a 2+ core CPU, 1 on a
-    GPU). No worker process starts when nothing is missing. ``force`` recomputes every job."""
+    GPU). No worker process starts when nothing is missing. ``force`` recomputes every job.
+    Raises :class:`bplib.results.StoreNotWritable` before computing anything when a missing
+    job's store folder cannot be written (the work would be lost at the end)."""
     todo = [j for j in jobs if force or load(j, ctx.profile, ctx.root) is None]
+    for folder in sorted({j.path(ctx.profile, ctx.root).parent for j in todo}):
+        check_writable(folder, ctx.root)  # arrays go beside the record: the same folder
     if todo:
         if resolve_device(ctx.device).type == "cuda":
             n_procs = 1  # one GPU: run in-process

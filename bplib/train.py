@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from bplib.checks import check_choice, check_float, check_int
 from bplib.data import augment, batches, to_float
+from bplib.results import CorruptFile, publish
 
 
 class TrainingDiverged(RuntimeError):
@@ -126,7 +127,7 @@ def correct(model, x, y, adversary=None, batch_size: int = 500) -> torch.Tensor:
 def _save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: an interrupted save leaves the previous checkpoint
+    publish(tmp, path)  # atomic (an interrupted save leaves the previous one); umask-respecting
 
 
 def fit(
@@ -203,11 +204,24 @@ def _new_history(cfg: TrainConfig, seed: int, eval_sets: dict) -> dict:
     return {**history, "config": asdict(cfg), "seed": seed}
 
 
+_CHECKPOINT_KEYS = ("model", "optimizer", "generator", "torch_rng", "history", "epoch",
+                    "config", "seed")  # fmt: skip
+
+
 def _resume(ckpt: Path, model, opt, gen, cfg: TrainConfig, seed: int) -> tuple[dict, int]:
     """Load a checkpoint of the same config and seed into model, optimizer and generators;
     return (history so far, first epoch to run)."""
     device = next(model.parameters()).device
-    state = torch.load(ckpt, map_location=device, weights_only=False)
+    todo = f"delete it (or its run_dir={str(ckpt.parent)!r}) to train from epoch 0"
+    try:
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+    except (OSError, MemoryError, torch.OutOfMemoryError):  # not the file's fault
+        raise
+    except Exception as err:  # EOFError, RuntimeError (bad zip), UnpicklingError, ...
+        raise CorruptFile(ckpt, "checkpoint", f"{type(err).__name__}: {err}", todo) from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CorruptFile(ckpt, "checkpoint", f"missing key(s) {', '.join(missing)}", todo)
     if state["config"] != asdict(cfg) or state["seed"] != seed:
         raise ValueError(
             f"run_dir={str(ckpt.parent)!r} holds a checkpoint of a different "
