@@ -1,4 +1,5 @@
-"""Profiles of chapter 2 (weight decay vs norm-bias, paper Tables 2-3), and the paper's numbers.
+"""Profiles of chapter 2 (weight decay vs norm-bias, paper Tables 2-3); the paper's numbers are
+``bplib.paper.TABLE2`` and ``TABLE3``.
 
 Every model row names its registry model and keyword arguments, the weight-decay coefficient,
 the norm-bias coefficient and target ``mu2`` (squared norm), the paper row it is compared with,
@@ -155,19 +156,4 @@ PROFILES = {
         },
         "seeds": list(range(10)),
     },
-}
-
-# Paper (submitted version), CIFAR-10 test accuracy %, mean of 10 runs: none / weight decay /
-# norm-bias. Table 2: inputs not normalized; Table 3: normalized.
-PAPER_TABLE2 = {
-    "ResNet-18": (93.46, 94.06, 94.86),
-    "DenseNet-40": (89.26, 92.27, 92.49),
-    "MobileNetV2": (92.88, 92.88, 93.50),
-}
-PAPER_TABLE3 = {
-    "ResNet-18": (93.40, 94.76, 94.99),
-    "DenseNet-40": (90.78, 92.26, 92.46),
-    "MobileNetV2": (92.84, 93.64, 93.64),
-    "ResNet-20 Fixup": (10.00, 91.42, 91.55),
-    "MLP": (58.88, 58.95, 59.13),
 }
