@@ -1,7 +1,8 @@
-"""Sizes of the rank chapter (paper section 4, Table 4, Figure 2).
+"""Sizes of the rank chapter (paper section 4, Table 4, Figure 2); the paper's numbers are
+``bplib.paper.TABLE4``.
 
 Every profile trains CIFAR ResNet-18 with and without skip connections (``skips``) in six
-ways (``bplib.rank.ROWS``): natural, RankMax, RankMin, adversarial, RankMaxAdv, RankMinAdv.
+ways (``bplib.claims.rank.ROWS``): natural, RankMax, RankMin, adversarial, RankMaxAdv, RankMinAdv.
 Pixel budgets (``*_eps``, ``*_alpha``) are in [0, 1] pixel units. Epoch numbers are 1-based:
 ``rank_epochs=(2, 4)`` projects at the end of the 2nd and 4th epochs; a milestone ``m`` means the
 lr drops from epoch ``m + 1`` on (epoch index ``m`` 0-based, as ``TrainConfig.lr_at``).
@@ -103,16 +104,4 @@ PROFILES = {
         "jobs": 1,  # one GPU
         "seeds": [0, 1, 2],
     },
-}
-
-# Paper Table 4 (submitted version), ResNet-18 on CIFAR-10, in %: train acc, clean test acc,
-# robust test acc at eps 8/255 and at eps 1/255 (20-step PGD). The final paper's Skipless
-# ResNet-18 numbers are not public in text form.
-PAPER_TABLE4 = {
-    "natural": (99.99, 94.66, 0.00, 31.98),
-    "RankMax": (99.76, 93.66, 0.00, 22.01),
-    "RankMin": (99.90, 94.44, 0.00, 31.53),
-    "adversarial": (89.66, 85.06, 33.10, 80.49),
-    "RankMaxAdv": (89.21, 84.72, 32.40, 80.11),
-    "RankMinAdv": (88.33, 84.68, 30.57, 79.98),
 }

@@ -1,4 +1,5 @@
-"""Singular values and effective rank of convolutions, and the RankMin / RankMax projections.
+"""Singular values and effective rank of convolutions, and the RankMin / RankMax projections
+(paper section 4). Pure math: no training loop, no records.
 
 Convolution as a linear operator (Sedghi, Gupta & Long, 2019). A conv layer with kernel
 ``K [c_out, c_in, k, k]`` acting on ``c_in x n x n`` inputs with *circular* boundary and stride
@@ -27,27 +28,11 @@ exact edited operator).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from bplib.checks import check_choice, check_float, check_int
-from bplib.data import (
-    CIFAR100_MEAN,
-    CIFAR100_STD,
-    NUM_CLASSES,
-    Normalize,
-    batches,
-    holdout_split,
-    load_cifar,
-    subset,
-    to_float,
-)
-from bplib.models import block_convs, make_model
-from bplib.parallel import map_jobs
-from bplib.pgd import pgd_adversary
-from bplib.results import load_or_run, record_path
-from bplib.train import TrainConfig, fit
+from bplib.models import block_convs
 
 OPS = ("rankmin", "rankmax")
 
@@ -138,14 +123,19 @@ def quantiles(sorted_desc: torch.Tensor, num: int = 200) -> list[float]:
     return s[idx].tolist()
 
 
-def layer_spectra(model: nn.Module, num_quantiles: int = 200, image_size: int = 32) -> list[dict]:
+def layer_spectra(
+    model: nn.Module, num_quantiles: int = 200, image_size: int = 32, digits: int | None = None
+) -> list[dict]:
     """Per block conv: name, input size n, stride, channels, effective rank, and the spectrum
-    subsampled to ``num_quantiles`` order statistics (descending)."""
+    subsampled to ``num_quantiles`` order statistics (descending), rounded to ``digits``
+    significant digits when given (keeps records small)."""
     named = named_block_convs(model)
     sizes = conv_input_sizes(model, [c for _, c in named], image_size)
     out = []
     for (name, conv), n in zip(named, sizes):
         s = conv_singular_values(conv.weight, n)
+        q = quantiles(s, num_quantiles)
+        q = q if digits is None else [float(f"{v:.{digits}g}") for v in q]
         out.append(
             {
                 "name": name,
@@ -155,7 +145,7 @@ def layer_spectra(model: nn.Module, num_quantiles: int = 200, image_size: int = 
                 "c_in": conv.in_channels,
                 "effective_rank": effective_rank(s),
                 "max_rank": int(len(s)),
-                "spectrum_quantiles": quantiles(s, num_quantiles),
+                "spectrum_quantiles": q,
             }
         )
     return out
@@ -189,185 +179,3 @@ class RankProjection:
             conv.weight.copy_(project_kernel(conv.weight, n, self.op, self.threshold))
             after.append(effective_rank(conv_singular_values(conv.weight, n)))
         return {"epoch": epoch, "op": self.op, "eff_rank_before": before, "eff_rank_after": after}
-
-
-def spectra_summary(layers: list[dict]) -> dict:
-    """Effective ranks and input sizes as arrays (for plots and tables)."""
-    return {
-        "names": [d["name"] for d in layers],
-        "effective_rank": np.array([d["effective_rank"] for d in layers]),
-        "n": np.array([d["n"] for d in layers]),
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# The experiment of Table 4 / Figure 2: one training run per (model, row, seed)
-
-# Table 4 rows: name -> (rank projection or None, adversarial training?)
-ROWS = {
-    "natural": (None, False),
-    "RankMax": ("rankmax", False),
-    "RankMin": ("rankmin", False),
-    "adversarial": (None, True),
-    "RankMaxAdv": ("rankmax", True),
-    "RankMinAdv": ("rankmin", True),
-}
-EXPERIMENT = "rank"
-
-
-def model_label(skip: bool) -> str:
-    return "ResNet-18" if skip else "Skipless ResNet-18"
-
-
-def _bits(correct: torch.Tensor) -> str:
-    """Per-image correctness as a compact '0'/'1' string (for paired comparisons)."""
-    return "".join("1" if c else "0" for c in correct.tolist())
-
-
-@torch.no_grad()
-def _correct(model, x, y, adversary=None, batch_size=250) -> torch.Tensor:
-    """Boolean ``[N]``: is each (optionally attacked) image classified correctly (eval mode)."""
-
-    model.eval()
-    out = []
-    for xb, yb in batches(x, y, batch_size):
-        xb = to_float(xb)
-        if adversary is not None:
-            with torch.enable_grad():
-                xb = adversary(model, xb, yb)
-        out.append(model(xb).argmax(1) == yb)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
-
-
-def _round(values, digits: int = 4) -> list[float]:
-    return [float(f"{v:.{digits}g}") for v in values]
-
-
-def _small_spectra(layers: list[dict]) -> list[dict]:
-    return [{**d, "spectrum_quantiles": _round(d["spectrum_quantiles"])} for d in layers]
-
-
-def _data(params: dict, data_dir):
-    """(x_fit, y_fit, x_hold, y_hold, x_test, y_test, test_name) with a fixed data seed 0."""
-
-    d = load_cifar(params["dataset"], data_dir=data_dir)
-    x, y = d.x_train, d.y_train
-    if params["n_holdout"] > 0:
-        x, y, xh, yh = holdout_split(x, y, params["n_holdout"], seed=0)
-    else:
-        xh, yh = x[:0], y[:0]
-    x, y = subset(x, y, params["n_train"], seed=0)
-    return x, y, xh, yh, d.x_test, d.y_test, d.test_name
-
-
-def train_row(params: dict, row: str, skip: bool, seed: int, data_dir=None) -> dict:
-    """Train one row of Table 4 (``row`` in :data:`ROWS`) and measure it; a JSON-able dict.
-
-    ``params``: a rank profile as a dict (see ``bplib/profiles/rank.py``). Same ``seed`` and
-    ``skip`` give the same initialization in every row, so rows are paired.
-    """
-
-    check_choice("row", row, tuple(ROWS))
-    op, adversarial = ROWS[row]
-    x, y, xh, yh, xt, yt, test_name = _data(params, data_dir)
-    norm = Normalize(CIFAR100_MEAN, CIFAR100_STD) if params["dataset"] == "cifar100" else True
-    torch.manual_seed(seed)
-    model = make_model(
-        "resnet18",
-        width=params["width"],
-        skip=skip,
-        normalize=norm,
-        num_classes=NUM_CLASSES[params["dataset"]],
-    )
-    init = _small_spectra(layer_spectra(model, params["num_quantiles"]))
-    threshold = params["rankmin_threshold"] if op == "rankmin" else params["rankmax_ceiling"]
-    hook = RankProjection(op, threshold, params["rank_epochs"]) if op else None
-    adv = None
-    if adversarial:
-        adv = pgd_adversary(
-            params["train_eps"],
-            params["train_alpha"],
-            params["train_steps"],
-            mode=params["train_attack_mode"],
-            bf16=params["bf16"],
-        )
-    cfg = TrainConfig.from_params(params, eval_every=params["epochs"])
-    hist = fit(model, x, y, cfg, seed=seed, adversary=adv, on_epoch_end=hook, progress=False)
-    return _measure(
-        model, params, hist, init if row == "natural" else None, (x, y, xh, yh, xt, yt), test_name
-    )
-
-
-def _measure(model, params, hist, init, data, test_name) -> dict:
-    """Clean accuracies, 20-step PGD robust accuracies (fp32, eval mode) and final spectra."""
-
-    x, y, xh, yh, xt, yt = data
-    n_rob = len(xt) if params["n_robust"] is None else min(params["n_robust"], len(xt))
-    test_correct = _correct(model, xt, yt)
-    robust = {}
-    for eps in params["eval_eps"]:
-        adv = pgd_adversary(eps, params["eval_alpha_frac"] * eps, params["eval_steps"])
-        robust[f"{eps * 255:g}/255"] = _bits(_correct(model, xt[:n_rob], yt[:n_rob], adv))
-    return {
-        "train_acc": 100.0 * _correct(model, x, y).double().mean().item(),
-        "holdout_acc": 100.0 * _correct(model, xh, yh).double().mean().item() if len(xh) else None,
-        "test_acc": 100.0 * test_correct.double().mean().item(),
-        "test_correct": _bits(test_correct),
-        "robust_correct": robust,
-        "n_train": len(x),
-        "n_holdout": len(xh),
-        "n_test": len(xt),
-        "n_robust": n_rob,
-        "test_name": test_name,
-        "history": {k: hist[k] for k in ("train_loss", "train_acc", "epoch_time_s", "hooks")},
-        "spectra_init": init,
-        "spectra": _small_spectra(layer_spectra(model, params["num_quantiles"])),
-    }
-
-
-def rank_job(profile: str, params: dict, row: str, skip: bool, seed: int, data_dir=None) -> dict:
-    """One stored record (``load_or_run``) of :func:`train_row`; a module-level job for
-    :func:`bplib.parallel.map_jobs`."""
-
-    return load_or_run(
-        EXPERIMENT,
-        {**params, "row": row, "skip": skip},
-        lambda: train_row(params, row, skip, seed, data_dir),
-        profile=profile,
-        seed=seed,
-    )
-
-
-def job_list(cfg) -> list[dict]:
-    """Keyword arguments of every :func:`rank_job` of a profile namespace ``cfg``; the expensive
-    (adversarial) jobs first so two workers finish together."""
-    params = {k: v for k, v in vars(cfg).items() if k not in ("seeds", "profile", "skips", "jobs")}
-    jobs = [
-        {"profile": cfg.profile, "params": params, "row": row, "skip": skip, "seed": seed}
-        for row in ROWS
-        for skip in cfg.skips
-        for seed in cfg.seeds
-    ]
-    return sorted(jobs, key=lambda j: not ROWS[j["row"]][1])
-
-
-def run_all(cfg, data_dir=None) -> list[dict]:
-    """Run the missing records of profile ``cfg`` in ``cfg.jobs`` 1-thread processes; return
-    all records in :func:`job_list` order."""
-
-    kw = [{**j, "data_dir": data_dir} for j in job_list(cfg)]
-
-    def missing(j):
-        key = {**j["params"], "row": j["row"], "skip": j["skip"], "seed": j["seed"]}
-        return not record_path(EXPERIMENT, key, j["profile"]).exists()
-
-    todo = [j for j in kw if missing(j)]
-    threads = torch.get_num_threads()
-    try:  # in-process jobs on one thread too: narrow nets lose time to thread contention
-        if cfg.jobs <= 1 and not torch.cuda.is_available():
-            torch.set_num_threads(1)
-        if todo:
-            map_jobs(rank_job, todo, jobs=cfg.jobs, desc="rank runs")
-    finally:
-        torch.set_num_threads(threads)
-    return [rank_job(**j) for j in kw]  # all stored now: reads the records
