@@ -14,6 +14,10 @@ Where the data comes from (:func:`load_cifar`)
    ``../shared/data/cifar`` beside the repository when it exists) holding ``cifar10.npz`` with
    ``x_train [50000,32,32,3]``, ``y_train``, ``x_test``, ``y_test`` (uint8, HWC);
 2. otherwise torchvision's download into ``~/.cache/bplib`` (needs internet).
+
+Offline files are verified on load against the checksum list that ships in
+:mod:`bplib.data_checksums` (layout, then sha256; cached per file version, so a warm load stays
+fast). :func:`data_identity` names the data a result was computed from, for provenance.
 """
 
 from __future__ import annotations
@@ -27,6 +31,14 @@ import torch
 from torch import nn
 
 from bplib.checks import check_choice, check_int
+from bplib.data_checksums import (  # noqa: F401  (DataFileError, verify_npz: public here too)
+    DataFileError,
+    cached_identity,
+    file_version,
+    read_verified,
+    torchvision_identity,
+    verify_npz,
+)
 
 # Per-channel statistics of the 50,000 CIFAR-10 training images (published, 0-255 scale),
 # divided by 255 to [0, 1] pixel units. Named once: every normalization in the project uses
@@ -41,6 +53,7 @@ DATASETS = ("cifar10", "cifar100", "cifar10_small")
 NUM_CLASSES = {"cifar10": 10, "cifar10_small": 10, "cifar100": 100}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OFFLINE_DIR = REPO_ROOT.parent / "shared" / "data" / "cifar"
+NPZ_FILES = {"cifar10": "cifar10.npz", "cifar10_small": "cifar10_small.npz"}
 
 
 @dataclass
@@ -58,6 +71,9 @@ class CifarData:
     classes: list[str]
     source: str
     test_name: str
+    # What the pixels are, for provenance: "<file> sha256:<16 hex>" (verified offline npz) or
+    # "torchvision <version> <dataset>"; see data_identity.
+    identity: str = "unverified"
 
     @property
     def num_classes(self) -> int:
@@ -66,7 +82,11 @@ class CifarData:
     def to(self, device) -> CifarData:
         moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")}
         return CifarData(
-            **moved, classes=self.classes, source=self.source, test_name=self.test_name
+            **moved,
+            classes=self.classes,
+            source=self.source,
+            test_name=self.test_name,
+            identity=self.identity,
         )
 
 
@@ -88,11 +108,29 @@ def _labels(y) -> torch.Tensor:
     return torch.as_tensor(np.asarray(y), dtype=torch.int64)
 
 
+def _offline_file(name: str, data_dir) -> Path | None:
+    folder = offline_dir(data_dir)
+    npz = NPZ_FILES.get(name)
+    if folder is not None and npz is not None and (folder / npz).exists():
+        return folder / npz
+    return None
+
+
+def data_identity(dataset: str, data_dir=None) -> str:
+    """What :func:`load_cifar` with these arguments would load, as a short string for provenance:
+    ``"<file> sha256:<16 hex>"`` for a verified offline npz, else ``"torchvision <version>
+    <dataset>"``. Reads no pixels when the verification cache knows the file version."""
+    check_choice("dataset", dataset, DATASETS)
+    path = _offline_file(dataset, data_dir)
+    if path is None:
+        return torchvision_identity(dataset)
+    return cached_identity(path, file_version(path)) or verify_npz(path)
+
+
 def _from_npz(path: Path, name: str) -> CifarData:
-    with np.load(path) as z:
-        x_train, y_train = z["x_train"], z["y_train"]
-        x_test, y_test = z["x_test"], z["y_test"]
-        classes = [str(c) for c in z["classes"]]
+    arrays, identity = read_verified(path)
+    x_train, y_train = arrays["x_train"], arrays["y_train"]
+    x_test, y_test = arrays["x_test"], arrays["y_test"]
     n_test = len(y_test)
     test_name = "CIFAR-10 test" if n_test == 10000 else f"CIFAR-10 test, first {n_test:,} images"
     return CifarData(
@@ -100,9 +138,10 @@ def _from_npz(path: Path, name: str) -> CifarData:
         _labels(y_train),
         _hwc_to_tensor(x_test),
         _labels(y_test),
-        classes,
+        [str(c) for c in arrays["classes"]],
         source=f"offline npz {path}",
         test_name=test_name,
+        identity=identity,
     )
 
 
@@ -121,6 +160,7 @@ def _from_torchvision(name: str, root: Path) -> CifarData:
         list(train.classes),
         source=f"torchvision download ({root})",
         test_name=f"{label} test",
+        identity=torchvision_identity(name),
     )
 
 
@@ -133,9 +173,10 @@ def load_cifar(name: str = "cifar10", data_dir=None, download_root=None) -> Cifa
     """
     check_choice("dataset", name, DATASETS)
     folder = offline_dir(data_dir)
-    npz = {"cifar10": "cifar10.npz", "cifar10_small": "cifar10_small.npz"}.get(name)
-    if folder is not None and npz is not None and (folder / npz).exists():
-        return _from_npz(folder / npz, name)
+    npz = NPZ_FILES.get(name)
+    path = _offline_file(name, data_dir)
+    if path is not None:
+        return _from_npz(path, name)
     root = Path(download_root or Path.home() / ".cache" / "bplib")
     try:
         if name == "cifar10_small":  # the same images as the offline npz: the first 2,000 / 1,000
@@ -148,6 +189,7 @@ def load_cifar(name: str = "cifar10", data_dir=None, download_root=None) -> Cifa
                 full.classes,
                 full.source,
                 "CIFAR-10 test, first 1,000 images",
+                torchvision_identity(name),
             )
         return _from_torchvision(name, root)
     except Exception as err:  # network or md5 failure: say what to do, keep the cause

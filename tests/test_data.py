@@ -119,3 +119,20 @@ def test_normalize_maps_mean_to_zero():
     norm = Normalize()
     x = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1).expand(2, 3, 4, 4)
     assert torch.allclose(norm(x), torch.zeros(2, 3, 4, 4), atol=1e-6)
+
+
+def test_shipped_files_match_the_shipped_checksum_list(tmp_path, monkeypatch):
+    # A private cache, so every file is really hashed here (not taken from an earlier run).
+    monkeypatch.setenv("BPLIB_CACHE", str(tmp_path))
+    folder = data.offline_dir()
+    names = ("cifar10.npz", "cifar10_small.npz", "cifar100_foolbox_test20.npz")
+    if folder is None or not all((folder / n).exists() for n in names):
+        pytest.skip("offline CIFAR files not found: set BPLIB_DATA")
+    for name in names:
+        assert data.verify_npz(folder / name).startswith(f"{name} sha256:")
+    assert data.data_identity("cifar10") != data.data_identity("cifar10_small")
+
+
+def test_loaded_data_carries_its_identity(cifar_small):
+    assert cifar_small.identity == data.data_identity("cifar10_small")
+    assert cifar_small.identity.startswith("cifar10_small.npz sha256:")
