@@ -5,7 +5,7 @@ experiment's parameters. It holds::
 
     {"experiment": str, "profile": str, "seed": int | None, "params": {...},
      "result": {...}, "provenance": {"commit", "dirty", "torch", "bplib", "python",
-                                     "device", "wall_time_s", "date", "host_cpus"}}
+                                     "device", "wall_time_s", "date", "host_cpus", "data"}}
 
 Records are written atomically (temporary file + ``os.replace``), so a killed run leaves either
 the old record or the new one, never half a file; a temporary file a kill leaves behind
@@ -210,12 +210,14 @@ def load_or_run(
     device: str = "cpu",
     force: bool = False,
     root: Path | None = None,
+    data: str | None = None,
 ) -> dict:
     """Return the stored record for ``(experiment, params, profile)``, or run ``fn()`` and store it.
 
     ``fn`` takes no arguments and returns a JSON-able dict (tensors and arrays are converted).
     ``params`` must contain everything that changes the result (the seed included); the record
-    carries them, so a reader can see what produced a number. ``force=True`` recomputes and
+    carries them, so a reader can see what produced a number; ``data`` (the data's identity,
+    :func:`bplib.data.data_identity`) goes into its provenance. ``force=True`` recomputes and
     overwrites. A failing ``fn`` writes nothing, so an earlier record is never lost. A stored
     file that is not a record raises :class:`CorruptFile`; an unwritable store raises
     :class:`StoreNotWritable` before ``fn`` runs.
@@ -233,7 +235,7 @@ def load_or_run(
         "seed": seed,
         "params": jsonable(params),
         "result": result,
-        "provenance": provenance(str(device), time.perf_counter() - start),
+        "provenance": provenance(str(device), time.perf_counter() - start, data=data),
     }
     write_atomic(path, record)
     return record

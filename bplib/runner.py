@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from bplib.checks import check_choice
+from bplib.data import data_identity
 from bplib.parallel import map_jobs
 from bplib.results import (
     PROFILES,
@@ -94,7 +95,28 @@ def stored(jobs: list[Job], profile: str, root: Path | None = None) -> list[dict
     return [load(j, profile, root) for j in jobs]
 
 
-def _run_one(work, job: Job, ctx: Context, force: bool) -> dict:
+class DataMismatch(ValueError):
+    """A stored record was made from other data than the data this run would use."""
+
+
+def data_identities(jobs: list[Job], ctx: Context) -> dict[str, str]:
+    """``{dataset: identity}`` of the data the jobs would read (verified now: a bad data file
+    fails here, before any work)."""
+    names = sorted({j.params["dataset"] for j in jobs if "dataset" in j.params})
+    return {name: data_identity(name, ctx.data_dir) for name in names}
+
+
+def _check_same_data(record: dict, path: Path, identities: dict[str, str]) -> None:
+    made_from = record["provenance"].get("data")  # absent in records older than the check
+    expected = identities.get(record["params"].get("dataset"))
+    if made_from is not None and expected is not None and made_from != expected:
+        raise DataMismatch(
+            f"{path} was made from data {made_from!r}, but this run reads {expected!r}; point "
+            "data_dir (or BPLIB_DATA) at the data it was made with, or delete it to recompute"
+        )
+
+
+def _run_one(work, job: Job, ctx: Context, force: bool, data: str | None = None) -> dict:
     """Compute one job's record and store it (module level: worker processes run it)."""
     return load_or_run(
         job.experiment,
@@ -105,6 +127,7 @@ def _run_one(work, job: Job, ctx: Context, force: bool) -> dict:
         device=str(resolve_device(ctx.device)),
         force=force,
         root=ctx.root,
+        data=data,
     )
 
 
@@ -120,15 +143,29 @@ def run(
     ``work(job, ctx)`` in ``n_procs`` one-thread processes (default: 2 on a 2+ core CPU, 1 on a
     GPU). No worker process starts when nothing is missing. ``force`` recomputes every job.
     Raises :class:`bplib.results.StoreNotWritable` before computing anything when a missing
-    job's store folder cannot be written (the work would be lost at the end)."""
-    todo = [j for j in jobs if force or load(j, ctx.profile, ctx.root) is None]
+    job's store folder cannot be written (the work would be lost at the end), and
+    :class:`DataMismatch` when a stored record was made from other data (records carry the
+    data's identity in their provenance)."""
+    identities = data_identities(jobs, ctx)
+    todo = []
+    for j in jobs:
+        record = None if force else load(j, ctx.profile, ctx.root)
+        if record is None:
+            todo.append(j)
+        else:
+            _check_same_data(record, j.path(ctx.profile, ctx.root), identities)
     for folder in sorted({j.path(ctx.profile, ctx.root).parent for j in todo}):
         check_writable(folder, ctx.root)  # arrays go beside the record: the same folder
     if todo:
         if resolve_device(ctx.device).type == "cuda":
             n_procs = 1  # one GPU: run in-process
         todo.sort(key=lambda j: -j.cost)
-        kwargs = [dict(work=work, job=j, ctx=ctx, force=force) for j in todo]
+        kwargs = [
+            dict(
+                work=work, job=j, ctx=ctx, force=force, data=identities.get(j.params.get("dataset"))
+            )
+            for j in todo
+        ]
         threads = torch.get_num_threads()
         try:  # in-process CPU jobs on one thread too: narrow nets lose time to contention
             if n_procs == 1 and resolve_device(ctx.device).type == "cpu":

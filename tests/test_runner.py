@@ -71,3 +71,19 @@ def test_force_recomputes(records_dir):
 def test_context_rejects_unknown_profile():
     with pytest.raises(ValueError, match="profile"):
         runner.Context("huge")
+
+
+def test_records_carry_the_data_identity_and_other_data_is_refused(records_dir, cifar_small):
+    """A record says which data made it; a stored record of other data is never reused
+    silently (here: its provenance names another file)."""
+    import json
+
+    ctx = runner.Context("smoke")
+    job = runner.job(EXPERIMENT, {"x": 4, "dataset": "cifar10_small"}, 0)
+    record = runner.run([job], double, ctx, n_procs=1)[0]
+    assert record["provenance"]["data"] == cifar_small.identity
+    path = job.path("smoke")
+    record["provenance"]["data"] = "cifar10_small.npz sha256:0000000000000000"
+    path.write_text(json.dumps(record))
+    with pytest.raises(runner.DataMismatch, match="delete it to recompute"):
+        runner.run([job], double, ctx, n_procs=1)
