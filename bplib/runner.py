@@ -16,13 +16,15 @@ parameters, other seeds) never changes what a claim sees.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from bplib.checks import check_choice
-from bplib.data import data_identity
+from bplib.data import REPO_ROOT, data_identity
 from bplib.parallel import map_jobs
 from bplib.results import (
     PROFILES,
@@ -34,8 +36,11 @@ from bplib.results import (
 )
 from bplib.train import resolve_device
 
+CHECKPOINTS = REPO_ROOT / "checkpoints"  # git-ignored default for training checkpoints
 # Names that say where or how a job runs, not what it computes: never in a record key.
-NOT_PARAMS = frozenset({"device", "data_dir", "root", "jobs", "force", "profile", "seeds", "seed"})
+NOT_PARAMS = frozenset(
+    {"device", "data_dir", "root", "jobs", "force", "profile", "seeds", "seed", "checkpoints"}
+)
 
 
 @dataclass(frozen=True)
@@ -72,9 +77,20 @@ class Context:
     device: str = "auto"
     data_dir: str | Path | None = None
     root: Path | None = None  # records store; None: ``results.records_root()``
+    checkpoints: str | Path | None = None  # None: $BPLIB_CHECKPOINTS, else ./checkpoints
 
     def __post_init__(self):
         check_choice("profile", self.profile, PROFILES)
+        for name in ("root", "checkpoints"):  # accept str paths (papermill parameters are str)
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+
+    def run_dir(self, job: Job, phase: str = "train") -> Path:
+        """The checkpoint folder of one training phase of ``job``, derived from its record key:
+        a killed job (or a disconnected Colab runtime) resumes there; removed once the record
+        is written. Point it at Google Drive with ``checkpoints=`` or ``BPLIB_CHECKPOINTS``."""
+        base = Path(self.checkpoints or os.environ.get("BPLIB_CHECKPOINTS") or CHECKPOINTS)
+        return base / self.profile / job.experiment / job.path(self.profile).stem / phase
 
     def arrays(self, job: Job) -> Path:
         """Where ``job`` may store arrays beside its record (same key, ``.npz``)."""
@@ -117,8 +133,9 @@ def _check_same_data(record: dict, path: Path, identities: dict[str, str]) -> No
 
 
 def _run_one(work, job: Job, ctx: Context, force: bool, data: str | None = None) -> dict:
-    """Compute one job's record and store it (module level: worker processes run it)."""
-    return load_or_run(
+    """Compute one job's record and store it (module level: worker processes run it); its
+    checkpoints are removed once the record is written."""
+    record = load_or_run(
         job.experiment,
         job.params,
         lambda: work(job, ctx),
@@ -129,6 +146,8 @@ def _run_one(work, job: Job, ctx: Context, force: bool, data: str | None = None)
         root=ctx.root,
         data=data,
     )
+    shutil.rmtree(ctx.run_dir(job).parent, ignore_errors=True)  # only a cache of this job
+    return record
 
 
 def run(

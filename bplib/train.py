@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -231,6 +232,7 @@ def _resume(ckpt: Path, model, opt, gen, cfg: TrainConfig, seed: int) -> tuple[d
     opt.load_state_dict(state["optimizer"])
     gen.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
+    print(f"resuming from {ckpt} after epoch {state['epoch'] + 1}", file=sys.stderr)
     return state["history"], state["epoch"] + 1
 
 

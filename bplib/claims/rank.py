@@ -96,7 +96,8 @@ def work(job: runner.Job, ctx: runner.Context) -> dict:
         kw = dict(mode=p["train_attack_mode"], bf16=p["bf16"])
         adv = pgd_adversary(p["train_eps"], p["train_alpha"], p["train_steps"], **kw)
     cfg = TrainConfig.from_params(p, eval_every=p["epochs"])
-    hist = fit(model, *split[:2], cfg, seed=seed, adversary=adv, on_epoch_end=hook, progress=False)
+    hist = fit(model, *split[:2], cfg, seed=seed, adversary=adv, on_epoch_end=hook,
+               run_dir=ctx.run_dir(job), progress=False)  # fmt: skip
     keep = ("train_loss", "train_acc", "epoch_time_s", "hooks")
     out = dict(test_name=test_name, history={k: hist[k] for k in keep}, spectra_init=init)
     return {**_measure(model, p, split), **out}
