@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from bplib.hessian import (
+from bplib.measures.hessian import (
     HessianOperator,
     extreme_eigenvalues_lanczos,
     extreme_eigenvalues_power,

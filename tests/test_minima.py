@@ -1,8 +1,11 @@
 import pytest
 import torch
 
-from bplib.hessian import full_loss_grad, positive_fraction
-from bplib.minima import (
+from bplib import runner
+from bplib.claims import minima as claim
+from bplib.data import REPO_ROOT
+from bplib.measures.hessian import full_loss_grad, positive_fraction
+from bplib.measures.lemma1 import (
     INITS,
     affine_of,
     balanced_factors,
@@ -11,6 +14,7 @@ from bplib.minima import (
     embed_conv,
     embed_linear_classifier,
     init_biases,
+    logit_gap,
     polish_lbfgs,
 )
 from bplib.models import MLP, ConvNet, make_model, unwrap
@@ -174,3 +178,108 @@ def test_polish_lbfgs_reaches_linear_minimum_real_cifar(cifar_small):
     after = full_loss_grad(linear, x, y, 5e-3)
     assert after["loss_wd"] < before["loss_wd"]
     assert after["grad_norm_wd"] < 0.02 * before["grad_norm_wd"], (before, after)
+
+
+def test_logit_gap_synthetic():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (7, 3, 32, 32), generator=gen, dtype=torch.uint8)
+    a = make_model("mlp", widths=(8,))
+    b = make_model("mlp", widths=(8,))
+    b.load_state_dict(a.state_dict())
+    assert logit_gap(a, b, x, batch=3) == 0.0
+    with torch.no_grad():
+        unwrap(b).layers[-1].bias[2] += 0.25  # one logit shifted on every image
+    assert logit_gap(a, b, x, batch=3) == pytest.approx(0.25, abs=1e-6)
+    assert logit_gap(a, b, x, dtype=torch.float64) == pytest.approx(0.25, abs=1e-12)
+
+
+# ----------------------------------------------------------------------- bplib.claims.minima
+COMMITTED = REPO_ROOT / "data" / "records"
+
+
+def test_jobs_find_the_committed_cpu_records():
+    cfg = get_profile("minima", "cpu")
+    jobs = claim.jobs(cfg)
+    assert len(jobs) == len(INITS) * len(cfg.seeds)
+    assert all(r is not None for r in runner.stored(jobs, "cpu", COMMITTED))
+    # the Lanczos-vs-power comparison runs once: first seed, default row, the costliest job
+    compare = [j for j in jobs if j.params["compare_power_iters"]]
+    assert [(j.params["row"], j.seed) for j in compare] == [("default", cfg.seeds[0])]
+    assert compare[0].cost == max(j.cost for j in jobs)
+    assert all(set(j.params) == {*claim.PARAM_KEYS, "row", "compare_power_iters"} for j in jobs)
+
+
+def test_summarize_committed_cpu_records():
+    # the numbers the cpu chapter and the results page showed before the restructure
+    cfg = get_profile("minima", "cpu")
+    records = runner.stored(claim.jobs(cfg), "cpu", COMMITTED)
+    s = claim.summarize(records, cfg)
+    assert s.ours == (
+        "trained loss: all biases +20 2.3026 ± 0.0000 (n=2); default 1.1745 ± 0.0047 (n=2)"
+    )
+    assert s.verdict == (
+        "suboptimal local minima found in 2 row(s): all biases +20, biases ~ U(-50, 50)"
+    )
+    assert s.glue["minima_n_bad"] == 2 and s.glue["minima_gap_plus20"] == "1.13"
+    assert s.glue["minima_lam_max_init"] == "348" and s.glue["minima_sgd_limit"] == "280"
+    assert s.glue["minima_logit_gap"] == "1.7e-05" and s.glue["minima_pos_init"] == "100.00"
+    assert s.glue["minima_lanczos_hvp"] == 122 and s.glue["minima_power_hvp"] == 1000
+    assert len(s.glue) == 17
+    sizes = {name: len(rows) for name, (_, rows) in s.tables.items()}
+    assert sizes == {"table1": 10, "verdict": 5, "lemma1": 12, "hvp": 2}
+    assert all(len(r) == len(h) for h, rows in s.tables.values() for r in rows)
+    text = claim.texts(records)
+    assert text["suboptimal"].endswith("['all biases +20', 'biases ~ U(-50, 50)']")
+    assert text["hvp"].startswith("Trained default network, seed 0; relative difference")
+    assert text["lemma1"].startswith("Worst case over 2 seed(s). profile cpu;")
+    assert "2.3301" in claim.paper_headline() and "0.0061" in claim.paper_headline()
+
+
+def _record_synthetic(row, seed, loss, grad=0.01, min_eig=1e-3, max_eig=10.0):
+    """A made-up minima_table1 record: gradient norm 1 at init, ``grad`` after training."""
+
+    def stage(loss, grad, min_eig):
+        train = {"loss": loss, "grad_norm_wd": grad, "grad_norm": grad, "acc": 50.0}
+        eig = {"min_eig": min_eig, "max_eig": max_eig}
+        return {"train": train, "test_acc": 40.0, "eig": eig, "positive_train": [1.0, 0.5]}
+
+    history = {"epoch": [1, 2], "train_loss": [3.0, loss]}
+    history["eval"] = {"test": {"epoch": [1, 2], "acc": [20.0, 40.0]}}
+    result = {"init": stage(3.0, 1.0, -1.0), "trained": stage(loss, grad, min_eig)}
+    result["history"] = history
+    if row == "lemma1":
+        linear = {"train": {"loss": 1.5, "grad_norm_wd": 1e-3}, "test_acc": 38.0}
+        result["lemma1"] = {"max_logit_gap_train_fp32": 1e-5, "max_logit_gap_train_fp64": 1e-6,
+                            "offset_max": 12.0, "scale": 1.0, "linear": linear}  # fmt: skip
+    prov = {"commit": "0123456789", "dirty": False, "device": "cpu"}
+    params = {"row": row}
+    return {"seed": seed, "profile": "smoke", "params": params, "result": result,
+            "provenance": prov}  # fmt: skip
+
+
+def test_summarize_verdict_rule_synthetic():
+    cfg = get_profile("minima", "smoke")
+    losses = {"default": (0.50, 0.52, 0.49), "lemma1": (1.4, 1.5, 1.45)}
+    losses.update(bias_plus20=(2.30, 2.31, 2.29), bias_uniform50=(2.30, 2.31, 2.29))
+    losses["bias_uniform10"] = (0.48, 0.53, 0.50)  # not above the default's loss
+    records = []
+    for row, values in losses.items():
+        for seed, loss in enumerate(values):
+            # U(-50, 50) keeps a clearly negative eigenvalue: not at a local minimum
+            min_eig = -0.5 if row == "bias_uniform50" else 1e-3
+            records.append(_record_synthetic(row, seed, loss, min_eig=min_eig))
+    s = claim.summarize(records, cfg)
+    assert s.verdict == "suboptimal local minima found in 1 row(s): all biases +20"
+    assert s.glue["minima_n_bad"] == 1 and s.glue["minima_gap_plus20"] == "1.80"
+    assert s.glue["minima_pos_init"] == "50.00" and "hvp" not in s.tables
+    verdict = {r[0]: r for r in s.tables["verdict"][1]}
+    assert verdict["biases ~ U(-50, 50)"][5] == "no" and verdict["default"][6] == "-"
+    text = claim.texts(records)
+    assert "hvp" not in text and text["suboptimal"].endswith("['all biases +20']")
+    # one seed: the paired interval is undefined, so nothing is decided
+    one = [r for r in records if r["seed"] == 0]
+    assert claim.summarize(one, cfg).verdict == "no suboptimal local minimum found at this scale"
+    # a gradient that did not fall tenfold is not a minimum either
+    slow = [r for r in records if r["params"]["row"] != "bias_plus20"]
+    slow += [_record_synthetic("bias_plus20", seed, 2.3, grad=0.5) for seed in range(3)]
+    assert claim.summarize(slow, cfg).glue["minima_n_bad"] == 0

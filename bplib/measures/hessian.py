@@ -16,43 +16,34 @@ Conventions
 from __future__ import annotations
 
 import copy
+import time
 
 import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
-from torch import nn
+from torch import Tensor, nn
 
-from bplib.checks import check_choice, check_float, check_int
+from bplib.checks import check_dtype, check_float, check_int
 from bplib.data import batches, to_float
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _copy_as(model: nn.Module, dtype: str) -> nn.Module:
-    check_choice("dtype", dtype, tuple(DTYPES))
-    return copy.deepcopy(model).to(DTYPES[dtype]).eval()
+from bplib.models import unwrap
 
 
-def _params(model: nn.Module) -> list[torch.Tensor]:
-    return [p for p in model.parameters() if p.requires_grad]
+def _copy_as(model: nn.Module, dtype: str) -> tuple[nn.Module, list[Tensor]]:
+    """An eval-mode copy of ``model`` in ``dtype`` and its trainable parameters."""
+    net = copy.deepcopy(model).to(check_dtype("dtype", dtype)).eval()
+    return net, [p for p in net.parameters() if p.requires_grad]
 
 
-def _flat(tensors) -> torch.Tensor:
+def _flat(tensors) -> Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def _inputs(xb: torch.Tensor, device, dtype) -> torch.Tensor:
+def _inputs(xb: Tensor, device, dtype) -> Tensor:
     return to_float(xb.to(device)).to(dtype)
 
 
-def full_loss_grad(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    weight_decay: float = 0.0,
-    batch_size: int = 1000,
-    dtype: str = "float32",
-) -> dict:
+def full_loss_grad(model: nn.Module, x: Tensor, y: Tensor, weight_decay: float = 0.0,
+                   batch_size: int = 1000, dtype: str = "float32") -> dict:  # fmt: skip
     """Loss, accuracy and gradient norm of the mean loss over all of ``(x, y)``.
 
     Returns ``{"loss", "loss_wd", "acc", "grad_norm", "grad_norm_wd"}``: ``loss`` is the mean
@@ -61,14 +52,13 @@ def full_loss_grad(
     ``loss_wd`` (``grad + weight_decay * phi``); ``acc`` in %.
     """
     check_float("weight_decay", weight_decay, low=0.0)
-    net = _copy_as(model, dtype)
-    params = _params(net)
+    net, params = _copy_as(model, dtype)
     device = params[0].device
     grads = [torch.zeros_like(p) for p in params]
     loss_sum, correct = 0.0, 0
     for xb, yb in batches(x, y, batch_size):
         yb = yb.to(device)
-        out = net(_inputs(xb, device, DTYPES[dtype]))
+        out = net(_inputs(xb, device, params[0].dtype))
         loss = nn.functional.cross_entropy(out, yb, reduction="sum")
         for g, gb in zip(grads, torch.autograd.grad(loss, params)):
             g += gb
@@ -93,20 +83,12 @@ class HessianOperator:
     parameters in ``model.parameters()`` order). ``n_hvp`` counts the products computed.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        weight_decay: float = 0.0,
-        batch_size: int = 1000,
-        dtype: str = "float32",
-    ):
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, weight_decay: float = 0.0,
+                 batch_size: int = 1000, dtype: str = "float32"):  # fmt: skip
         self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
         self.batch_size = check_int("batch_size", batch_size, low=1)
-        self.net = _copy_as(model, dtype)
-        self.params = _params(self.net)
-        self.dtype = DTYPES[dtype]
+        self.net, self.params = _copy_as(model, dtype)
+        self.dtype = self.params[0].dtype
         self.device = self.params[0].device
         self.x, self.y = x, y
         self.dim = sum(p.numel() for p in self.params)
@@ -128,10 +110,6 @@ class HessianOperator:
         self.n_hvp += 1
         result = _flat(hv) / len(self.x) + self.weight_decay * v_t
         return result.double().cpu().numpy()
-
-    def linear_operator(self) -> LinearOperator:
-        """A scipy ``LinearOperator`` (float64) calling :meth:`matvec`."""
-        return LinearOperator((self.dim, self.dim), matvec=self.matvec, dtype=np.float64)
 
 
 def _start_vector(dim: int, seed: int) -> np.ndarray:
@@ -205,24 +183,18 @@ def extreme_eigenvalues_lanczos(
     shift = abs(lam_max) if np.isfinite(lam_max) else 0.0
     shifted = lambda v: op.matvec(v) + shift * np.asarray(v).reshape(-1)  # noqa: E731
     theta, ok_min = _eigsh_one(shifted, op.dim, "SA", tol, ncv, max_hvp, seed + 1)
-    return {
-        "min_eig": theta - shift,
-        "max_eig": lam_max,
-        "n_hvp": op.n_hvp - start,
-        "converged": ok_max and ok_min,
-    }
+    n_hvp, ok = op.n_hvp - start, ok_max and ok_min
+    return {"min_eig": theta - shift, "max_eig": lam_max, "n_hvp": n_hvp, "converged": ok}
 
 
 @torch.no_grad()
-def positive_fraction(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> list[float]:
+def positive_fraction(model: nn.Module, x: Tensor, batch_size: int = 1000) -> list[float]:
     """Fraction of strictly positive pre-activations of every hidden layer over all of ``x``.
 
     ``model`` is ``make_model("mlp", ...)`` (``Sequential(normalize, net)``) or a bare
     :class:`bplib.models.MLP` (then ``x`` must already be in its input space); the bare net
     needs a ``preactivations`` method. Computed in float64. Returns one float per hidden layer.
     """
-    from bplib.models import unwrap
-
     model = copy.deepcopy(model).double().eval()
     net = unwrap(model)
     prefix = model.normalize if net is not model else nn.Identity()
@@ -234,3 +206,38 @@ def positive_fraction(model: nn.Module, x: torch.Tensor, batch_size: int = 1000)
         counts = c if counts is None else [a + b for a, b in zip(counts, c)]
         total, widths = total + len(xb), [p.shape[1] for p in pre]
     return [c / (total * w) for c, w in zip(counts, widths)]
+
+
+def eigenvalues(model, x, y, p: dict, method: str | None = None) -> dict:
+    """Extreme eigenvalues of the Hessian of the wd-regularized loss on ``(x, y)`` by
+    ``method`` (default ``p["eig_method"]``: ``"lanczos"`` or ``"power"``), with its cost in
+    seconds; ``p`` holds ``weight_decay``, ``measure_dtype``, ``power_iters`` and
+    ``lanczos_tol`` / ``lanczos_ncv`` / ``lanczos_max_hvp`` (a profile's values)."""
+    op = HessianOperator(model, x, y, p["weight_decay"], dtype=p["measure_dtype"])
+    t0 = time.perf_counter()
+    if (method or p["eig_method"]) == "power":
+        out = extreme_eigenvalues_power(op, p["power_iters"])
+    else:
+        out = extreme_eigenvalues_lanczos(
+            op, p["lanczos_tol"], p["lanczos_ncv"], p["lanczos_max_hvp"]
+        )
+    out["seconds"] = time.perf_counter() - t0
+    out["min_eig_data"] = out["min_eig"] - p["weight_decay"]  # Hessian of the data loss alone
+    return out
+
+
+def measure(model, data, p: dict) -> dict:
+    """Table 1's measurements of ``model`` on ``data`` (a ``CifarData``): training-set loss,
+    accuracy, gradient norms; test loss and accuracy; Hessian extremes (:func:`eigenvalues`) on
+    the first ``p["hessian_images"]`` training images (None: all); positive pre-activations."""
+    n_h = p["hessian_images"] or len(data.x_train)
+    wd, dt = p["weight_decay"], p["measure_dtype"]
+    test = full_loss_grad(model, data.x_test, data.y_test, wd, dtype=dt)
+    return {
+        "train": full_loss_grad(model, data.x_train, data.y_train, wd, dtype=dt),
+        "test_loss": test["loss"],
+        "test_acc": test["acc"],
+        "eig": eigenvalues(model, data.x_train[:n_h], data.y_train[:n_h], p),
+        "positive_train": positive_fraction(model, data.x_train),
+        "positive_test": positive_fraction(model, data.x_test),
+    }

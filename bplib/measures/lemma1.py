@@ -1,5 +1,5 @@
-"""Lemma 1 of the paper as code: put an affine map into a ReLU network, and the bad
-initializations of Table 1.
+"""Lemma 1 of the paper as code: put an affine map into a ReLU network (and check it), polish
+the linear classifier it embeds, and the bad initializations of Table 1.
 
 Lemma 1 (rank-s affine expression): for an affine map ``G(x) = A x + b`` with ``rank(A) = r``
 and a finite data set ``Omega``, an MLP of minimum width ``>= r`` reproduces ``G`` on ``Omega``:
@@ -23,8 +23,10 @@ Data convention: the construction functions take ``x`` in the bare network's inp
 
 from __future__ import annotations
 
+import copy
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from bplib.checks import check_choice, check_float
 from bplib.data import Normalize, batches, to_float
@@ -33,9 +35,7 @@ from bplib.models import MLP, ConvNet, unwrap
 INITS = ("default", "lemma1", "bias_plus20", "bias_uniform50", "bias_uniform10")
 
 
-def balanced_factors(
-    a: torch.Tensor, tol: float | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def balanced_factors(a: Tensor, tol: float | None = None) -> tuple[Tensor, Tensor]:
     """``A = Q @ P`` with ``P = sqrt(S) V^T`` (``r x d``) and ``Q = U sqrt(S)`` (``m x r``),
     ``r`` = numerical rank of ``A`` (singular values above ``tol * s_max``; default
     ``max(m, d) * eps`` of ``A``'s dtype, as ``torch.linalg.matrix_rank``), in float64."""
@@ -47,14 +47,14 @@ def balanced_factors(
     return u[:, :r] * root, root[:, None] * vh[:r]
 
 
-def _offsets(min_values: torch.Tensor, margin: float) -> torch.Tensor:
+def _offsets(min_values: Tensor, margin: float) -> Tensor:
     """Per-unit bias offsets ``c_j``: every ``z_j + c_j`` with ``z_j >= min_values[j]`` is at
     least ``margin`` (``c_j >= margin``; float64)."""
     return (-min_values.double()).clamp(min=0.0) + margin
 
 
 @torch.no_grad()
-def _min_projection(p: torch.Tensor, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+def _min_projection(p: Tensor, x: Tensor, batch_size: int) -> Tensor:
     """Per-row minimum over all data of ``P x`` (float64, ``[r]``), batch by batch."""
     out = torch.full((p.shape[0],), float("inf"), dtype=torch.float64, device=x.device)
     p = p.to(x.device)
@@ -64,24 +64,17 @@ def _min_projection(p: torch.Tensor, x: torch.Tensor, batch_size: int) -> torch.
 
 
 @torch.no_grad()
-def embed_affine(
-    mlp: MLP,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    x: torch.Tensor,
-    margin: float = 1.0,
-    batch_size: int = 2000,
-    scale: float = 1.0,
-) -> dict:
+def embed_affine(mlp: MLP, a: Tensor, b: Tensor, x: Tensor, margin: float = 1.0,
+                 batch_size: int = 2000, scale: float = 1.0) -> dict:  # fmt: skip
     """Set the weights of ``mlp`` (in place) so that ``mlp(x_i) = A x_i + b`` on every row of
     ``x`` (Lemma 1). ``a``: ``[m, d]``, ``b``: ``[m]``, ``x``: ``[N, ...]`` with ``d`` features.
 
     ``scale`` multiplies ``P`` (and so the offsets) and divides ``Q`` (see
     :func:`balanced_scale`). ``margin`` (pre-activation units) is the smallest pre-activation on
-    ``x``; unit ``j < r`` of
-    the first layer gets the offset ``c_j = margin - min_x (P x)_j`` (when positive). Raises
-    ``ValueError`` when the net is too narrow (``rank(A) > min width``) or shapes differ.
-    Returns ``{"rank", "offset", "min_width"}``.
+    ``x``; unit ``j < r`` of the first layer gets the offset ``c_j = margin - min_x (P x)_j``
+    (when positive). Raises ``ValueError`` when the net is too narrow (``rank(A) > min width``)
+    or shapes differ.
+    Returns ``{"rank", "offset_max", "offset_mean", "min_width"}``.
     """
     check_float("margin", margin, low=0.0)
     layers = list(mlp.layers)
@@ -99,33 +92,39 @@ def embed_affine(
     if r > min_width:
         raise ValueError(f"rank(A)={r} exceeds the minimum width {min_width} of the mlp")
     c = _offsets(_min_projection(p, x, batch_size), margin)
-    for i, layer in enumerate(layers[:-1]):
+    _pass_through(layers[:-1], p, c, margin)
+    _readout(layers[-1], q, b.double() - q @ c)
+    return {"rank": r, "offset_max": c.max().item(), "offset_mean": c.mean().item(),
+            "min_width": min_width}  # fmt: skip
+
+
+def _pass_through(layers, first: Tensor, c: Tensor, margin: float, tap=()) -> None:
+    """The hidden layers of Lemma 1, in place: the first ``len(first)`` units of layer 0 compute
+    ``first z + c``; every later layer passes its leading units on unchanged (identity, at the
+    kernel's centre ``tap`` for a conv: their pre-activations are already ``>= margin``); every
+    other unit gets zero weights and bias ``margin``. float64 arithmetic."""
+    for i, layer in enumerate(layers):
         w = torch.zeros(layer.weight.shape, dtype=torch.float64)
-        bias = torch.full((layer.out_features,), margin, dtype=torch.float64)
+        bias = torch.full(layer.bias.shape, margin, dtype=torch.float64)
+        k = len(first) if i == 0 else min(w.shape[:2])
         if i == 0:
-            w[:r] = p
-            bias[:r] = c
-        else:  # identity passes every unit on (their pre-activations are already >= margin)
-            k = min(w.shape)
-            w[:k, :k] = torch.eye(k, dtype=torch.float64)
-            bias[:k] = 0.0
+            w[:k], bias[:k] = first, c
+        else:
+            w[(slice(k), slice(k), *tap)], bias[:k] = torch.eye(k, dtype=torch.float64), 0.0
         layer.weight.copy_(w)
         layer.bias.copy_(bias)
-    last = layers[-1]
-    w = torch.zeros(last.weight.shape, dtype=torch.float64)
-    w[:, :r] = q
-    last.weight.copy_(w)
-    last.bias.copy_(b.double() - q @ c)
-    return {
-        "rank": r,
-        "offset_max": c.max().item(),
-        "offset_mean": c.mean().item(),
-        "min_width": min_width,
-    }
+
+
+def _readout(layer: nn.Linear, q: Tensor, bias: Tensor) -> None:
+    """The last layer of Lemma 1, in place: ``q`` on the leading inputs, zeros elsewhere."""
+    w = torch.zeros(layer.weight.shape, dtype=torch.float64)
+    w[:, : q.shape[1]] = q
+    layer.weight.copy_(w)
+    layer.bias.copy_(bias)
 
 
 @torch.no_grad()
-def balanced_scale(a: torch.Tensor, x: torch.Tensor, margin: float = 1.0, iters: int = 30) -> float:
+def balanced_scale(a: Tensor, x: Tensor, margin: float = 1.0, iters: int = 30) -> float:
     """A ``scale`` for :func:`embed_affine` that balances two curvature proxies of the embedded
     network's loss: the last layer sees activations ``h = P x + c`` (Hessian block ~
     ``||E h||^2``, grows as ``scale^2``), the first layer sees ``x`` through ``Q`` (block ~
@@ -146,9 +145,7 @@ def balanced_scale(a: torch.Tensor, x: torch.Tensor, margin: float = 1.0, iters:
     return (first / last) ** 0.25
 
 
-def conv_reference(
-    kernel: torch.Tensor, linear: torch.Tensor, bias: torch.Tensor, x: torch.Tensor
-) -> torch.Tensor:
+def conv_reference(kernel: Tensor, linear: Tensor, bias: Tensor, x: Tensor) -> Tensor:
     """The function the ConvNet construction reproduces: ``L vec(pool(pool(K * x))) + b``.
 
     ``K``: ``[k, 3, 3, 3]`` (one 3x3 conv, padding 1, no bias), ``pool`` = the ConvNet's two
@@ -162,22 +159,15 @@ def conv_reference(
 
 
 @torch.no_grad()
-def embed_conv(
-    net: ConvNet,
-    kernel: torch.Tensor,
-    linear: torch.Tensor,
-    bias: torch.Tensor,
-    x: torch.Tensor,
-    margin: float = 1.0,
-    batch_size: int = 500,
-) -> dict:
+def embed_conv(net: ConvNet, kernel: Tensor, linear: Tensor, bias: Tensor, x: Tensor,
+               margin: float = 1.0, batch_size: int = 500) -> dict:  # fmt: skip
     """Set ``net`` (a :class:`ConvNet`, in place) so that ``net(x_i) = conv_reference(...)`` on
     every image of ``x`` (the convolutional version of Lemma 1).
 
     ``conv0`` holds ``K`` in its first ``k <= width`` channels plus the offset ``c``; ``conv1..4``
     are Dirac (centre-tap identity) kernels, which commute with zero padding; max-pool commutes
     with adding ``c``; the linear layer holds ``L`` and the bias ``b - L (c 1)``.
-    Returns ``{"channels", "offset"}``.
+    Returns ``{"channels", "offset_max"}``.
     """
     check_float("margin", margin, low=0.0)
     convs, lin = net.convs, net.classifier.linear
@@ -191,26 +181,12 @@ def embed_conv(
         z = nn.functional.conv2d(xb.double(), kernel.double(), padding=1)
         z_min = torch.minimum(z_min, z.transpose(0, 1).flatten(1).min(1).values)
     c = _offsets(z_min, margin)
-    for i, conv in enumerate(convs):
-        w = torch.zeros(conv.weight.shape, dtype=torch.float64)
-        b = torch.full((conv.out_channels,), margin, dtype=torch.float64)
-        if i == 0:
-            w[:k] = kernel.double()
-            b[:k] = c
-        else:
-            m = min(conv.in_channels, conv.out_channels)
-            w[:m, :m, 1, 1] = torch.eye(m, dtype=torch.float64)
-            b[:m] = 0.0
-        conv.weight.copy_(w)
-        conv.bias.copy_(b)
-    w = torch.zeros(lin.weight.shape, dtype=torch.float64)
-    w[:, : 9 * k] = linear.double()
-    lin.weight.copy_(w)
-    lin.bias.copy_(bias.double() - linear.double() @ c.repeat_interleave(9))
+    _pass_through(convs, kernel.double(), c, margin, tap=(1, 1))
+    _readout(lin, linear.double(), bias.double() - linear.double() @ c.repeat_interleave(9))
     return {"channels": k, "offset_max": c.max().item()}
 
 
-def affine_of(linear_model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def affine_of(linear_model: nn.Module) -> tuple[Tensor, Tensor]:
     """``(A, b)`` of a linear classifier ``make_model("mlp", widths=())`` (bare or wrapped)."""
     net = unwrap(linear_model)
     if not isinstance(net, MLP) or len(net.layers) != 1:
@@ -220,11 +196,7 @@ def affine_of(linear_model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def embed_linear_classifier(
-    linear_model: nn.Module,
-    mlp_model: nn.Module,
-    x: torch.Tensor,
-    margin: float = 1.0,
-    scale: float | str = "balanced",
+    linear_model: nn.Module, mlp_model: nn.Module, x: Tensor, margin: float = 1.0, scale="balanced"
 ) -> dict:
     """Lemma 1 on networks from ``make_model``: ``mlp_model`` (in place) reproduces the linear
     classifier ``linear_model`` on the images ``x`` (uint8 or [0, 1]); both act on the same
@@ -233,9 +205,8 @@ def embed_linear_classifier(
     norm_lin = getattr(linear_model, "normalize", None)
     norm_mlp = getattr(mlp_model, "normalize", None)
     if not (isinstance(norm_lin, Normalize) and isinstance(norm_mlp, Normalize)):
-        raise ValueError(
-            "linear_model and mlp_model must both come from make_model(normalize=True)"
-        )
+        msg = "linear_model and mlp_model must both come from make_model(normalize=True)"
+        raise ValueError(msg)
     same = all(torch.equal(getattr(norm_lin, k), getattr(norm_mlp, k)) for k in ("mean", "std"))
     if not same:
         raise ValueError("linear_model and mlp_model must normalize their inputs identically")
@@ -246,15 +217,20 @@ def embed_linear_classifier(
     return {**embed_affine(unwrap(mlp_model), a, b, z, margin, scale=scale), "scale": scale}
 
 
-def polish_lbfgs(
-    linear_model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    wd: float,
-    iters: int,
-    dtype: torch.dtype = torch.float32,
-    ridge: float = 1e-3,
-) -> float:
+@torch.no_grad()
+def logit_gap(a: nn.Module, b: nn.Module, x: Tensor, batch: int = 5000, dtype=torch.float32):
+    """max |a(x) - b(x)| over all uint8 images of ``x`` and all logits, forward passes in
+    ``dtype`` (pixels divided by 255 in ``dtype``, so float64 is float64 throughout)."""
+    a, b = copy.deepcopy(a).to(dtype).eval(), copy.deepcopy(b).to(dtype).eval()
+    gap = 0.0
+    for i in range(0, len(x), batch):
+        xb = x[i : i + batch].to(dtype) / 255
+        gap = max(gap, (a(xb) - b(xb)).abs().max().item())
+    return gap
+
+
+def polish_lbfgs(linear_model: nn.Module, x: Tensor, y: Tensor, wd: float, iters: int,
+                 dtype: torch.dtype = torch.float32, ridge: float = 1e-3) -> float:  # fmt: skip
     """Full-batch L-BFGS on ``mean CE + (wd/2)||(A, b)||^2`` of a linear classifier (in place),
     to bring SGD's iterate to the minimum of the convex linear problem. ``x``: uint8 images.
 
