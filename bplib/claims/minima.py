@@ -67,7 +67,7 @@ def jobs(cfg) -> list[runner.Job]:
     return out
 
 
-def lemma1_model(p: dict, data, seed: int) -> tuple[torch.nn.Module, dict]:
+def lemma1_model(p: dict, data, seed: int, run_dir=None) -> tuple[torch.nn.Module, dict]:
     """Train the linear classifier, embed it into the MLP (Lemma 1) and check the embedding."""
     torch.manual_seed(seed)
     linear = make_model("mlp", widths=()).to(data.x_train.device)
@@ -76,7 +76,7 @@ def lemma1_model(p: dict, data, seed: int) -> tuple[torch.nn.Module, dict]:
         weight_decay=p["linear_weight_decay"], milestones=p["linear_milestones"],
         batch_size=p["batch_size"],
     )  # fmt: skip
-    fit(linear, data.x_train, data.y_train, cfg, seed=seed, progress=False)
+    fit(linear, data.x_train, data.y_train, cfg, seed=seed, run_dir=run_dir, progress=False)
     if p["linear_lbfgs_iters"]:
         wd, iters = p["linear_weight_decay"], p["linear_lbfgs_iters"]
         lemma1.polish_lbfgs(linear, data.x_train, data.y_train, wd, iters)
@@ -99,7 +99,7 @@ def work(job: runner.Job, ctx: runner.Context) -> dict:
     torch.manual_seed(seed)
     extra = {}
     if row == "lemma1":
-        model, extra["lemma1"] = lemma1_model(p, data, seed)
+        model, extra["lemma1"] = lemma1_model(p, data, seed, ctx.run_dir(job, "linear"))
     else:
         model = make_model("mlp", widths=tuple(p["widths"])).to(data.x_train.device)
         lemma1.init_biases(model, row, torch.Generator().manual_seed(seed))
@@ -109,7 +109,7 @@ def work(job: runner.Job, ctx: runner.Context) -> dict:
     train_cfg = TrainConfig.from_params(p, momentum=momentum, max_loss=1e6)
     test = {"test": (data.x_test, data.y_test)}
     history = fit(model, data.x_train, data.y_train, train_cfg, seed=seed, eval_sets=test,
-                  progress=False)  # fmt: skip
+                  run_dir=ctx.run_dir(job), progress=False)  # fmt: skip
     trained = hessian.measure(model, data, p)
     if p["compare_power_iters"]:
         n_h = p["hessian_images"] or len(data.x_train)
