@@ -1,7 +1,7 @@
 """Time the 250 x 250 sampled NTK (25 images x 10 logits) of one network two ways, in one run:
 
-- ours: ``bplib.ntk.ntk`` (torch.func Jacobian per parameter group, one matrix product);
-- the official code's approach: ``bplib.ntk.ntk_naive`` (one backward pass per image and
+- ours: ``bplib.measures.ntk.ntk`` (torch.func Jacobian per parameter group, one matrix product);
+- the official code's approach: ``bplib.measures.ntk.ntk_naive`` (one backward pass per image and
   logit, then a gradient dot product per kernel entry, as in ``job_neural_kernel.py``).
 
 Prints both times, their ratio and the largest relative difference of the two kernels.
@@ -16,9 +16,10 @@ import time
 
 import torch
 
+from bplib.claims.ntk import FAMILIES, build_family
+from bplib.measures.ntk import ntk, ntk_naive
+from bplib.memory import keep_freed_memory
 from bplib.models import count_parameters
-from bplib.ntk import keep_freed_memory, ntk, ntk_naive
-from bplib.ntk_runs import FAMILIES, build_family
 
 
 def main() -> None:
@@ -53,7 +54,7 @@ def main() -> None:
         f"network: {args.family} width {width} ({count_parameters(model):,} parameters), "
         f"{rows} x {rows} NTK, device {args.device}, {args.threads} thread(s)"
     )
-    print(f"ours (bplib.ntk.ntk):            {t_ours:8.2f} s")
+    print(f"ours (bplib.measures.ntk.ntk):   {t_ours:8.2f} s")
     print(f"official approach (per entry):   {t_official:8.2f} s")
     print(f"ratio official / ours:           {t_official / t_ours:8.1f}x")
     print(f"max |difference| / max |kernel|: {diff:.2e}")

@@ -1,14 +1,21 @@
-"""Tests of the sampled empirical NTK (bplib.ntk) and its experiment runner (bplib.ntk_runs)."""
+"""Tests of the sampled empirical NTK (bplib.measures.ntk) and of claim 3's runs, tables and
+verdict (bplib.claims.ntk)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from bplib.models import make_model
-from bplib.ntk import (
+from bplib import runner
+from bplib.claims import ntk as claim
+from bplib.claims.ntk import build_family, collect, load_kernels, summarize, width_trend
+from bplib.measures.ntk import (
     correlation,
-    keep_freed_memory,
     kernel_measures,
     ntk,
     ntk_images,
@@ -16,7 +23,11 @@ from bplib.ntk import (
     relative_change,
     rescaling,
 )
-from bplib.ntk_runs import build_family, collect, load_kernels, run_ntk, width_trend
+from bplib.memory import keep_freed_memory
+from bplib.models import make_model
+from bplib.profiles import get_profile
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _tiny_nets():
@@ -142,24 +153,16 @@ def test_width_trend_synthetic_rises_falls_unclear():
     assert trend["n"] == 2 and trend["n_left_out"] == 2 and trend["verdict"].startswith("unclear")
 
 
-def test_run_ntk_on_real_cifar_stores_record_and_kernels(cifar_small, records_dir):
-    kw = dict(
-        family="mlp2",
-        width=8,
-        seed=0,
-        profile="smoke",
-        dataset="cifar10_small",
-        n_train=128,
-        epochs=1,
-        lr=0.01,
-        batch_size=64,
-        momentum=0.9,
-        weight_decay=5e-4,
-        n_images=3,
-        explorer_images=2,
-        device="cpu",
-    )
-    rec = run_ntk(**kw)
+def _tiny_cfg(**overrides):
+    """A smoke profile shrunk to one 2-layer MLP of width 8 (and the trajectory run)."""
+    kw = dict(n_train=128, epochs=1, lr=0.01, batch_size=64, n_images=3, explorer_images=2)
+    return get_profile("ntk", "smoke", 0, widths={"mlp2": [8]}, **{**kw, **overrides})
+
+
+def test_work_on_real_cifar_stores_record_and_kernels(cifar_small, records_dir):
+    job = claim.jobs(_tiny_cfg())[0]
+    ctx = runner.Context("smoke", device="cpu")
+    (rec,) = runner.run([job], claim.work, ctx, n_procs=1)
     res = rec["result"]
     assert res["diverged"] is None and res["n_params"] == 3083 * 8 + 10
     for s in ("random", "official"):
@@ -167,7 +170,8 @@ def test_run_ntk_on_real_cifar_stores_record_and_kernels(cifar_small, records_di
         assert -1 <= res["measures"][s]["correlation"] <= 1
     kernels = load_kernels(rec)
     assert kernels["phi0"].shape == (20, 20) and kernels["phi1"].dtype == np.float32
-    assert run_ntk(**kw)["provenance"] == rec["provenance"]  # read back, not recomputed
+    again = runner.run([job], claim.work, ctx, n_procs=1)[0]
+    assert again["provenance"] == rec["provenance"]  # read back, not recomputed
     rows = collect([rec], "official")
     assert rows[0]["correlation"] == res["measures"]["official"]["correlation"]
 
@@ -180,3 +184,111 @@ def test_save_and_load_arrays_roundtrip(tmp_path):
     out = load_arrays(tmp_path / "x.npz")
     assert np.array_equal(out["a"], a) and out["a"].dtype == np.float16
     assert sorted(out) == ["a", "b"]
+
+
+# ----------------------------------------------------------------------- records and keys
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
+def test_jobs_keys_hold_the_configuration_only(profile):
+    cfg = get_profile("ntk", profile)
+    jobs = claim.jobs(cfg)
+    n_widths = sum(len(ws) for ws in cfg.widths.values()) * len(cfg.seeds)
+    assert len(jobs) == n_widths + 1 and jobs[-1].experiment == "ntk_trajectory"
+    assert jobs[-1].params["epochs"] == cfg.trajectory_epochs and jobs[-1].cost > jobs[0].cost
+    for j in jobs:  # the old key leaked the runner's device and the loop variable s
+        assert not {"device", "s", "data_dir", "seed", "profile"} & set(j.params)
+        assert set(claim.SETTINGS) <= set(j.params)
+    assert len({j.path(profile) for j in jobs}) == len(jobs)
+    with pytest.raises(ValueError, match="family"):
+        claim.jobs(get_profile("ntk", profile, widths={"vgg": [1]}))
+
+
+def test_committed_cpu_records_are_found_by_the_job_keys_and_their_kernels_load():
+    root = REPO / "data" / "records"
+    records = runner.stored(claim.jobs(get_profile("ntk", "cpu")), "cpu", root)
+    assert all(r is not None for r in records)
+    phi = load_kernels(records[-1], root)  # the trajectory run: the full 25-image kernels
+    assert phi["phi0"].shape == (250, 250) and phi["phi1"].dtype == np.float32
+    assert load_kernels(records[0], root)["phi0"].shape == (100, 100)  # 10 explorer images
+
+
+def test_summarize_committed_cpu_records_gives_the_results_page_text():
+    cfg = get_profile("ntk", "cpu")
+    records = runner.stored(claim.jobs(cfg), "cpu", REPO / "data" / "records")
+    s = summarize(records, cfg)
+    assert s.verdict == (  # as the results page showed before the restructure
+        "2-layer MLP: rises; 4-layer MLP: rises; ConvNet: unclear; WRN-16-k: rises; "
+        "ResNet-18 (skip, BN): rises; ResNet-18 (no skip, BN): unclear; "
+        "ResNet-18 (skip, no BN): unclear (n trained < 3); "
+        "ResNet-18 (no skip, no BN): unclear (n trained < 3)"
+    )
+    assert s.ours.startswith(
+        "slope of the correlation per decade of parameters: 2-layer MLP +0.208 [+0.149, +0.266] "
+        "(n=10 runs); 4-layer MLP +0.238 [+0.181, +0.296] (n=10 runs); ConvNet +0.227"
+    )
+    assert s.glue["ntk_convnet_slope"] == "+0.227 [-0.132, +0.585]"
+    assert s.glue["ntk_wrn_slope"] == "+0.114 [+0.040, +0.188]"
+    assert s.glue["ntk_median_scale_fraction"] == "0.18" and s.glue["ntk_n_seeds"] == 2
+    assert len(s.tables["networks"][1]) == len(s.tables["samples"][1]) == 70
+    assert [r[0] for r in s.tables["trends"][1]] == [claim.LABELS[f] for f in cfg.widths]
+    assert "Figure 1" in claim.paper_headline() and "WRN-16-k: falls" in claim.paper_headline()
+
+
+def _synthetic_record(family, width, seed, corr, train_acc=50.0, experiment="ntk_width"):
+    m = {"relative_change": 1.0, "correlation": corr, "scale": 1.0, "scale_fraction": 0.25,
+         "shape_change": 0.5}  # fmt: skip
+    result = {"diverged": None, "n_params": int(1000 * width), "train_acc": train_acc,
+              "measures": {"random": m, "official": {**m, "correlation": corr / 2}}}  # fmt: skip
+    params = {"family": family, "width": width, "trajectory": experiment != "ntk_width"}
+    return {"experiment": experiment, "params": params, "seed": seed, "result": result}
+
+
+def test_summarize_synthetic_records_rising_flat_and_untrained_families():
+    widths = {"convnet": [1, 10, 100], "wrn16": [1, 2]}
+    cfg = get_profile("ntk", "smoke", [0, 1], widths=widths, min_train_acc=20.0)
+    records = [
+        _synthetic_record("convnet", w, s, 0.5 + 0.1 * k + 0.01 * s)
+        for k, w in enumerate([1, 10, 100])
+        for s in (0, 1)
+    ] + [_synthetic_record("wrn16", w, s, 0.5, train_acc=5.0) for w in (1, 2) for s in (0, 1)]
+    records.append(_synthetic_record("convnet", 4, 0, 0.1, experiment="ntk_trajectory"))
+    s = summarize(records, cfg)
+    assert s.verdict == "ConvNet: rises; WRN-16-k: unclear (n trained < 3)"
+    assert s.glue["ntk_verdict_convnet"] == "rises" and s.glue["ntk_wrn_slope"] == "n/a"
+    assert s.glue["ntk_median_scale_fraction"] == "0.25" and s.glue["ntk_n_seeds"] == 2
+    assert "ConvNet +0.100 [" in s.ours and "WRN-16-k n/a (n=0 runs)" in s.ours
+    headers, rows = s.tables["networks"]
+    assert len(rows) == 10 and rows[0][:3] == ["ConvNet", 1, 1000]  # trajectory run not a row
+    headers, rows = s.tables["samples"]
+    assert headers[2] == "seed" and rows[1] == ["ConvNet", 1, 1, 0.51, 0.255]  # every seed
+    trend = s.tables["trends"][1][1]
+    assert trend[2] == 4 and trend[4] == "falls as width grows"  # 4 untrained runs left out
+
+
+def test_migration_script_renames_synthetic_old_records_to_the_job_keys(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from migrate_ntk_keys import migrate
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    cfg = get_profile("ntk", "smoke")
+    job = claim.jobs(cfg)[0]
+    old = {**job.params, "device": "auto", "s": "official", "seed": job.seed}
+    record = {"experiment": job.experiment, "profile": "smoke", "seed": job.seed, "params": old,
+              "result": {"x": 1}, "provenance": {"commit": "c"}}  # fmt: skip
+    folder = tmp_path / "smoke" / job.experiment
+    folder.mkdir(parents=True)
+    (folder / "old.json").write_text(json.dumps(record))
+    np.savez(folder / "old.npz", phi0=np.ones(2))
+    mapping = migrate(tmp_path / "smoke")
+    assert list(mapping.values()) == [str(job.path("smoke", tmp_path))]
+    (rec,) = runner.stored([job], "smoke", tmp_path)
+    assert rec["params"] == {**job.params, "seed": job.seed} and rec["result"] == {"x": 1}
+    assert job.path("smoke", tmp_path).with_suffix(".npz").exists()
+    assert not (folder / "old.json").exists() and migrate(tmp_path / "smoke") == {}
+
+
+def test_benchmark_runs_on_a_tiny_net():
+    cmd = [sys.executable, str(REPO / "benchmarks" / "ntk_benchmark.py"), "--family", "mlp2",
+           "--width", "4", "--images", "2"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert "ratio official / ours" in out

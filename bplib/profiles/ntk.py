@@ -96,16 +96,3 @@ PROFILES = {
         "min_train_acc": 20.0,
     },
 }
-
-# The paper's qualitative trends of Figure 1 (correlation of Phi_0 and Phi_1 vs. width), and
-# of the final paper's skip x batch-norm ablation; the plotted numbers are not public.
-PAPER_TREND = {
-    "mlp2": "rises toward 1, dropping again at the largest widths",
-    "mlp4": "rises toward 1, dropping again at the largest widths",
-    "convnet": "rises toward 1",
-    "wrn16": "falls as width grows",
-    "resnet18": "falls as width grows (ResNets; skip x BN interaction)",
-    "resnet18_noskip": "not stated in text (ablation figure only)",
-    "resnet18_nobn": "not stated in text (ablation figure only)",
-    "resnet18_noskip_nobn": "not stated in text (ablation figure only)",
-}
