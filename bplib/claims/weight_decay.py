@@ -97,7 +97,8 @@ def work(job: runner.Job, ctx: runner.Context) -> dict:
     result.update(test_name=data.test_name, n_train=len(x_tr), n_holdout=len(x_hold))
     try:
         h = fit(model, x_tr.to(dev), y_tr.to(dev), TrainConfig(**p["train"]), seed=job.seed,
-                eval_sets=evals, regularizer=reg, run_dir=ctx.run_dir(job), progress=False)  # fmt: skip
+                eval_sets=evals, regularizer=reg, run_dir=ctx.run_dir(job),
+                progress=False)  # fmt: skip
     except TrainingDiverged as err:  # a finding (Table 3, Fixup without regularizer), not a bug
         return {**result, "diverged": True, "message": str(err)}
     result.update(diverged=False, sq_norm=h["sq_norm"], train_loss=h["train_loss"][-1])
