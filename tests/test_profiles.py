@@ -1,6 +1,6 @@
 import pytest
 
-from bplib.profiles import CHAPTERS, PROFILE_NAMES, chapter_profiles, get_profile
+from bplib.profiles import CHAPTERS, POSITIVE, PROFILE_NAMES, chapter_profiles, get_profile
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
@@ -28,3 +28,13 @@ def test_overrides_and_errors(chapter):
 def test_unknown_chapter():
     with pytest.raises(ValueError, match="chapter='optima'.*'minima'"):
         get_profile("optima", "smoke")
+
+
+@pytest.mark.parametrize("profile", PROFILE_NAMES)
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_profile_value_passes_its_own_rule(chapter, profile):
+    """The checks get_profile makes on overrides (issue 11) hold for the profiles' own values."""
+    values = chapter_profiles(chapter)[profile]
+    get_profile(chapter, profile, **{k: v for k, v in values.items() if k != "seeds"})
+    keys = set().union(*(chapter_profiles(c)["smoke"] for c in CHAPTERS))
+    assert POSITIVE <= keys, POSITIVE - keys  # no stale name in the positive-count list

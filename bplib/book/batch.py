@@ -2,20 +2,22 @@
 job per (chapter, profile, seed); the README shows the command line.
 
 Each job executes ``<chapters-dir>/<chapter>.md`` (Jupytext MyST) with papermill, the parameters
-``{"profile": profile, "seeds": [seed], **params}`` and the chapters folder as working directory
-(so its records land in the results store), and keeps the executed notebook, also a failed one,
-as ``<runs-dir>/<chapter>/<profile>/seed-<seed>.ipynb``. All names are checked before any job
-runs (:func:`plan`; exit status 2); a failing job is reported (chapter, profile, seed, code
-cell, error) as it fails while the others go on (exit status 1); a re-run skips a completed job
-(:func:`is_complete`) unless ``--recompute``. Jobs run in spawned local processes, at most
-``--jobs`` at a time, or with ``--scheduler`` on any Dask cluster (SLURM: dask-jobqueue), whose
-workers need bplib installed, the repository at the same path as here (the kernel writes
-records there) and one thread each (``--nthreads 1``): papermill changes the worker process's
-working directory while a notebook runs.
+``{"profile": profile, "seeds": [seed], **params}`` (profile and seeds where the chapter's
+parameters cell assigns them) and the chapters folder as working directory (so its records land
+in the results store), and keeps the executed notebook, also a failed one, as
+``<runs-dir>/<chapter>/<profile>/seed-<seed>.ipynb``. All names and values are checked before
+any job runs (:func:`plan`; exit status 2): a malformed ``-p`` literal, or a value that
+``bplib.profiles.get_profile`` would reject. A failing job is reported (chapter, profile, seed,
+code cell, error) as it fails while the others go on (exit status 1); a re-run skips a job
+completed into the same records store with the same data folder (:func:`is_complete`) unless
+``--recompute``. Jobs run in spawned local processes, at most ``--jobs`` at a time, or with
+``--scheduler`` on any Dask cluster (SLURM: dask-jobqueue), whose workers need bplib installed,
+the repository at the same path as here (the kernel writes records there), the environment of
+this process (``BPLIB_RECORDS``, ``BPLIB_DATA``) and one thread each (``--nthreads 1``):
+papermill changes the worker process's working directory while a notebook runs.
 """
 
 import argparse
-import ast
 import hashlib
 import logging
 import multiprocessing as mp
@@ -24,6 +26,7 @@ import socket
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
 from contextlib import contextmanager
@@ -36,6 +39,7 @@ from tqdm.auto import tqdm
 
 from bplib.book import DEFAULT_CHAPTERS_DIR, REPO_ROOT
 from bplib.book.notebooks import chapter_sources
+from bplib.book.params import chapter_parameters, check_values, job_places, parse_value
 from bplib.checks import check_seeds
 from bplib.profiles import CHAPTERS, PROFILE_NAMES, chapter_profiles
 
@@ -59,6 +63,7 @@ class Job:
     source_sha256: str  # of the chapter's .md text: a changed chapter is re-run
     output: Path  # <runs-dir>/<chapter>/<profile>/seed-<seed>.ipynb
     cwd: Path  # the chapters folder: the kernel's working directory
+    places: dict = field(default_factory=dict)  # params.job_places: records store, data folder
 
 
 @dataclass
@@ -77,36 +82,6 @@ class JobResult:
             f"FAILED {j.chapter} profile={j.profile} seed={j.seed}{where}: {self.error}"
             f"  (notebook: {j.output})"
         )
-
-
-def chapter_parameters(notebook: nbformat.NotebookNode) -> list[str]:
-    """Names assigned at the top level of the cell tagged ``parameters``, in order.
-
-    Parsed with :mod:`ast` rather than papermill's ``inspect_notebook``: papermill's line parser
-    drops an assignment whose comment holds a quote (``seeds = None  # the profile's seeds``).
-    """
-    from IPython.core.inputtransformer2 import TransformerManager
-
-    cells = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
-    if not cells:
-        return []
-    tree = ast.parse(TransformerManager().transform_cell(cells[0].source))  # magics -> Python
-    names = []
-    for node in tree.body:
-        if isinstance(node, ast.Assign | ast.AnnAssign):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            for name in (n for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)):
-                if name.id not in names:
-                    names.append(name.id)
-    return names
-
-
-def parse_value(text: str):
-    """A ``-p`` value: a Python literal (``3``, ``0.1``, ``None``, ``[1, 2]``) or else a string."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def default_seeds(chapter: str, profile: str) -> list[int]:
@@ -132,11 +107,16 @@ def plan(
         source = chapters_dir / f"{chapter}.md"
         text = source.read_text()
         nb = jupytext.reads(text, fmt="md:myst")
-        _check_parameters(chapter, chapter_parameters(nb), params, source)
+        allowed = chapter_parameters(nb)
+        _check_parameters(chapter, allowed, params, source)
         notebook, sha256 = nbformat.writes(nb), hashlib.sha256(text.encode()).hexdigest()
         same = dict(chapter=chapter, profile=profile, source_sha256=sha256, cwd=cwd)
+        same["places"] = job_places(params, cwd)
         for seed in default_seeds(chapter, profile) if seeds is None else seeds:
-            parameters = {"profile": profile, "seeds": [seed], **params}
+            # --profile/--seeds only where the parameters cell has them: a chapter's own
+            # reject_unknown_parameters would fail on a name it does not assign.
+            given = {"profile": profile, "seeds": [seed]}
+            parameters = {**{k: v for k, v in given.items() if k in allowed}, **params}
             output = runs_dir / chapter / profile / f"seed-{seed}.ipynb"
             job = Job(**same, seed=seed, parameters=parameters, notebook=notebook, output=output)
             jobs.append(job)
@@ -179,6 +159,10 @@ def _check_parameters(chapter: str, allowed: list[str], params: dict, source: Pa
             raise BatchError(
                 f"unknown parameter {name!r} for chapter {chapter!r}; choose from {choices}"
             )
+    try:
+        check_values(chapter, params)  # the checks get_profile makes in the kernel, made now
+    except ValueError as err:
+        raise BatchError(str(err)) from None
 
 
 def run_notebook(notebook_json: str, parameters: dict, cwd: str) -> dict:
@@ -226,16 +210,24 @@ def failing_cell(executed: nbformat.NotebookNode) -> str:
 
 
 def is_complete(job: Job) -> bool:
-    """Whether ``job.output`` holds a successful run of the same source and parameters."""
+    """Whether ``job.output`` holds a successful run of the same source and parameters, into
+    the same records store with the same data folder (``job.places``). A kept notebook that
+    cannot be read is not complete: a warning names it, and the job runs again."""
     if not job.output.exists():
         return False
-    meta = nbformat.read(job.output, as_version=4).metadata
-    batch = meta.get("bplib_run", {})
-    return (
-        batch.get("status") == "ok"
-        and batch.get("source_sha256") == job.source_sha256
-        and meta.get("papermill", {}).get("parameters") == job.parameters
-    )
+    try:
+        meta = nbformat.read(job.output, as_version=4).metadata
+        batch, papermill = meta.get("bplib_run", {}), meta.get("papermill", {})
+        done = batch.get("status") == "ok" and batch.get("source_sha256") == job.source_sha256
+        same = papermill.get("parameters") == job.parameters and batch.get("places") == job.places
+    except Exception as err:  # truncated/empty JSON, not a notebook, odd metadata: any of them
+        warnings.warn(
+            f"executed notebook {job.output} cannot be read ({type(err).__name__}: {err}); "
+            "running the job again (it will be overwritten)",
+            stacklevel=2,
+        )
+        return False
+    return done and same
 
 
 def _keep(job: Job, result: dict) -> nbformat.NotebookNode | None:
@@ -246,7 +238,9 @@ def _keep(job: Job, result: dict) -> nbformat.NotebookNode | None:
     nb.metadata.setdefault("papermill", {})["input_path"] = str(job.cwd / f"{job.chapter}.md")
     nb.metadata.papermill["output_path"] = str(job.output)
     run = dict(chapter=job.chapter, profile=job.profile, seed=job.seed, status=result["status"])
-    run.update(source_sha256=job.source_sha256, wall_s=round(result["wall_s"], 3))
+    run.update(
+        source_sha256=job.source_sha256, places=job.places, wall_s=round(result["wall_s"], 3)
+    )
     nb.metadata["bplib_run"] = {**run, "worker": result["worker"]}
     job.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = job.output.with_suffix(".ipynb.part")
@@ -326,8 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--jobs", type=int, default=None,
         help="jobs running at once (default: 1 locally, the cluster's threads with --scheduler)")
     add("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-        help="a parameter of the chapter's parameters cell; VALUE is a Python "
-        "literal (3, 0.1, None, [1, 2]) or else a string")
+        help="a parameter of the chapter's parameters cell; VALUE is a Python literal "
+        "(3, 0.1, None, [1, 2]) or else a string (quote one that looks like a literal)")
     add("--scheduler", default=None, metavar="ADDRESS",
         help="run on this Dask scheduler (tcp://host:port) instead of local processes")
     add("--chapters-dir", type=Path, default=DEFAULT_CHAPTERS_DIR,
@@ -348,7 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in args.parameter:
         if name in params:
             parser.error(f"parameter {name!r} given twice")
-        params[name] = parse_value(value)
+        try:
+            params[name] = parse_value(value, name)
+        except ValueError as err:
+            parser.error(str(err))  # exits 2 before anything runs
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs={args.jobs} must be >= 1")
     try:

@@ -7,18 +7,38 @@
 Each chapter has one module here (``minima``, ``weight_decay``, ``ntk``, ``rank``) defining a
 dict ``PROFILES = {"smoke": {...}, "cpu": {...}, "paper": {...}}`` whose keys are the chapter's
 sizes and hyperparameters (data subset, epochs, widths, seeds, ...), with units in comments.
-:func:`get_profile` returns one of them with the chapter's overrides applied.
+:func:`get_profile` returns one of them with the chapter's overrides applied, after
+:func:`check_overrides` has checked their names and values.
 """
 
 from __future__ import annotations
 
 import importlib
+import numbers
 from types import SimpleNamespace
 
 from bplib.checks import check_choice, check_seeds
 
 PROFILE_NAMES = ("smoke", "cpu", "paper")
 CHAPTERS = ("minima", "weight_decay", "ntk", "rank")
+
+# Sizes whose 0 makes no sense: every number in them must be > 0 (integers: >= 1). A 0 there
+# used to fail deep inside a job (epochs=0: IndexError in the NTK and weight-decay chapters,
+# untrained nets labelled "trained" in minima) or to mean something else silently
+# (hessian_images=0 is read as "all images"; n_robust=0 averages nothing). Counts where 0 means
+# "none" stay out: n_holdout (no held-out split), linear_lbfgs_iters (no L-BFGS),
+# compare_power_iters (no comparison). ``width``/``widths`` hold the (float) channel multipliers
+# too. Every other number must be >= 0. None still means "take the profile's value".
+POSITIVE = frozenset({
+    "epochs", "batch_size", "batch_size_cifar100", "n_train", "n_images", "n_robust",
+    "linear_epochs", "trajectory_epochs", "train_steps", "eval_steps", "power_iters",
+    "lanczos_ncv", "lanczos_max_hvp", "hessian_images", "explorer_images", "num_quantiles",
+    "max_elems", "jobs", "width", "widths", "trajectory_width",
+})  # fmt: skip
+
+# What a value of each kind must be, in the words of an error message.
+_KIND_NAMES = {"bool": "True or False", "int": "an integer", "float": "a number",
+               "str": "a string", "list": "a list or tuple", "dict": "a dict"}  # fmt: skip
 
 
 def chapter_profiles(chapter: str) -> dict:
@@ -27,21 +47,84 @@ def chapter_profiles(chapter: str) -> dict:
     return importlib.import_module(f"bplib.profiles.{chapter}").PROFILES
 
 
-def get_profile(chapter: str, profile: str, seeds=None, **overrides) -> SimpleNamespace:
-    """The sizes of ``chapter`` at ``profile``; overrides that are not None replace them.
+def _kind(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):  # before int: bool is an int subclass, never a count
+        return "bool"
+    if isinstance(value, numbers.Integral):
+        return "int"
+    if isinstance(value, numbers.Real):
+        return "float"
+    if isinstance(value, list | tuple):  # papermill and JSON give lists where profiles hold tuples
+        return "list"
+    return type(value).__name__  # "str", "dict", or a kind no profile holds
 
-    ``seeds=None`` takes the profile's seeds. An unknown chapter, profile or override name raises
-    one ``ValueError`` naming it and the allowed values, before anything is computed.
-    """
-    check_choice("profile", profile, PROFILE_NAMES)
-    values = dict(chapter_profiles(chapter)[profile])
-    unknown = sorted(set(overrides) - set(values))
+
+def _numbers(value):
+    """Every number in ``value``, also inside lists, tuples and dict values (not bools)."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        for item in value:
+            yield from _numbers(item)
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        yield value
+
+
+def check_value(chapter: str, key: str, value, allowed_kinds: set[str]) -> None:
+    """Raise one ``ValueError`` unless ``value`` has one of ``allowed_kinds`` (an integer passes
+    as a number) and its numbers are >= 0, or > 0 (integers >= 1) for a key in :data:`POSITIVE`."""
+    kind = _kind(value)
+    allowed = " or ".join(_KIND_NAMES.get(k, k) for k in sorted(allowed_kinds))
+    if kind in allowed_kinds or (kind == "int" and "float" in allowed_kinds):
+        positive = key in POSITIVE
+        bad = [x for x in _numbers(value) if not (x > 0 if positive else x >= 0)]  # NaN fails too
+        if not bad:
+            return
+        if bad == [value]:  # a single number: say the bound of its kind
+            bound = (">= 1" if kind == "int" else "> 0") if positive else ">= 0"
+            reason = f"{key} must be {allowed} {bound}"
+        else:
+            bound = "> 0" if positive else ">= 0"
+            reason = f"every number in {key} must be {bound} (it holds {bad[0]!r})"
+    else:
+        reason = f"{key} must be {allowed}, not {type(value).__name__}"
+    raise ValueError(
+        f"parameter {key}={value!r} of chapter {chapter!r} is not allowed: {reason}; "
+        "give another value, or None for the profile's value"
+    )
+
+
+def check_overrides(chapter: str, overrides: dict) -> dict:
+    """The overrides that are not None, after checking every name (a key of the chapter's
+    profiles) and value (:func:`check_value`, the kinds the profiles hold for that key); raises
+    one ``ValueError`` naming the first bad one and what is allowed, before any work."""
+    profiles = chapter_profiles(chapter)
+    keys = profiles[PROFILE_NAMES[0]]
+    unknown = sorted(set(overrides) - set(keys))
     if unknown:
         raise ValueError(
             f"unknown parameter(s) {', '.join(unknown)} for chapter {chapter!r}; "
-            f"allowed: {', '.join(sorted(values))}"
+            f"allowed: {', '.join(sorted(keys))}"
         )
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for key, value in given.items():
+        kinds = {_kind(p[key]) for p in profiles.values()} - {None}  # None in a profile: "all"
+        check_value(chapter, key, value, kinds or {_kind(value)})
+    return given
+
+
+def get_profile(chapter: str, profile: str, seeds=None, **overrides) -> SimpleNamespace:
+    """The sizes of ``chapter`` at ``profile``; overrides that are not None replace them.
+
+    ``seeds=None`` takes the profile's seeds. An unknown chapter, profile or override name, or an
+    override value of the wrong kind or range (:func:`check_overrides`), raises one
+    ``ValueError`` naming it and the allowed values, before anything is computed.
+    """
+    check_choice("profile", profile, PROFILE_NAMES)
+    values = dict(chapter_profiles(chapter)[profile])
+    values.update(check_overrides(chapter, overrides))
     values["seeds"] = check_seeds(values["seeds"] if seeds is None else seeds)
     values["profile"] = profile
     return SimpleNamespace(**values)
