@@ -99,7 +99,7 @@ def default_jobs() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 and not torch.cuda.is_available() else 1
 
 
-def _stop(ex: ProcessPoolExecutor) -> None:
+def stop(ex: ProcessPoolExecutor) -> None:
     """Cancel the queued jobs and end the running workers now (not after the queue drains)."""
     workers = list((ex._processes or {}).values())  # shutdown() below drops this dict
     ex.shutdown(wait=False, cancel_futures=True)
@@ -114,6 +114,22 @@ def _stop(ex: ProcessPoolExecutor) -> None:
             p.join()
 
 
+def spawn_pool(n: int, threads: int | None) -> ProcessPoolExecutor:
+    """``n`` spawned worker processes that die with this process (also on SIGKILL) and leave
+    interrupts to it; ``threads``: torch threads per worker (None: torch is not imported).
+    End it with :func:`stop` on an exception, so that queued work never starts."""
+    ctx = mp.get_context("spawn")  # fork after torch init can deadlock
+    initargs = (threads, os.getpid(), _parent_death_mechanism())
+    ex = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=initargs)
+    if not hasattr(ex, "_processes"):
+        ex.shutdown()
+        raise RuntimeError(
+            "bplib/parallel.py: this Python's ProcessPoolExecutor has no _processes, so "
+            "its workers could not be stopped on an interrupt; use jobs=1 or adapt stop()"
+        )
+    return ex
+
+
 def map_jobs(fn, kwargs_list: list[dict], jobs: int | None = None, desc: str = "jobs"):
     """``[fn(**kw) for kw in kwargs_list]``, in ``jobs`` spawned processes (1 = in-process).
 
@@ -126,15 +142,7 @@ def map_jobs(fn, kwargs_list: list[dict], jobs: int | None = None, desc: str = "
     jobs = default_jobs() if jobs is None else jobs
     if jobs <= 1 or len(kwargs_list) <= 1:
         return [fn(**kw) for kw in tqdm(kwargs_list, desc=desc, leave=False)]
-    ctx = mp.get_context("spawn")  # fork after torch init can deadlock
-    initargs = (_WORKER_TORCH_THREADS, os.getpid(), _parent_death_mechanism())
-    ex = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=initargs)
-    if not hasattr(ex, "_processes"):
-        ex.shutdown()
-        raise RuntimeError(
-            "bplib/parallel.py: this Python's ProcessPoolExecutor has no _processes, so "
-            "map_jobs could not stop its workers on an interrupt; use jobs=1 or adapt _stop()"
-        )
+    ex = spawn_pool(jobs, _WORKER_TORCH_THREADS)
     # PR_SET_PDEATHSIG fires when the *thread* that spawned a worker ends: submit() spawns in
     # this thread, which stays in here until the pool is shut down.
     try:
@@ -144,7 +152,7 @@ def map_jobs(fn, kwargs_list: list[dict], jobs: int | None = None, desc: str = "
                 future.exception()  # wait for each; one failure does not stop the others
                 bar.update()
     except BaseException:
-        _stop(ex)
+        stop(ex)
         raise
     ex.shutdown(wait=True)
     return [f.result() for f in futures]

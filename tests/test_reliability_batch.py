@@ -4,8 +4,10 @@ store and data folder when it decides a job is complete and re-runs one whose ke
 unreadable, and a chapter raises on a name papermill injected that its parameters cell lacks.
 Chapters are tiny synthetic MyST notebooks in tmp_path (the helpers of test_batch.py)."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jupytext
 import nbformat
@@ -231,3 +233,58 @@ def test_book_tools_stay_torch_free():
     code = "import sys, bplib.book.batch, bplib.book.params; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+SLEEPY = TINY.split("```{code-cell} ipython3\nprint")[0] + (
+    "```{code-cell} ipython3\n"
+    "import pathlib, time\n"
+    "pathlib.Path(os.environ['SLEEPY_MARK']).write_text(str(os.getpid()))\n"
+    "time.sleep(120)\n"
+    "```\n"
+)
+
+
+def _ours_alive(marker: str) -> list[int]:
+    """Pids of live processes whose environment carries ``marker`` (Linux /proc)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            env = (proc / "environ").read_bytes()
+            state = (proc / "stat").read_text().split()[2]
+        except (OSError, ValueError):
+            continue  # not a process, or gone meanwhile
+        if marker.encode() in env and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
+def test_sigkill_of_bplib_run_leaves_no_worker_or_kernel(tmp_path):
+    """kill -9 of bplib-run while a chapter's kernel runs: its pool worker dies at once
+    (parent-death signal) and the kernel, which polls its parent, follows."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    chapters = tmp_path / "chapters"
+    chapters.mkdir()
+    (chapters / "sleepy.md").write_text(SLEEPY)
+    marker = f"BPLIB_TEST_{uuid.uuid4().hex}"
+    mark = tmp_path / "kernel-started"
+    env = {**os.environ, marker: "1", "SLEEPY_MARK": str(mark)}
+    cmd = [sys.executable, "-m", "bplib.book.batch", "sleepy", "--chapters-dir", str(chapters),
+           "--runs-dir", str(tmp_path / "runs"), "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while not mark.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert mark.exists(), proc.communicate()[0].decode()[-2000:]
+    assert len(_ours_alive(marker)) >= 3  # bplib-run, its worker, the kernel
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while _ours_alive(marker) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _ours_alive(marker) == []

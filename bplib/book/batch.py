@@ -20,7 +20,6 @@ papermill changes the worker process's working directory while a notebook runs.
 import argparse
 import hashlib
 import logging
-import multiprocessing as mp
 import os
 import socket
 import sys
@@ -28,7 +27,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from bplib.book import DEFAULT_CHAPTERS_DIR, REPO_ROOT
 from bplib.book.notebooks import chapter_sources
 from bplib.book.params import chapter_parameters, check_values, job_places, parse_value
 from bplib.checks import check_seeds
+from bplib.parallel import spawn_pool, stop
 from bplib.profiles import CHAPTERS, PROFILE_NAMES, chapter_profiles
 
 DEFAULT_RUNS_DIR = REPO_ROOT / "runs"
@@ -365,9 +365,15 @@ def _executor(scheduler: str | None, jobs: int | None):
     """``(executor, jobs at once)``: ``jobs`` (default 1) spawned local processes, or the
     executor of the Dask cluster at ``scheduler`` (default: as many jobs as its threads)."""
     if scheduler is None:
-        ctx = mp.get_context("spawn")  # no fork of a process holding threads (tqdm, torch)
-        with ProcessPoolExecutor(jobs or 1, mp_context=ctx) as executor:
+        # Workers (and so their papermill kernels, which poll their parent) die with bplib-run,
+        # also on SIGKILL; an interrupt stops them at once instead of draining the queue.
+        executor = spawn_pool(jobs or 1, threads=None)
+        try:
             yield executor, jobs or 1
+        except BaseException:
+            stop(executor)
+            raise
+        executor.shutdown(wait=True)
         return
     from distributed import Client
 
