@@ -231,14 +231,22 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.
 
     Same distribution as torchvision's ``RandomCrop(32, padding=4)`` followed by
     ``RandomHorizontalFlip()``: every offset in ``0..2*pad`` per axis equally likely, flip with
-    probability 1/2, zero fill. Works on any dtype and keeps it; ``generator`` lives on the
-    CPU and draws the offsets, so results are identical across devices for one seed.
+    probability 1/2, zero fill. Works on any dtype and device (a CUDA tensor stays on its GPU)
+    and keeps them; ``generator`` lives on the CPU and draws the offsets, so results are
+    identical across devices for one seed.
     """
     n, _, h, w = x.shape
     padded = nn.functional.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    # Drawn in this order on the CPU (dy, dx, flip), then one small copy to x's device; not
+    # blocking, so the host queues the next step instead of waiting for the GPU.
+    draws = torch.stack(
+        [
+            torch.randint(0, 2 * pad + 1, (n,), generator=generator),
+            torch.randint(0, 2 * pad + 1, (n,), generator=generator),
+            (torch.rand(n, generator=generator) < 0.5).long(),
+        ]
+    ).to(x.device, non_blocking=True)
+    dy, dx, flip = draws[0], draws[1], draws[2].bool()
     rows = dy[:, None] + torch.arange(h, device=x.device)  # [n, h]
     cols = dx[:, None] + torch.arange(w, device=x.device)  # [n, w]
     cols = torch.where(flip[:, None], cols.flip(1), cols)
@@ -259,7 +267,7 @@ def batches(
     check_int("batch_size", batch_size, low=1)
     n = len(x)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    order = order.to(x.device)
+    order = order.to(x.device, non_blocking=True)  # drawn on the CPU: same order on any device
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from bplib.checks import check_choice, check_float, check_int
+from bplib.train import amp_dtype
 
 MODES = ("current", "train", "eval")
 
@@ -48,7 +49,9 @@ def pgd_attack(
         steps: number of signed-gradient steps (0 = identity).
         random_start: start from a uniform point in the eps-ball (clipped to [0, 1]).
         mode: ``"current"``, ``"train"`` or ``"eval"`` (see the module docstring).
-        bf16: bf16 autocast for the attack's forward passes (the gradient sign is what matters).
+        bf16: bf16 autocast for the attack's forward passes (the gradient sign is what matters);
+            on GPUs without native bf16 the attack runs in float32 instead (fp16 gradients of
+            the input could underflow to zero signs without a loss scale).
         generator: CPU generator for the random start (None = torch's global RNG).
     Returns a detached tensor with ``|x_adv - x| <= eps`` and ``0 <= x_adv <= 1`` elementwise.
     """
@@ -64,7 +67,8 @@ def pgd_attack(
         if generator is None:
             noise = torch.rand_like(x)
         else:
-            noise = torch.rand(x.shape, generator=generator).to(x.device)
+            # CPU draws (same start on any device); an unblocking copy keeps the GPU queue full
+            noise = torch.rand(x.shape, generator=generator).to(x.device, non_blocking=True)
         x_adv = torch.max(torch.min(x + (2 * noise - 1) * eps, hi), lo)
     else:
         x_adv = x.clone()
@@ -73,6 +77,7 @@ def pgd_attack(
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
+    bf16 = bf16 and amp_dtype(x.device) == torch.bfloat16
     try:
         for _ in range(steps):
             x_adv.requires_grad_(True)

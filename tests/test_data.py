@@ -136,3 +136,12 @@ def test_shipped_files_match_the_shipped_checksum_list(tmp_path, monkeypatch):
 def test_loaded_data_carries_its_identity(cifar_small):
     assert cifar_small.identity == data.data_identity("cifar10_small")
     assert cifar_small.identity.startswith("cifar10_small.npz sha256:")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_augment_equals_cpu_augment(cifar_small):
+    """Offsets and flips come from the CPU generator: a seed gives the same images on a GPU."""
+    x = cifar_small.x_train[:256]
+    on_cpu = augment(x, torch.Generator().manual_seed(4))
+    on_gpu = augment(x.cuda(), torch.Generator().manual_seed(4))
+    assert on_gpu.device.type == "cuda" and torch.equal(on_gpu.cpu(), on_cpu)

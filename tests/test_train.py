@@ -1,8 +1,16 @@
+import subprocess
+import sys
+import types
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
+import bplib.pgd
+import bplib.train
 from bplib.data import Normalize, subset
+from bplib.models import make_model
 from bplib.train import TrainConfig, TrainingDiverged, evaluate, fit, resolve_device
 
 
@@ -158,3 +166,74 @@ def test_resolve_device():
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(ValueError, match="device"):
         resolve_device("tpu")
+
+
+# ------------------------------------------------------------- the GPU path leaves CPU bits alone
+REPO = Path(__file__).resolve().parent.parent
+# main just before issue 12's GPU path (on-device data, channels_last, fp16 fallback, compile):
+# the reference whose CPU results the current code must reproduce bit for bit.
+BEFORE_GPU_PATH = "db8c833"
+
+
+def _module_at(commit: str, path: str, name: str, monkeypatch, replace=()):
+    """``path`` as it was at ``commit``, imported as module ``name`` (``replace``: pairs of
+    source edits, e.g. to import its siblings from that commit too)."""
+    try:
+        src = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, check=True,
+                             capture_output=True, text=True).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip(f"git history with commit {commit} is not available (a shallow clone?)")
+    for old, new in replace:
+        assert old in src, f"{commit}:{path} no longer holds {old!r}: update the test"
+        src = src.replace(old, new)
+    module = types.ModuleType(name)
+    module.__file__ = str(REPO / path)  # where it lived (data.py finds the offline folder by it)
+    monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up there
+    exec(compile(src, f"{commit}:{path}", "exec"), module.__dict__)
+    return module
+
+
+def _cases():
+    """(name, model factory, config kwargs, PGD training?) covering the CPU code paths."""
+    conv = lambda: make_model("convnet", width=2)  # noqa: E731
+    return [
+        ("mlp", small_mlp, {"augment": True, "weight_decay": 5e-4, "milestones": (2,)}, False),
+        ("mlp bf16", small_mlp, {"augment": True, "bf16": True}, False),
+        ("conv", conv, {"augment": True, "grad_clip_value": 0.1}, False),
+        ("mlp bf16 pgd", small_mlp, {"bf16": True}, True),  # bf16 conv: slow on AVX2 CPUs
+    ]
+
+
+def _run(train_module, pgd_module, factory, kw, pgd, x, y, xe, ye, **new_fields):
+    torch.manual_seed(0)
+    model = factory()
+    cfg = train_module.TrainConfig(epochs=2, lr=0.05, batch_size=64, **kw, **new_fields)
+    adversary = (
+        pgd_module.pgd_adversary(8 / 255, 2 / 255, 2, bf16=kw.get("bf16", False)) if pgd else None
+    )
+    hist = train_module.fit(model, x, y, cfg, seed=3, eval_sets={"held": (xe, ye)},
+                            adversary=adversary, progress=False)  # fmt: skip
+    drop = ("epoch_time_s",)  # wall-clock; the config is recorded as before (records unchanged)
+    return {k: v for k, v in hist.items() if k not in drop}, model.state_dict()
+
+
+def test_cpu_fit_is_bit_identical_to_the_code_before_the_gpu_path(cifar_small, monkeypatch):
+    old_data = _module_at(BEFORE_GPU_PATH, "bplib/data.py", "_before_gpu_data", monkeypatch)
+    old_pgd = _module_at(BEFORE_GPU_PATH, "bplib/pgd.py", "_before_gpu_pgd", monkeypatch)
+    old_train = _module_at(
+        BEFORE_GPU_PATH, "bplib/train.py", "_before_gpu_train", monkeypatch,
+        replace=[("from bplib.data import", "from _before_gpu_data import")],
+    )  # fmt: skip
+    assert old_train.augment is old_data.augment  # the old augmentation, not today's
+    x, y = cifar_small.x_train[:128], cifar_small.y_train[:128]
+    xe, ye = cifar_small.x_test[:600], cifar_small.y_test[:600]  # > 500: two eval batches
+    for name, factory, kw, pgd in _cases():
+        ref_hist, ref_state = _run(old_train, old_pgd, factory, kw, pgd, x, y, xe, ye)
+        # New code at its defaults, and with the CUDA-only settings asked for explicitly: on a
+        # CPU they are inactive (auto channels_last, default eval batch), so nothing changes.
+        for fields_ in ({}, {"channels_last": None, "eval_batch_size": None, "compile": False}):
+            hist, state = _run(bplib.train, bplib.pgd, factory, kw, pgd, x, y, xe, ye, **fields_)
+            assert hist == ref_hist, (name, fields_)
+            assert ref_state.keys() == state.keys()
+            for key in state:
+                assert torch.equal(ref_state[key], state[key]), (name, key)
