@@ -156,7 +156,8 @@ def _measure_training(job: runner.Job, ctx: runner.Context) -> dict:
     t1 = time.perf_counter()
     try:
         x, y = x_tr.to(device), y_tr.to(device)
-        hist = fit(model, x, y, cfg, seed=seed, on_epoch_end=snapshot, progress=False)
+        hist = fit(model, x, y, cfg, seed=seed, on_epoch_end=snapshot, run_dir=ctx.run_dir(job),
+                   progress=False)  # fmt: skip
     except TrainingDiverged as err:  # recorded as such: a diverged run has no "after" kernel
         return {"diverged": str(err), "n_params": count_parameters(model)}
     train_s = time.perf_counter() - t1
@@ -178,7 +179,7 @@ def _measure_training(job: runner.Job, ctx: runner.Context) -> dict:
         "trace1": {s: float(phi1[s].trace()) for s in samples},
         "train_loss": hist["train_loss"][-1],
         "train_acc": hist["train_acc"][-1],
-        "trajectory": trajectory,
+        "trajectory": [h for h in hist["hooks"] if h is not None],  # epochs before a resume too
         "train_s": train_s,
         "img_per_s": p["epochs"] * len(x_tr) / max(train_s, 1e-9),
         "ntk_s": ntk_s,
