@@ -35,6 +35,8 @@ TABLE3 = {
     "ResNet-20 Fixup": (10.00, 91.42, 91.55),
     "MLP": (58.88, 58.95, 59.13),
 }
+# The range of the +- spreads that Tables 2 and 3 print beside their means (10 runs each).
+TABLE23_SPREAD = (0.05, 0.09)
 
 # ------------------------------------------------------------------- section 4: the NTK
 # Figure 1's qualitative trends (correlation of Phi_0 and Phi_1 against width) and the final

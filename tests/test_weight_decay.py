@@ -1,24 +1,32 @@
-"""Claim 2, weight decay and norm-bias: the regularizer (bplib.measures.norm_bias) by hand,
-mu = 0 is weight decay, the norm is pulled to mu^2, scopes, errors; the claim's jobs
-(bplib.claims.weight_decay) and their keys, one real stored run, table models, and
-``summarize`` on the committed cpu records and on synthetic records."""
+"""Claim 2, weight decay and norm-bias: the regularizer (bplib.measures.norm_bias) by hand, mu = 0
+is weight decay, the norm is pulled to mu^2, the squared-norm split and the per-step pull; the
+paired decision (bplib.measures.equivalence) against scipy and the noncentral t; the claim's
+five arms (bplib.claims.weight_decay): jobs and keys, one real stored run, ``summarize`` and the
+verdict on synthetic records and on the committed cpu records (when they are complete)."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 from torch import nn
 
 from bplib import runner
 from bplib.claims import weight_decay as wd
+from bplib.data import REPO_ROOT
+from bplib.measures.equivalence import decide, detectable, paired_interval
 from bplib.measures.norm_bias import (
     NormBiasGradient,
     NormBiasLoss,
     make_regularizer,
+    norm_split,
+    pull_per_step,
     regularized_parameters,
 )
 from bplib.models import count_parameters, make_model
 from bplib.profiles import get_profile
+from bplib.train import squared_norm
 
 
 def _tiny_synthetic():
@@ -37,6 +45,7 @@ def _data_grad(net):
     return [p.grad.clone() for p in net.parameters()]
 
 
+# ----------------------------------------------------------------------- the regularizer
 @pytest.mark.parametrize("mu2, sign", [(10.0, 1.0), (20.0, -1.0), (14.0, 0.0)])
 def test_value_and_gradient_by_hand_synthetic(mu2, sign):
     coef = 0.1
@@ -66,8 +75,8 @@ def test_mu_zero_is_weight_decay_synthetic():
     for name in ("torch", "gradient", "loss"):
         net = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
         net.load_state_dict(ref.state_dict())
-        wd = 0.05 if name == "torch" else 0.0
-        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=wd)
+        decay = 0.05 if name == "torch" else 0.0
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=decay)
         reg = None if name == "torch" else make_regularizer("norm_bias", 0.05, 0.0, form=name)
         for _ in range(20):
             opt.zero_grad()
@@ -81,8 +90,19 @@ def test_mu_zero_is_weight_decay_synthetic():
         runs[name] = torch.cat([p.detach().flatten() for p in net.parameters()])
     torch.testing.assert_close(runs["gradient"], runs["torch"])
     torch.testing.assert_close(runs["loss"], runs["torch"], rtol=1e-5, atol=1e-6)
-    # and "weight_decay" ignores mu2
-    assert make_regularizer("weight_decay", 0.05, mu2=99.0).mu2 == 0.0
+    assert make_regularizer("weight_decay", 0.05, mu2=99.0).mu2 == 0.0  # ignores mu2
+
+
+def _norm_bias_alone(net, reg, lr, momentum, steps):
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+    norms = [float(reg.sq_norm(net).detach())]
+    for _ in range(steps):
+        opt.zero_grad()
+        (0.0 * sum(p.sum() for p in net.parameters())).backward()  # no data term
+        reg.after_backward(net)
+        opt.step()
+        norms.append(float(reg.sq_norm(net).detach()))
+    return norms
 
 
 @pytest.mark.parametrize("scale", [0.1, 10.0])
@@ -92,17 +112,37 @@ def test_norm_moves_to_mu2_under_norm_bias_alone_synthetic(scale):
     with torch.no_grad():
         for p in net.parameters():
             p.mul_(scale)
-    mu2 = 50.0
-    reg = make_regularizer("norm_bias", 0.01, mu2)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    start = float(reg.sq_norm(net).detach())
-    for _ in range(3000):
-        opt.zero_grad()
-        (0.0 * net.weight.sum() + 0.0 * net.bias.sum()).backward()  # no data term
-        reg.after_backward(net)
-        opt.step()
-    end = float(reg.sq_norm(net).detach())
-    assert abs(end - mu2) < 0.1 * mu2 < abs(start - mu2)
+    norms = _norm_bias_alone(net, make_regularizer("norm_bias", 0.01, 50.0), 0.1, 0.9, 3000)
+    assert abs(norms[-1] - 50.0) < 0.1 * 50.0 < abs(norms[0] - 50.0)
+
+
+def test_pull_per_step_matches_simulation_synthetic():
+    """Once momentum has built up, weight decay alone shrinks ||theta||^2 by exactly
+    ``pull_per_step`` per step; the first-order value 2 lr c / (1 - m) is 0.01 here."""
+    torch.manual_seed(0)
+    lr, coef, momentum = 0.1, 0.005, 0.9
+    net = nn.Linear(20, 10)
+    norms = _norm_bias_alone(net, make_regularizer("weight_decay", coef), lr, momentum, 200)
+    rate = 1 - (norms[200] / norms[100]) ** (1 / 100)
+    assert pull_per_step(lr, coef, momentum) == pytest.approx(0.01, rel=0.05)
+    assert rate == pytest.approx(pull_per_step(lr, coef, momentum), rel=1e-4)
+    assert pull_per_step(lr, coef) == pytest.approx(1 - (1 - lr * coef) ** 2)  # no momentum
+    with pytest.raises(ValueError, match="momentum"):
+        pull_per_step(0.1, 0.1, 1.0)
+
+
+def test_norm_split_by_hand_and_batch_norm_share():
+    split = norm_split(_tiny_synthetic())
+    assert split == {"weights": 5.0, "one_dim": 9.0}
+    torch.manual_seed(0)
+    net = make_model("resnet18", normalize=False, width=0.125)
+    split = norm_split(net)
+    assert split["weights"] + split["one_dim"] == pytest.approx(squared_norm(net))
+    bn = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    scales = sum(m.num_features for m in bn)  # each scale starts at 1, each shift at 0
+    fc_bias = float(net.linear.bias.detach().pow(2).sum())
+    assert split["one_dim"] == pytest.approx(scales + fc_bias)
+    assert split["one_dim"] > 0.7 * squared_norm(net)  # most of the norm: batch-norm scales
 
 
 def test_scope_no_bn_bias():
@@ -116,9 +156,7 @@ def test_scope_no_bn_bias():
     fixup = make_model("resnet20_fixup")
     assert sum(p.numel() for p in regularized_parameters(fixup, "no_bn_bias")) == 268_393 - 47 - 10
     reg = make_regularizer("norm_bias", 1.0, 0.0, scope="no_bn_bias")
-    assert float(reg.sq_norm(net).detach()) == pytest.approx(
-        sum(float(p.detach().pow(2).sum()) for p in weights)
-    )
+    assert float(reg.sq_norm(net).detach()) == pytest.approx(norm_split(net)["weights"])
 
 
 @pytest.mark.parametrize(
@@ -135,19 +173,67 @@ def test_bad_arguments_name_the_parameter(kw, name):
         make_regularizer(**kw)
 
 
-def test_profiles_and_specs():
+# ----------------------------------------------------------------------- the paired decision
+def test_paired_interval_matches_scipy_synthetic():
+    diffs = [1.0, 2.5, 0.5, 3.0, 1.5]
+    d = paired_interval(diffs)
+    low, high = stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
+    assert (d["mean"], d["n"]) == (1.7, 5)
+    assert (d["low"], d["high"]) == (pytest.approx(low), pytest.approx(high))
+    assert d["sd"] == pytest.approx(np.std(diffs, ddof=1))
+    assert all(type(d[k]) is float for k in ("mean", "low", "high", "sd", "detectable"))  # glue
+    one = paired_interval([2.0])
+    assert one["n"] == 1 and math.isnan(one["low"]) and math.isnan(one["detectable"])
+
+
+@pytest.mark.parametrize("n", [4, 6, 10])
+def test_detectable_effect_has_about_80_percent_power(n):
+    """Exact power of the paired t-test (noncentral t) at the returned effect: about 0.8."""
+    sd = 1.3
+    effect = detectable(sd, n)
+    df, crit = n - 1, stats.t.ppf(0.975, n - 1)
+    nc = effect / (sd / math.sqrt(n))
+    power = stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
+    assert 0.75 < power < 0.85
+
+
+@pytest.mark.parametrize(
+    "low, high, n, outcome",
+    [
+        (-2.0, -0.5, 4, "below"),
+        (0.5, 2.0, 4, "above"),
+        (0.2, 0.8, 4, "above"),  # above 0 wins over "inside the margin"
+        (-0.8, 0.9, 4, "equivalent"),
+        (-1.2, 0.9, 4, "undecided"),
+        (math.nan, math.nan, 1, "too few"),
+    ],
+)
+def test_decide(low, high, n, outcome):
+    assert decide({"low": low, "high": high, "n": n}, delta=1.0) == outcome
+
+
+# ----------------------------------------------------------------------- the claim's jobs
+def test_profiles_arms_and_keys():
     with pytest.raises(ValueError, match="unknown parameter"):
         get_profile("weight_decay", "smoke", widths=3)
     for profile in ("smoke", "cpu", "paper"):
         cfg = get_profile("weight_decay", profile)
-        specs = wd.grid(cfg)
+        grid = wd.grid(cfg)
         rows = sum(len(r["normalize"]) for r in cfg.models.values())
-        assert len(specs) == len(cfg.datasets) * rows * 3 * len(cfg.seeds)
-        for _, s, _ in specs:
-            assert (s["mu2"] > 0) == (s["kind"] == "norm_bias")
-            assert (s["coef"] > 0) == (s["kind"] != "none")
+        assert len(grid) == len(cfg.datasets) * rows * len(cfg.arms) * len(cfg.seeds)
+        assert len({j.path(profile) for j in wd.jobs(cfg)}) == len(grid)  # keys are distinct
+        for _, p, _ in grid:
+            assert (p["mu2"] > 0) == (p["kind"] == "norm_bias")
+            assert (p["coef"] > 0) == (p["arm"] != "none")
+            assert not {"delta", "gate_train_acc"} & set(p)  # readings never change a key
+        for row in cfg.models.values():  # mu2_below < initial squared norm < mu2_above
+            torch.manual_seed(0)
+            init = squared_norm(make_model(row["model"], **row["model_kw"]))
+            assert row["mu2_below"] < init < row["mu2_above"], (profile, row["model"], init)
     paper = wd.grid(get_profile("weight_decay", "paper"))
     assert {s["train"]["batch_size"] for _, s, _ in paper if s["dataset"] == "cifar100"} == {256}
+    with pytest.raises(ValueError, match="arm"):
+        wd.arm_settings(get_profile("weight_decay", "cpu").models["resnet18_w8"], "dropout")
 
 
 # Parameter counts of the models at the paper profile (10 classes), normalized or not.
@@ -173,119 +259,142 @@ def test_paper_models_count_and_backward(key):
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_init_norm_rows_paper_regimes():
+    rows = {r[0]: r for r in wd.init_norm_rows(get_profile("weight_decay", "paper"))}
+    assert rows["ResNet-18"][2] == "6,403" and rows["ResNet-18"][6].startswith("2500 (below")
+    assert rows["ResNet-20 Fixup"][6].startswith("1000 (above")
+    assert rows["MLP (2048-2048-2048)"][3] == "0%"  # no batch norm, biases start at 0
+
+
 def test_run_real_data(cifar_small, records_dir):
+    """Five arms of a tiny MLP on real images: norm-bias below a target it never reaches is
+    exactly weight decay of the same coefficient; above, it grows the norm."""
     cfg = get_profile("weight_decay", "smoke", seeds=[0])
     cfg.models = {"mlp_64": cfg.models["mlp_64"]}
-    cfg.n_train, cfg.epochs = 256, 2
     ctx = runner.Context("smoke", device="cpu")
     records = wd.run(cfg, ctx, n_procs=1)
-    assert len(records) == len(wd.jobs(cfg)) == 3
+    assert len(records) == len(wd.jobs(cfg)) == 5
     for rec in records:
         res = rec["result"]
-        assert not res["diverged"] and res["n_holdout"] == 500 and res["n_train"] == 256
-        assert len(res["sq_norm"]) == 2 and 0 <= res["holdout_acc"] <= 100
-        assert res["test_name"] == "CIFAR-10 test, first 1,000 images"
+        assert not res["diverged"] and res["n_holdout"] == 500 and res["n_train"] == cfg.n_train
+        assert len(res["sq_norm"]) == cfg.epochs and 0 <= res["holdout_acc"] <= 100
+        assert res["end_split"]["weights"] + res["end_split"]["one_dim"] == pytest.approx(
+            res["sq_norm"][-1]
+        )
     assert wd.run(cfg, ctx, n_procs=1) == records  # read back from the store
     (group,) = wd.collect(records, cfg).values()
-    norms = {k: v[0]["sq_norm"][-1] for k, v in group.items()}
-    # mu2 is ~2x the initial norm: norm-bias grows the norm, weight decay does not
-    assert norms["norm_bias"] > norms["none"] > norms["weight_decay"]
-    d = wd.difference_summary(group, "norm_bias", "weight_decay", "holdout_acc")
-    assert d["n"] == 1 and math.isnan(d["low"])
+    res = {arm: runs[0] for arm, runs in group.items()}
+    assert res["nb_below"]["sq_norm"] == res["wd_strong"]["sq_norm"]
+    assert res["nb_below"]["holdout_acc"] == res["wd_strong"]["holdout_acc"]
+    end = {arm: r["sq_norm"][-1] for arm, r in res.items()}
+    assert end["nb_above"] > end["none"] > end["weight_decay"] > end["wd_strong"]
 
 
-@pytest.fixture
-def committed_records(monkeypatch):
-    """The repository's data/records (BPLIB_RECORDS unset)."""
-    monkeypatch.delenv("BPLIB_RECORDS", raising=False)
-
-
-def test_jobs_find_the_committed_cpu_records(committed_records):
-    cfg = get_profile("weight_decay", "cpu")
-    jobs = wd.jobs(cfg)
-    assert all(r is not None for r in runner.stored(jobs, "cpu"))  # every key is stored
-    assert {j.experiment for j in jobs} == {"weight_decay"}
-    assert all("seed" not in j.params and "device" not in j.params for j in jobs)
-    other = get_profile("weight_decay", "cpu", epochs=cfg.epochs + 1)  # another configuration
-    assert all(r is None for r in runner.stored(wd.jobs(other), "cpu"))
-
-
-def test_summarize_committed_cpu_records(committed_records):
-    cfg = get_profile("weight_decay", "cpu")
-    s = wd.summarize(runner.stored(wd.jobs(cfg), "cpu"), cfg)
-    headers, rows = s.tables["verdict"]
-    assert len(rows) == len(cfg.models) and all(len(r) == len(headers) for r in rows)
-    assert s.ours.startswith("norm-bias − weight decay (held-out split): ResNet-20 Fixup ")
-    assert s.verdict.count(":") == len(cfg.models)
-    assert s.tables["table2 cifar10"][1] == []  # cpu runs only Table 3
-    assert len(s.tables["table3 cifar10"][1]) == 2 * len(cfg.models) + 3  # 2 splits + paper
-    assert {f"wd_n_{slug}" for slug in ("resnet", "mlp")} <= set(s.glue)
-    assert s.glue["wd_n_resnet"] == s.glue["wd_n_mlp"] == 3
-    assert 0.5 < s.glue["wd_norm_wd_over_none_resnet"] < 1.0  # weight decay shrank the norm
-    assert "+0.23 points" in wd.paper_headline()  # 94.99 - 94.76, Table 3
-
-
-def _synthetic_records(cfg, acc, diverged=()):
-    """Records for ``wd.jobs(cfg)`` with held-out accuracy ``acc[kind][seed]`` (synthetic)."""
+# ----------------------------------------------------------------------- summaries and verdict
+def _synthetic_records(cfg, acc, failed=()):
+    """Records for ``wd.jobs(cfg)`` with held-out accuracy ``acc[arm][seed]`` (synthetic); the
+    (row key, arm, seed) in ``failed`` ended at 10% training accuracy (below any gate > 10)."""
     records = []
+    ends = {"none": 110.0, "weight_decay": 100.0, "wd_strong": 40.0, "nb_below": 60.0}
     for key, params, seed in wd.grid(cfg):
-        kind = params["kind"]
-        res = {"diverged": (key, kind, seed) in diverged, "n_holdout": 500, "test_name": "test"}
-        res.update(holdout_acc=acc[kind][seed], test_acc=acc[kind][seed] - 1.0, train_acc=99.0)
-        end = {"none": 110.0, "weight_decay": 100.0, "norm_bias": 150.0}[kind]
-        res.update(init_sq_norm=100.0, sq_norm=[end] * cfg.epochs)
-        if res["diverged"]:
-            res = {"diverged": True, "message": "loss nan", "n_holdout": 500, "test_name": "test"}
+        arm = params["arm"]
+        res = {"diverged": False, "n_holdout": 500, "test_name": "test", "init_sq_norm": 100.0}
+        res.update(holdout_acc=acc[arm][seed], test_acc=acc[arm][seed] - 1.0, train_acc=60.0)
+        res.update(sq_norm=[ends.get(arm, 400.0)] * cfg.epochs)
+        if (key, arm, seed) in failed:
+            res["train_acc"] = 10.0
         records.append({"params": params, "seed": seed, "result": res})
     return records
 
 
-def test_summarize_synthetic_records():
-    cfg = get_profile("weight_decay", "smoke", seeds=[0, 1, 2])
-    acc = {"none": [50.0, 51.0, 52.0], "weight_decay": [60.0, 61.0, 62.0]}
-    acc["norm_bias"] = [55.0, 55.5, 57.0]  # 4.0 to 5.5 points below weight decay
-    s = wd.summarize(_synthetic_records(cfg, acc), cfg)
-    for row in s.tables["verdict"][1]:
-        assert row[3].startswith("-5.17 [") and row[3].endswith("(n=3)")
-        assert row[4] == "weight decay better: supports the belief"
-    assert s.glue["wd_nb_minus_wd_mlp_mean"] == pytest.approx(-31 / 6)
-    assert s.glue["wd_norm_wd_over_none_resnet"] == pytest.approx(100 / 110)
-    assert s.tables["mu2 rule"][1][0][3:] == ["100", 800.0, "1.50"]
-    assert s.tables["table2 cifar10_small"][1][0][2] == "51.00 ± 1.00 (n=3)"  # MLP, held-out
-    assert s.tables["table3 cifar10_small"][1] and s.tables["table2 paper"][1][0][0] == "ResNet-18"
-    assert "held-out split" in s.ours and "ResNet-18 (width 0.0625) -5.17" in s.ours
-    assert wd.fixup_lines(_synthetic_records(cfg, acc), cfg) == [
-        "No Fixup ResNet-20 at the smoke profile."
+def _cfg(delta=1.0):
+    cfg = get_profile("weight_decay", "smoke", seeds=[0, 1, 2, 3])
+    cfg.delta, cfg.gate_train_acc = delta, 20.0
+    return cfg
+
+
+BASE = {"none": [50.0, 51.0, 52.0, 50.5], "weight_decay": [50.2, 51.1, 52.3, 50.4]}
+BASE["wd_strong"] = [55.0, 56.0, 57.5, 55.5]  # 5 points above none: an effect to explain
+
+
+def test_summarize_synthetic_records_equivalent():
+    acc = {**BASE, "nb_below": [55.2, 55.8, 57.6, 55.3], "nb_above": [55.1, 56.2, 57.2, 55.6]}
+    s = wd.summarize(_synthetic_records(_cfg(), acc), _cfg())
+    rows = s.tables["verdict"][1]
+    assert len(rows) == 3 * 2  # effect + two deciding comparisons, per model row
+    effect, below, above = rows[:3]
+    assert effect[3].startswith("+5.12 [") and effect[6].startswith("weight decay helps")
+    assert below[6].startswith("equivalent within ±1 points") and below[5] == "1.50"
+    assert above[6].startswith("equivalent") and above[5] == "10.00"
+    assert s.glue["wd_nb_above_minus_wd_strong_n"] == 4
+    assert s.glue["wd_end_norm_nb_above"] == 400.0 and s.glue["wd_delta"] == 1.0
+    assert "equivalent" in s.glue["wd_verdict"] and "ResNet-18 (width 0.0625)" in s.ours
+    arms = s.tables["arms cifar10_small"][1]
+    assert arms[0][3] == "50.88 ± 0.85 (n=4)" and arms[2][6] == "40 ± 0 (n=4)"
+    assert all(r[7] == "—" for r in arms)  # the paper has no cifar10_small column
+    assert len(s.tables["differences"][1]) == 2 * len(wd.COMPARISONS)
+    assert s.tables["paper"][1][-1][:5] == ["MLP", "3", "58.88", "58.95", "59.13"]
+
+
+def test_summarize_synthetic_records_supports_belief_and_no_effect():
+    acc = {**BASE, "nb_below": [53.0, 54.0, 55.0, 53.5], "nb_above": [54.9, 55.0, 58.0, 56.0]}
+    rows = wd.summarize(_synthetic_records(_cfg(), acc), _cfg()).tables["verdict"][1]
+    assert rows[1][6] == "weight decay better: supports the belief"
+    assert rows[2][6].startswith("not decided at this scale")
+    acc = {**BASE, "wd_strong": BASE["weight_decay"], "nb_below": BASE["none"]}
+    acc["nb_above"] = BASE["none"]
+    rows = wd.summarize(_synthetic_records(_cfg(), acc), _cfg()).tables["verdict"][1]
+    assert rows[0][6].startswith("cannot be tested at this scale: weight decay does not")
+    assert "smallest detectable effect" in rows[0][6]
+    assert rows[1][6] == rows[2][6] == wd.NOT_TESTED
+
+
+def test_gate_leaves_out_runs_and_their_pairs():
+    acc = {**BASE, "nb_below": BASE["wd_strong"], "nb_above": BASE["wd_strong"]}
+    cfg = _cfg()
+    failed = {("resnet18_w16", "nb_above", 0), ("resnet18_w16", "none", 3)}
+    records = _synthetic_records(cfg, acc, failed)
+    s = wd.summarize(records, cfg)
+    effect, _, above = s.tables["verdict"][1][:3]
+    assert effect[3].endswith("(n=3)") and above[3].endswith("(n=3)")
+    assert s.tables["arms cifar10_small"][1][0][3].endswith("; 1/4 below gate")
+    lines = wd.gate_lines(wd.collect(records, cfg), cfg)
+    assert lines == [
+        "ResNet-18 (width 0.0625), none, seed 3: left out (train acc 10.0%)",
+        "ResNet-18 (width 0.0625), norm-bias, μ² > init, seed 0: left out (train acc 10.0%)",
     ]
-    (panel, _) = wd.norm_panels(_synthetic_records(cfg, acc), cfg)
-    assert panel["mu2"] == 800.0 and panel["curves"]["norm-bias"] == (
-        [0, 1, 2],
-        [100.0] + [150.0] * 2,
-    )
+    panel = wd.norm_panels(records, cfg)[0]
+    assert panel["mu2"] == {"norm-bias, μ² < init": 160.0, "norm-bias, μ² > init": 800.0}
+    assert panel["curves"]["none"] == ([0, 1, 2], [100.0, 110.0, 110.0])
 
 
-def test_summarize_synthetic_records_with_divergence():
-    """A diverged run is shown as 'diverged k/n' and left out of means, differences and the
-    norm ratio (the ratio of mean end norms, not of sums over unequal numbers of runs)."""
-    cfg = get_profile("weight_decay", "smoke", seeds=[0, 1, 2])
-    acc = {k: [60.0, 61.0, 62.0] for k in ("none", "weight_decay", "norm_bias")}
-    diverged = {("mlp_64", "none", 0), ("resnet18_w16", "none", 0), ("mlp_64", "norm_bias", 1)}
-    s = wd.summarize(_synthetic_records(cfg, acc, diverged), cfg)
-    assert s.tables["table2 cifar10_small"][1][0][2] == "61.50 ± 0.71 (n=2); diverged 1/3"
-    (mlp,) = [r for r in s.tables["verdict"][1] if r[0].startswith("MLP")]
-    assert mlp[3].endswith("(n=2)") and mlp[4] == "no difference detectable at this scale"
-    assert s.glue["wd_norm_wd_over_none_resnet"] == pytest.approx(100 / 110)
+def test_norms_that_do_not_separate_are_no_test():
+    d = {"mean": 0.1, "low": -0.3, "high": 0.5, "n": 4}
+    assert wd.reading(d, 1.0, norm_ratio=1.2).startswith("no test: the norms did not separate")
+    assert wd.reading(d, 1.0, norm_ratio=3.0).startswith("equivalent")
 
 
-@pytest.mark.parametrize(
-    ("low", "high", "n", "reading"),
-    [
-        (-2.0, -0.5, 3, "weight decay better"),
-        (0.5, 2.0, 3, "norm-bias better"),
-        (-1.0, 1.0, 3, "no difference"),
-        (math.nan, math.nan, 1, "no difference"),
-    ],
-)
-def test_verdict_reading(low, high, n, reading):
-    d = {"mean": (low + high) / 2, "low": low, "high": high, "n": n}
-    assert wd.verdict_reading(d).startswith(reading)
+def test_committed_cpu_records():
+    """The committed cpu records are found by the jobs' keys and summarize (skipped until the
+    lead has regenerated them for this design)."""
+    cfg = get_profile("weight_decay", "cpu")
+    records = runner.stored(wd.jobs(cfg), "cpu", REPO_ROOT / "data" / "records")
+    if any(r is None for r in records):
+        pytest.skip("committed cpu weight-decay records are incomplete")
+    s = wd.summarize(records, cfg)
+    assert len(s.tables["verdict"][1]) == 3 * len(cfg.models)
+    assert s.glue["wd_nb_above_minus_wd_strong_n"] == len(cfg.seeds)
+    assert "+0.23 points" in wd.paper_headline()  # 94.99 - 94.76, Table 3
+
+
+def test_pilot_is_part_of_the_cpu_design_and_cannot_decide():
+    """The pilot's runs are jobs of the cpu profile (same keys), and its paired intervals give
+    the chapter's reading: weight decay does not measurably help at this size."""
+    cfg, records = wd.pilot()
+    cpu = {j.path("cpu") for j in wd.jobs(get_profile("weight_decay", "cpu"))}
+    assert {j.path("cpu") for j in wd.jobs(cfg)} <= cpu and len(records) == 12
+    s = wd.summarize(records, cfg)
+    (effect,) = s.tables["verdict"][1]
+    assert effect[3] == "+1.22 [-3.90, +6.34] (n=4)"
+    assert effect[6].startswith("cannot be tested at this scale: weight decay does not")
+    assert s.glue["wd_weight_decay_minus_none_detectable"] == pytest.approx(3.21, abs=0.01)

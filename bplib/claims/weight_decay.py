@@ -1,41 +1,69 @@
 """Claim 2 (paper section 3, Tables 2-3): does weight decay help because small norm generalizes?
 
-Everything chapter ``weight_decay`` runs and shows: one record per (dataset, model row,
-normalization, regularizer, seed) of the profile (:func:`jobs`, trained by :func:`work`), and
-from those records the accuracy tables beside the paper's, the paired differences, the verdict
-(:func:`summarize`), the norm figure's curves and the mu^2-rule check. The regularizer itself is
+Each model row is trained with the five :data:`ARMS` from the same initialization and batch
+order per seed (:func:`jobs`, :func:`work`). The verdict (:func:`comparison_rows`) comes from
+seed-paired held-out accuracy differences (:mod:`bplib.measures.equivalence`): first whether
+weight decay helps at all (:data:`EFFECT`; if not, there is nothing to explain), then each
+norm-bias arm minus the weight decay of the same coefficient (:data:`DECIDING`), read against 0
+and against the profile's margin ``delta`` (fixed before the run). The regularizer is
 :mod:`bplib.measures.norm_bias`.
 
 Record key: experiment ``weight_decay``; ``params`` are the run's settings (``model``,
-``model_kw``, ``normalize``, ``dataset``, ``n_train``, ``n_holdout``, ``kind``, ``coef``, ``mu2``,
-``form``, ``scope``, ``train`` = ``TrainConfig`` keyword arguments), the seed apart.
+``model_kw``, ``normalize``, ``dataset``, ``n_train``, ``n_holdout``, ``arm``, ``kind``,
+``coef``, ``mu2``, ``form``, ``scope``, ``train`` = ``TrainConfig`` keyword arguments), the seed
+apart. ``gate_train_acc`` and ``delta`` only change the reading, never a key.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import time
 
 import torch
 
 from bplib import paper, runner
+from bplib.checks import check_choice
 from bplib.data import CIFAR100_MEAN, CIFAR100_STD, Normalize, holdout_split, load_cifar, subset
-from bplib.measures.norm_bias import KINDS, make_regularizer
+from bplib.measures.equivalence import decide, paired_interval
+from bplib.measures.norm_bias import make_regularizer, norm_split
 from bplib.models import count_parameters, make_model
-from bplib.stats import Summary, fmt_mean_std, mean_std, t_interval
+from bplib.profiles import get_profile
+from bplib.profiles.weight_decay import PILOT
+from bplib.stats import Summary, fmt_mean_std
 from bplib.train import TrainConfig, TrainingDiverged, fit, resolve_device, squared_norm
 
 NAME = "weight_decay"
 TITLE = "2. Small-norm solutions generalize better"
 CHAPTER = "weight_decay"  # chapters/weight_decay.md
-KIND_LABELS = {"none": "none", "weight_decay": "weight decay", "norm_bias": "norm-bias"}
-ACC_HEADERS = ["model", "evaluated on", *map(KIND_LABELS.get, KINDS)]
-DIFF = "norm-bias − weight decay"
+# arm -> (regularizer kind, the row's coefficient key, the row's mu^2 key)
+ARMS = {
+    "none": ("none", None, None),
+    "weight_decay": ("weight_decay", "weight_decay", None),
+    "wd_strong": ("weight_decay", "norm_bias_coef", None),
+    "nb_below": ("norm_bias", "norm_bias_coef", "mu2_below"),
+    "nb_above": ("norm_bias", "norm_bias_coef", "mu2_above"),
+}
+LABELS = {"none": "none", "weight_decay": "weight decay", "wd_strong": "weight decay, nb coef",
+          "nb_below": "norm-bias, μ² < init", "nb_above": "norm-bias, μ² > init"}  # fmt: skip
+EFFECT = ("wd_strong", "none")  # is there a weight-decay benefit to explain?
+DECIDING = (("nb_below", "wd_strong"), ("nb_above", "wd_strong"))  # same coefficient
+COMPARISONS = (("weight_decay", "none"), EFFECT, *DECIDING,
+               ("nb_below", "weight_decay"), ("nb_above", "weight_decay"))  # fmt: skip
+NORM_RATIO_MIN = 1.5  # a deciding norm-bias arm must end at >= 1.5x its pair's squared norm
+NOT_TESTED = "not tested (no weight-decay effect to explain)"
+
+
+def arm_settings(row: dict, arm: str) -> tuple[str, float, float]:
+    """(kind, coefficient, mu^2) of ``arm`` for a profile model ``row``."""
+    kind, coef_key, mu2_key = ARMS[check_choice("arm", arm, ARMS)]
+    return kind, row[coef_key] if coef_key else 0.0, row[mu2_key] if mu2_key else 0.0
 
 
 # ----------------------------------------------------------------------- the runs
 def grid(cfg) -> list[tuple[str, dict, int]]:
-    """``[(row_key, params, seed), ...]`` for every dataset x model row x normalization x
-    regularizer x seed of a profile ``cfg`` (``get_profile("weight_decay", ...)``)."""
+    """``[(row_key, params, seed), ...]`` for every dataset x model row x normalization x arm x
+    seed of a profile ``cfg`` (``get_profile("weight_decay", ...)``)."""
     out = []
     for dataset in cfg.datasets:
         batch = cfg.batch_size_cifar100 if dataset == "cifar100" else cfg.batch_size
@@ -43,16 +71,12 @@ def grid(cfg) -> list[tuple[str, dict, int]]:
                      milestones=list(cfg.milestones), gamma=0.1, augment=cfg.augment,
                      eval_every=max(cfg.epochs, 1), bf16=cfg.bf16)  # fmt: skip
         for key, row in cfg.models.items():
-            coefs = {"none": 0.0, "weight_decay": row["weight_decay"]}
-            coefs["norm_bias"] = row["norm_bias_coef"]
-            for normalize, kind, seed in itertools.product(
-                row["normalize"], cfg.regularizers, cfg.seeds
-            ):
+            for normalize, arm, seed in itertools.product(row["normalize"], cfg.arms, cfg.seeds):
+                kind, coef, mu2 = arm_settings(row, arm)
                 params = dict(model=row["model"], model_kw=row["model_kw"], normalize=normalize,
                               dataset=dataset, n_train=cfg.n_train, n_holdout=cfg.n_holdout,
-                              kind=kind, coef=coefs[kind],
-                              mu2=row["mu2"] if kind == "norm_bias" else 0.0,
-                              form=cfg.form, scope=cfg.scope, train=train)  # fmt: skip
+                              arm=arm, kind=kind, coef=coef, mu2=mu2, form=cfg.form,
+                              scope=cfg.scope, train=train)  # fmt: skip
                 out.append((key, params, seed))
     return out
 
@@ -63,46 +87,44 @@ def jobs(cfg) -> list[runner.Job]:
 
 
 def _split(dataset: str, n_train: int | None, n_holdout: int, data_dir):
-    """Training subset, held-out part of the training set (never trained on), test set.
-
-    The split and the subset are fixed (seed 0) so seeds and regularizers see the same images.
-    """
+    """Training subset, held-out part of the training set (never trained on), test set; fixed
+    (seed 0) so that every seed and arm sees the same images."""
     data = load_cifar(dataset, data_dir=data_dir)
     x_fit, y_fit, x_hold, y_hold = holdout_split(data.x_train, data.y_train, n_holdout, seed=0)
-    x_tr, y_tr = subset(x_fit, y_fit, n_train, seed=0)
-    return data, (x_tr, y_tr), (x_hold, y_hold)
+    return data, subset(x_fit, y_fit, n_train, seed=0), (x_hold, y_hold)
 
 
 def work(job: runner.Job, ctx: runner.Context) -> dict:
-    """Train one (model, regularizer, seed): final accuracies/losses on the training subset, the
-    held-out split and the test set, the squared norm (all parameters) at init and after every
-    epoch, and ``diverged`` (True with the message when the loss became NaN/inf: e.g. Fixup
-    without regularizer; the paper reports such runs as 10% accuracy)."""
+    """Train one (model, arm, seed): final accuracies and losses (training subset, held-out
+    split, test set), the squared norm at init and after every epoch, its split into weights
+    and one-dimensional parameters at both ends, CPU seconds, and ``diverged`` (True with the
+    message when the loss became NaN/inf; the paper reports such runs as 10% accuracy)."""
+    cpu0 = time.process_time()
     p, dev = job.params, resolve_device(ctx.device)
-    data, (x_tr, y_tr), (x_hold, y_hold) = _split(
-        p["dataset"], p["n_train"], p["n_holdout"], ctx.data_dir
-    )
+    data, (x_tr, y_tr), (x_hold, y_hold) = _split(p["dataset"], p["n_train"], p["n_holdout"],
+                                                  ctx.data_dir)  # fmt: skip
     normalize = p["normalize"]
     if normalize and p["dataset"] == "cifar100":  # CIFAR-100 statistics, not CIFAR-10's
         normalize = Normalize(CIFAR100_MEAN, CIFAR100_STD)
-    torch.manual_seed(job.seed)  # initialization
-    model = make_model(
-        p["model"], normalize=normalize, num_classes=data.num_classes, **p["model_kw"]
-    ).to(dev)
+    torch.manual_seed(job.seed)  # initialization: the same for every arm of a seed
+    model = make_model(p["model"], normalize=normalize, num_classes=data.num_classes,
+                       **p["model_kw"]).to(dev)  # fmt: skip
     reg = make_regularizer(p["kind"], p["coef"], p["mu2"], p["form"], p["scope"])
     evals = {"test": (data.x_test.to(dev), data.y_test.to(dev))}
     if len(x_hold):
         evals["holdout"] = (x_hold.to(dev), y_hold.to(dev))
     result = {"n_params": count_parameters(model), "init_sq_norm": squared_norm(model)}
-    result.update(test_name=data.test_name, n_train=len(x_tr), n_holdout=len(x_hold))
+    result.update(init_split=norm_split(model), test_name=data.test_name, n_train=len(x_tr),
+                  n_holdout=len(x_hold))  # fmt: skip
     try:
         h = fit(model, x_tr.to(dev), y_tr.to(dev), TrainConfig(**p["train"]), seed=job.seed,
                 eval_sets=evals, regularizer=reg, run_dir=ctx.run_dir(job),
                 progress=False)  # fmt: skip
-    except TrainingDiverged as err:  # a finding (Table 3, Fixup without regularizer), not a bug
+    except TrainingDiverged as err:  # a finding (Fixup without regularizer), not a bug
         return {**result, "diverged": True, "message": str(err)}
-    result.update(diverged=False, sq_norm=h["sq_norm"], train_loss=h["train_loss"][-1])
-    result.update(train_acc=h["train_acc"][-1], epoch_time_s=h["epoch_time_s"])
+    result.update(diverged=False, sq_norm=h["sq_norm"], end_split=norm_split(model))
+    result.update(train_loss=h["train_loss"][-1], train_acc=h["train_acc"][-1])
+    result.update(epoch_time_s=h["epoch_time_s"], cpu_s=time.process_time() - cpu0)
     for name, ev in h["eval"].items():
         result[f"{name}_acc"], result[f"{name}_loss"] = ev["acc"][-1], ev["loss"][-1]
     return result
@@ -115,47 +137,90 @@ def run(cfg, ctx: runner.Context, n_procs: int | None = None, force: bool = Fals
 
 # ----------------------------------------------------------------------- statistics of runs
 def collect(records: list[dict], cfg) -> dict:
-    """``{(row_key, normalize, dataset): {kind: {seed: result}}}`` from the records of
-    :func:`jobs` (in that order)."""
+    """``{(row_key, normalize, dataset): {arm: {seed: result}}}`` from :func:`jobs`' records."""
     out: dict = {}
     for (key, params, seed), rec in zip(grid(cfg), records, strict=True):
         group = out.setdefault((key, params["normalize"], params["dataset"]), {})
-        group.setdefault(params["kind"], {})[seed] = rec["result"]
+        group.setdefault(params["arm"], {})[seed] = rec["result"]
     return out
 
 
-def metric(results: dict, name: str) -> list[float]:
-    """``name`` (e.g. ``"holdout_acc"``) of the runs that did not diverge, in seed order."""
-    return [r[name] for _, r in sorted(results.items()) if not r["diverged"]]
+def passes(result: dict, gate: float) -> bool:
+    """The gate: the run did not diverge and ended with training accuracy >= ``gate`` %."""
+    return not result["diverged"] and result["train_acc"] >= gate
 
 
-def paired_differences(group: dict, a: str, b: str, name: str) -> list[float]:
-    """Per-seed ``name(a) - name(b)`` over the seeds where both runs trained (no divergence)."""
+def difference_summary(group: dict, a: str, b: str, name: str, gate: float = 0.0) -> dict:
+    """:func:`~bplib.measures.equivalence.paired_interval` of the per-seed ``name(a) - name(b)``
+    over the seeds where both runs pass the gate."""
     ra, rb = group.get(a, {}), group.get(b, {})
-    seeds = sorted(s for s in set(ra) & set(rb) if not (ra[s]["diverged"] or rb[s]["diverged"]))
-    return [ra[s][name] - rb[s][name] for s in seeds]
+    seeds = sorted(s for s in set(ra) & set(rb) if passes(ra[s], gate) and passes(rb[s], gate))
+    return paired_interval([ra[s][name] - rb[s][name] for s in seeds])
 
 
-def difference_summary(group: dict, a: str, b: str, name: str) -> dict:
-    """Mean paired difference, its 95% t-interval and n (``nan`` bounds when n < 2)."""
-    diffs = paired_differences(group, a, b, name)
-    mean, low, high = t_interval(diffs)
-    return {"mean": mean, "low": low, "high": high, "n": len(diffs), "sd": mean_std(diffs)[1]}
+def end_norm(group: dict, arm: str, gate: float = 0.0) -> float:
+    """Mean final squared norm of an arm's runs that pass the gate (nan if none)."""
+    ends = [r["sq_norm"][-1] for r in group.get(arm, {}).values() if passes(r, gate)]
+    return sum(ends) / len(ends) if ends else math.nan
 
 
-def norm_curves(results: dict) -> tuple[list[int], list[float]]:
-    """(epochs 0..E, mean squared norm over the non-diverged seeds) for one regularizer."""
-    runs = [r for _, r in sorted(results.items()) if not r["diverged"]]
-    if not runs:
-        return [], []
-    curves = [[r["init_sq_norm"], *r["sq_norm"]] for r in runs]
-    return list(range(len(curves[0]))), [sum(c) / len(c) for c in zip(*curves)]
+def interval(d: dict) -> str:
+    """'+0.12 [-0.30, +0.54] (n=3)' for a :func:`difference_summary`."""
+    return f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] (n={d['n']})"
 
 
-def end_norms(group: dict) -> dict[str, float]:
-    """Per regularizer, the mean final squared norm over the non-diverged seeds (nan if none)."""
-    end = {k: [r["sq_norm"][-1] for r in group[k].values() if not r["diverged"]] for k in KINDS}
-    return {k: sum(v) / len(v) if v else float("nan") for k, v in end.items()}
+READINGS = {
+    "below": "weight decay better: supports the belief",
+    "above": "norm-bias better: contradicts the belief",
+    "equivalent": "equivalent within ±{delta:g} points: the larger norm cost nothing measurable",
+    "undecided": "not decided at this scale (the interval is wider than ±{delta:g} points)",
+    "too few": "not decided (fewer than 2 paired seeds)",
+}
+
+
+def reading(d: dict, delta: float, norm_ratio: float = math.inf) -> str:
+    """The reading of a norm-bias minus weight-decay :func:`difference_summary` (accuracy
+    points; the belief predicts < 0: the larger norm generalizes worse), unless the norms did
+    not separate (ratio of final squared norms below :data:`NORM_RATIO_MIN`)."""
+    if d["n"] >= 2 and not norm_ratio >= NORM_RATIO_MIN:
+        return f"no test: the norms did not separate (ratio {norm_ratio:.2f})"
+    return READINGS[decide(d, delta)].format(delta=delta)
+
+
+def effect_reading(d: dict) -> str | None:
+    """None when weight decay helps (the interval of :data:`EFFECT` is above 0), else why the
+    belief cannot be tested, with the smallest effect the design could have detected."""
+    outcome = decide(d, 0.0)
+    if outcome == "above":
+        return None
+    why = "hurts" if outcome == "below" else "does not measurably help"
+    return (f"cannot be tested at this scale: weight decay {why} ({interval(d)}; smallest "
+            f"detectable effect {d['detectable']:.2f} points)")  # fmt: skip
+
+
+def comparison_rows(groups: dict, cfg) -> list[list]:
+    """Per group and :data:`COMPARISONS`: ``[model, table, comparison, interval, smallest
+    detectable effect, ratio of mean final squared norms, reading]``; the reading is the verdict
+    for :data:`EFFECT` and :data:`DECIDING` (the effect gates the others), "" elsewhere."""
+    split, gate, rows = "holdout_acc" if cfg.n_holdout else "test_acc", cfg.gate_train_acc, []
+    for (key, normalize, _), group in groups.items():
+        blocked = effect_reading(difference_summary(group, *EFFECT, split, gate))
+        for a, b in [(a, b) for a, b in COMPARISONS if {a, b} <= set(cfg.arms)]:
+            d = difference_summary(group, a, b, split, gate)
+            ratio = end_norm(group, a, gate) / end_norm(group, b, gate)
+            text = ""
+            if (a, b) == EFFECT:
+                text = blocked or "weight decay helps: there is an effect to explain"
+            elif (a, b) in DECIDING:
+                text = NOT_TESTED if blocked else reading(d, cfg.delta, ratio)
+            rows.append([model_label(cfg.models[key]), "3" if normalize else "2",
+                         f"{LABELS[a]} − {LABELS[b]}", interval(d), f"{d['detectable']:.2f}",
+                         f"{ratio:.2f}", text])  # fmt: skip
+    return rows
+
+
+COMPARISON_HEADERS = ["model", "table", "comparison", "paired difference [95%]",
+                      "smallest detectable", "end ‖θ‖² ratio", "reading"]  # fmt: skip
 
 
 # ----------------------------------------------------------------------- what the chapter shows
@@ -169,146 +234,121 @@ def model_label(row: dict) -> str:
 
 
 def models_table(cfg) -> tuple[list[str], list[list]]:
-    """The models of the profile with their coefficients and mu^2 (headers, rows)."""
-    rows = [
-        [model_label(r), " and ".join("3" if n else "2" for n in r["normalize"])]
-        + [r["weight_decay"], r["norm_bias_coef"], r["mu2"]]
-        for r in cfg.models.values()
-    ]
-    return ["model", "tables", "weight decay", "norm-bias coef", "mu^2"], rows
+    """Per model row and arm: the regularizer's kind, coefficient and mu^2 (headers, rows)."""
+    rows = [[model_label(row), " and ".join("3" if n else "2" for n in row["normalize"]),
+             LABELS[arm], *arm_settings(row, arm), "paper's" if arm == row["paper_arm"] else ""]
+            for row in cfg.models.values() for arm in cfg.arms]  # fmt: skip
+    return ["model", "tables", "arm", "regularizer", "coefficient", "μ²", "norm-bias"], rows
 
 
-def cell(results: dict, name: str) -> str:
-    """'mean ± std (n=k)' of ``name`` over seeds, plus 'diverged d/n' when runs diverged."""
-    diverged = sum(r["diverged"] for r in results.values())
-    text = fmt_mean_std(metric(results, name)) if diverged < len(results) else "—"
-    return f"{text}; diverged {diverged}/{len(results)}" if diverged else text
+def cell(results: dict, name: str, gate: float) -> str:
+    """'mean ± std (n=k)' of ``name`` over the runs passing the gate, plus how many did not."""
+    values = [r[name] for _, r in sorted(results.items()) if passes(r, gate)]
+    failed = len(results) - len(values)
+    text = fmt_mean_std(values) if values else "—"
+    return f"{text}; {failed}/{len(results)} below gate" if failed else text
 
 
-def accuracy_rows(groups: dict, cfg, normalize: bool, dataset: str, table: dict) -> list[list]:
-    """Rows of Table 2 (``normalize=False``) or 3 (``True``): per model, ours on the held-out
-    split and on the test set, then the paper's row from ``table`` (CIFAR-10 only)."""
-    rows = []
-    for key, row in cfg.models.items():
-        group = groups.get((key, normalize, dataset))
-        if group is None:
-            continue
-        first = next(iter(group["none"].values()))
-        splits = [("holdout_acc", f"held-out {first['n_holdout']:,} of train")] * bool(
-            first["n_holdout"]
-        ) + [("test_acc", first["test_name"])]
-        for name, split in splits:
-            rows.append([model_label(row), split, *(cell(group[k], name) for k in KINDS)])
-        if dataset == "cifar10" and row["paper_row"] in table:
-            rows.append([row["paper_row"], "paper, CIFAR-10 test (10 runs)",
-                         *(f"{v:.2f}" for v in table[row["paper_row"]])])  # fmt: skip
-    return rows
-
-
-def interval(d: dict) -> str:
-    """'+0.12 [-0.30, +0.54] (n=3)' for a :func:`difference_summary`."""
-    return f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] (n={d['n']})"
-
-
-def difference_rows(groups: dict, cfg, dataset: str) -> list[list]:
-    """Per model row and table: paired norm-bias - weight decay and weight decay - none
-    (accuracy points, mean [95% t-interval], n) on the held-out split and the test set."""
-    rows = []
+def arm_rows(groups: dict, cfg, dataset: str) -> list[list]:
+    """Per group and arm: accuracies (held-out, test, train), final squared norm, and the
+    paper's CIFAR-10 value for the arms it ran (CIFAR-10 only)."""
+    rows, gate = [], cfg.gate_train_acc
     for (key, normalize, ds), group in groups.items():
         if ds != dataset:
             continue
-        for name in ("holdout_acc", "test_acc"):
-            if name == "holdout_acc" and not cfg.n_holdout:
-                continue
-            pairs = (("norm_bias", "weight_decay"), ("weight_decay", "none"))
-            cells = [interval(difference_summary(group, a, b, name)) for a, b in pairs]
-            table = "3" if normalize else "2"
-            rows.append([model_label(cfg.models[key]), table, name.replace("_acc", ""), *cells])
+        row = cfg.models[key]
+        table = paper.TABLE3 if normalize else paper.TABLE2
+        ref = table.get(row["paper_row"]) if dataset == "cifar10" else None
+        cols = {"none": 0, "weight_decay": 1, row["paper_arm"]: 2}
+        for arm, results in group.items():
+            accs = [cell(results, f"{s}_acc", gate) if cfg.n_holdout or s != "holdout" else "—"
+                    for s in ("holdout", "test", "train")]  # fmt: skip
+            ends = [r["sq_norm"][-1] for _, r in sorted(results.items()) if passes(r, gate)]
+            paper_value = f"{ref[cols[arm]]:.2f}" if ref and arm in cols else "—"
+            rows.append([model_label(row), "3" if normalize else "2", LABELS[arm], *accs,
+                         fmt_mean_std(ends, 0) if ends else "—", paper_value])  # fmt: skip
     return rows
 
 
-def mu2_rule_rows(groups: dict, cfg) -> list[list]:
-    """The mu^2 rule on the stored runs: per row, the weight-decay runs' end squared norm, mu^2,
-    and how much larger the norm-bias runs ended (norm-bias / weight decay)."""
+ARM_HEADERS = ["model", "table", "arm", "held-out acc", "test acc", "train acc",
+               "final ‖θ‖²", "paper (CIFAR-10 test)"]  # fmt: skip
+
+
+def gate_lines(groups: dict, cfg) -> list[str]:
+    """One line per run that is left out (diverged, or below the training-accuracy gate)."""
+    gate = cfg.gate_train_acc
+    lines = [f"{model_label(cfg.models[key])}, {LABELS[arm]}, seed {seed}: left out ("
+             + (r["message"] if r["diverged"] else f"train acc {r['train_acc']:.1f}%") + ")"
+             for (key, _, _), group in groups.items() for arm, results in group.items()
+             for seed, r in sorted(results.items()) if not passes(r, gate)]  # fmt: skip
+    return lines or [f"every run passed the gate (train accuracy >= {gate:g}%)"]
+
+
+def init_norm_rows(cfg) -> list[list]:
+    """Per model row (built at seed 0, normalized inputs): parameters, initial squared norm, its
+    share in one-dimensional parameters, both mu^2 and the paper's arm's regime."""
     rows = []
-    for (key, normalize, dataset), group in groups.items():
-        mean = end_norms(group)
-        rows.append([model_label(cfg.models[key]), "3" if normalize else "2", dataset,
-                     f"{mean['weight_decay']:.0f}", cfg.models[key]["mu2"],
-                     f"{mean['norm_bias'] / mean['weight_decay']:.2f}"])  # fmt: skip
+    for row in cfg.models.values():
+        torch.manual_seed(0)
+        model = make_model(row["model"], normalize=True, **row["model_kw"])
+        split = norm_split(model)
+        init = split["weights"] + split["one_dim"]
+        mu2 = row["mu2_below" if row["paper_arm"] == "nb_below" else "mu2_above"]
+        regime = "below: strong weight decay, floor" if mu2 < init else "above: inflates"
+        rows.append([model_label(row), f"{count_parameters(model):,}", f"{init:,.0f}",
+                     f"{split['one_dim'] / init:.0%}", f"{row['mu2_below']:g}",
+                     f"{row['mu2_above']:g}", f"{mu2:g} ({regime})"])  # fmt: skip
     return rows
 
 
-def verdict_reading(d: dict) -> str:
-    """The chapter's reading of one :func:`difference_summary` of norm-bias minus weight decay
-    (accuracy points): the belief predicts a negative difference (weight decay's smaller norm
-    generalizes better); a 95% interval that contains 0, or fewer than 2 seeds, decides nothing."""
-    if d["n"] >= 2 and d["high"] < 0:
-        return "weight decay better: supports the belief"
-    if d["n"] >= 2 and d["low"] > 0:
-        return "norm-bias better: contradicts the belief"
-    return "no difference detectable at this scale"
+INIT_HEADERS = ["model", "parameters", "initial ‖θ‖²", "share in 1-D params", "μ² below",
+                "μ² above", "paper's μ² (regime)"]  # fmt: skip
 
 
-def verdict_rows(groups: dict, cfg, split: str) -> list[list]:
-    """Per (model row, normalization, dataset) of :func:`collect`: ``[model, table "2"/"3",
-    dataset, "mean [low, high] (n=k)", reading]`` for the paired difference norm-bias minus
-    weight decay of ``split`` (``"holdout_acc"`` or ``"test_acc"``)."""
+def paper_rows() -> list[list]:
+    """The paper's Tables 2 and 3 with the spread it prints and the differences of means."""
+    lo, hi = paper.TABLE23_SPREAD
     rows = []
-    for (key, normalize, dataset), group in groups.items():
-        d = difference_summary(group, "norm_bias", "weight_decay", split)
-        rows.append([model_label(cfg.models[key]), "3" if normalize else "2", dataset,
-                     interval(d), verdict_reading(d)])  # fmt: skip
+    for n, table in ((2, paper.TABLE2), (3, paper.TABLE3)):
+        for model, (none, wd, nb) in table.items():
+            rows.append([model, str(n), f"{none:.2f}", f"{wd:.2f}", f"{nb:.2f}",
+                         f"{wd - none:+.2f}", f"{nb - wd:+.2f}", f"±{lo:g}-{hi:g}"])  # fmt: skip
     return rows
 
 
-def headline_glue(groups: dict, cfg, split: str) -> dict:
-    """The values the chapter's verdict prose glues, for the ResNet-18 and MLP rows on the
-    first dataset (normalized inputs where run): the paired norm-bias - weight decay difference
-    (mean, low, high, n) and the weight-decay / unregularized ratio of mean end squared norms."""
-    first = {}  # paper row -> its runs on the first dataset, normalized inputs preferred
-    for k, g in sorted(groups.items(), key=lambda kv: kv[0][1]):
-        if k[2] == cfg.datasets[0]:
-            first[cfg.models[k[0]]["paper_row"]] = g
-    out = {}
-    for name, slug in (("ResNet-18", "resnet"), ("MLP", "mlp")):
-        if name not in first:
-            continue
-        d = difference_summary(first[name], "norm_bias", "weight_decay", split)
-        for stat in ("mean", "low", "high"):
-            out[f"wd_nb_minus_wd_{slug}_{stat}"] = float(d[stat])
-        out[f"wd_n_{slug}"] = d["n"]
-        end = end_norms(first[name])
-        out[f"wd_norm_wd_over_none_{slug}"] = end["weight_decay"] / end["none"]
-    return out
+PAPER_HEADERS = ["model", "table", "none", "weight decay", "norm-bias", "wd − none",
+                 "nb − wd", "paper's spreads"]  # fmt: skip
 
 
-# ----------------------------------------------------------------------- figure and Fixup check
 def norm_panels(records: list[dict], cfg) -> list[dict]:
-    """The norm figure's panels (first dataset, each row's last normalization): ``{"title",
-    "mu2", "curves": {regularizer label: (epochs, mean squared norm)}}``."""
-    groups = collect(records, cfg)
-    last = {key: row["normalize"][-1] for key, row in cfg.models.items()}
-    keys = [k for k in groups if k[2] == cfg.datasets[0] and k[1] == last[k[0]]]
-    return [{"title": model_label(cfg.models[k[0]]), "mu2": cfg.models[k[0]]["mu2"],
-             "curves": {KIND_LABELS[kind]: norm_curves(groups[k][kind]) for kind in KINDS}}
-            for k in keys]  # fmt: skip
+    """The norm figure's panels (first dataset, every group): ``{"title", "mu2": {arm: mu2},
+    "curves": {arm label: (epochs 0..E, mean squared norm of the runs passing the gate)}}``."""
+    panels = []
+    for (key, normalize, ds), group in collect(records, cfg).items():
+        if ds != cfg.datasets[0]:
+            continue
+        curves = {}
+        for arm, results in group.items():
+            runs = [[r["init_sq_norm"], *r["sq_norm"]] for r in results.values()
+                    if passes(r, cfg.gate_train_acc)]  # fmt: skip
+            if runs:
+                mean = [sum(c) / len(c) for c in zip(*runs)]
+                curves[LABELS[arm]] = (list(range(len(mean))), mean)
+        row = cfg.models[key]
+        panels.append({"title": f"{model_label(row)}, Table {3 if normalize else 2}",
+                       "mu2": {LABELS[a]: row[f"mu2_{a[3:]}"] for a in ("nb_below", "nb_above")},
+                       "curves": curves})  # fmt: skip
+    return panels
 
 
-def fixup_lines(records: list[dict], cfg) -> list[str]:
-    """One line per Fixup ResNet-20 run without regularizer: diverged, or how it trained."""
-    groups = collect(records, cfg)
-    fixup = {k: g for k, g in groups.items() if cfg.models[k[0]]["model"] == "resnet20_fixup"}
-    if not fixup:
-        return [f"No Fixup ResNet-20 at the {cfg.profile} profile."]
-    lines = []
-    for key, group in fixup.items():
-        for seed, r in sorted(group["none"].items()):
-            state = ("DIVERGED: " + r["message"]) if r["diverged"] else (
-                f"trained: train acc {r['train_acc']:.1f}%, test acc {r['test_acc']:.1f}%, "
-                f"squared norm {r['init_sq_norm']:.0f} -> {r['sq_norm'][-1]:.0f}")  # fmt: skip
-            lines.append(f"{key[2]} seed {seed}: {state}")
-    return lines
+def pilot() -> tuple:
+    """The pilot that sized ``cpu`` (``bplib.profiles.weight_decay.PILOT``) as ``(cfg, records)``
+    for :func:`summarize`: the ``cpu`` profile at the pilot's arms and seeds, one record a run."""
+    cfg = get_profile(NAME, "cpu", PILOT["seeds"], arms=PILOT["arms"])
+    runs = {(arm, seed): dict(zip(PILOT["columns"], rest)) for arm, seed, *rest in PILOT["runs"]}
+    for r in runs.values():
+        r.update(diverged=False, sq_norm=[r.pop("end_sq_norm")], n_holdout=cfg.n_holdout)
+    return cfg, [{"params": p, "seed": s, "result": runs[p["arm"], s]} for _, p, s in grid(cfg)]
 
 
 # ----------------------------------------------------------------------- summary
@@ -321,39 +361,40 @@ def paper_headline() -> str:
     )
 
 
+def headline_glue(groups: dict, cfg) -> dict:
+    """The chapter's glue values from the first group: each comparison's mean/low/high/n/
+    detectable, mean final squared norms, the effect on training accuracy, delta, verdict."""
+    key, group = next(iter(groups.items()))
+    split, gate = "holdout_acc" if cfg.n_holdout else "test_acc", cfg.gate_train_acc
+    out = {"wd_delta": cfg.delta, "wd_model": model_label(cfg.models[key[0]])}
+    for a, b in [(a, b) for a, b in COMPARISONS if {a, b} <= set(cfg.arms)]:
+        d = difference_summary(group, a, b, split, gate)
+        for stat in ("mean", "low", "high", "n", "detectable"):
+            out[f"wd_{a}_minus_{b}_{stat}"] = d[stat]
+    for arm in cfg.arms:
+        out[f"wd_end_norm_{arm}"] = end_norm(group, arm, gate)
+    out["wd_effect_on_train_acc"] = difference_summary(group, *EFFECT, "train_acc", gate)["mean"]
+    rows = [r for r in comparison_rows({key: group}, cfg) if r[6]]
+    out["wd_verdict"] = "; ".join(f"{r[2]}: {r[6]}" for r in rows)
+    return out
+
+
 def summarize(records: list[dict], cfg) -> Summary:
     """Tables, verdict and glue of the chapter from the records of :func:`jobs` (in order).
 
-    Tables: ``"table3 <dataset>"``, ``"table2 <dataset>"`` (rows empty when the profile has no
-    run without normalization), ``"table2 paper"``, ``"differences <dataset>"``,
-    ``"mu2 rule"`` and ``"verdict"``: the paired norm-bias - weight decay on the held-out split
-    (the test set where there is none), the deciding statistic."""
+    Tables: ``"arms <dataset>"`` (every arm's accuracies and final norm beside the paper's),
+    ``"differences"`` (:func:`comparison_rows`), ``"verdict"`` (its rows with a reading) and
+    ``"paper"`` (the paper's Tables 2-3 with their spreads)."""
     groups = collect(records, cfg)
-    split = "holdout_acc" if cfg.n_holdout else "test_acc"
-    tables = {}
-    for dataset in cfg.datasets:
-        for n, table in ((3, paper.TABLE3), (2, paper.TABLE2)):
-            rows = accuracy_rows(groups, cfg, n == 3, dataset, table)
-            tables[f"table{n} {dataset}"] = (ACC_HEADERS, rows)
-        tables[f"differences {dataset}"] = (
-            ["model", "table", "split", DIFF, "weight decay − none"],
-            difference_rows(groups, cfg, dataset),
-        )
-    tables["table2 paper"] = (
-        ["model", *map(KIND_LABELS.get, KINDS)],
-        [[k, *(f"{x:.2f}" for x in v)] for k, v in paper.TABLE2.items()],
-    )
-    tables["mu2 rule"] = (
-        ["model", "table", "dataset", "end squared norm (weight decay)", "mu^2",
-         "end squared norm: norm-bias / weight decay"],
-        mu2_rule_rows(groups, cfg),
-    )  # fmt: skip
-    verdict = verdict_rows(groups, cfg, split)
-    tables["verdict"] = (["model", "table", "dataset", DIFF, "reading"], verdict)
-    where = "held-out split" if cfg.n_holdout else "test set"
+    tables = {f"arms {ds}": (ARM_HEADERS, arm_rows(groups, cfg, ds)) for ds in cfg.datasets}
+    tables["differences"] = (COMPARISON_HEADERS, comparison_rows(groups, cfg))
+    tables["verdict"] = (COMPARISON_HEADERS, [r for r in tables["differences"][1] if r[6]])
+    verdict = [r for r in tables["verdict"][1] if r[6] != NOT_TESTED]  # for the results page
+    tables["paper"] = (PAPER_HEADERS, paper_rows())
+    where = "held-out" if cfg.n_holdout else "test"
     return Summary(
-        ours=f"{DIFF} ({where}): " + "; ".join(f"{r[0]} {r[3]}" for r in verdict),
-        verdict="; ".join(f"{r[0]}: {r[4]}" for r in verdict),
-        glue=headline_glue(groups, cfg, split),
+        ours=f"{where} accuracy, paired: " + "; ".join(f"{r[0]} {r[2]} {r[3]}" for r in verdict),
+        verdict="; ".join(f"{r[0]}, {r[2]}: {r[6]}" for r in verdict),
+        glue=headline_glue(groups, cfg),
         tables=tables,
     )

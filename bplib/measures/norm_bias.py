@@ -27,6 +27,13 @@ Norm-bias pulls the squared parameter norm toward a target ``mu2`` (the paper's 
 
 ``bplib.train.fit`` records the squared norm over *all* parameters every epoch
 (``history["sq_norm"]``); with ``scope="all"`` that is the norm the regularizer acts on.
+:func:`norm_split` says how much of it sits in the one-dimensional parameters: in a batch-norm
+network most of the initial squared norm is the batch-norm scales (each starts at 1, so they
+add one per channel), not the weights.
+
+:func:`pull_per_step` is the relative change of the squared norm that the regularizer alone
+makes per SGD step once momentum has built up (about ``2 * lr * coef / (1 - momentum)``): it
+says how many steps a run needs before norm-bias reaches its target or weight decay acts.
 
 Objects follow ``fit``'s protocol: :class:`NormBiasGradient` has ``after_backward(model)``,
 :class:`NormBiasLoss` has ``loss(model)``; :func:`make_regularizer` builds either (or ``None``
@@ -34,6 +41,8 @@ for no regularizer).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -50,6 +59,32 @@ def regularized_parameters(model: nn.Module, scope: str = "all") -> list[nn.Para
     check_choice("scope", scope, SCOPES)
     params = [p for p in model.parameters() if p.requires_grad]
     return params if scope == "all" else [p for p in params if p.ndim >= 2]
+
+
+def norm_split(model: nn.Module) -> dict[str, float]:
+    """``{"weights": ..., "one_dim": ...}``: the squared norm of the trainable parameters with at
+    least two dimensions (conv kernels, linear weights) and of the one-dimensional ones (biases,
+    batch-norm scales and shifts, Fixup scalars); they add up to the squared norm over all."""
+    out = {"weights": 0.0, "one_dim": 0.0}
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                out["weights" if p.ndim >= 2 else "one_dim"] += float(p.double().pow(2).sum())
+    return out
+
+
+def pull_per_step(lr: float, coef: float, momentum: float = 0.0) -> float:
+    """Relative decrease of ``||theta||^2`` per step that weight decay alone (norm-bias: the same
+    rate toward mu^2) makes under heavy-ball SGD once the transient has died out: ``1 - r^2``,
+    with ``r`` the largest root of ``r^2 - (1 + momentum - lr * coef) r + momentum = 0`` (the
+    linear recurrence of ``theta``; modulus ``sqrt(momentum)`` when the roots are complex). To
+    first order in ``lr * coef`` it is ``2 * lr * coef / (1 - momentum)``."""
+    lr, coef = check_float("lr", lr, low=0.0), check_float("coef", coef, low=0.0)
+    m = check_float("momentum", momentum, low=0.0, high=0.999)
+    b = 1 + m - lr * coef
+    disc = b * b - 4 * m
+    r = (b + math.sqrt(disc)) / 2 if disc >= 0 else math.sqrt(m)
+    return 1 - r * r
 
 
 class NormBias:
