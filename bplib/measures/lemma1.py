@@ -32,7 +32,7 @@ from bplib.checks import check_choice, check_float
 from bplib.data import Normalize, batches, to_float
 from bplib.models import MLP, ConvNet, unwrap
 
-INITS = ("default", "lemma1", "bias_plus20", "bias_uniform50", "bias_uniform10")
+INITS = ("default", "bias_plus20", "bias_uniform50", "bias_uniform10")  # init_biases choices
 
 
 def balanced_factors(a: Tensor, tol: float | None = None) -> tuple[Tensor, Tensor]:
@@ -194,23 +194,28 @@ def affine_of(linear_model: nn.Module) -> tuple[Tensor, Tensor]:
     return net.layers[0].weight.detach().double(), net.layers[0].bias.detach().double()
 
 
+def _same_input_map(a: nn.Module, b: nn.Module) -> bool:
+    """Do two ``make_model`` networks map images to the same inputs of their bare nets?"""
+    na, nb = getattr(a, "normalize", None), getattr(b, "normalize", None)
+    if isinstance(na, Normalize) and isinstance(nb, Normalize):
+        return all(torch.equal(getattr(na, k), getattr(nb, k)) for k in ("mean", "std"))
+    return isinstance(na, nn.Identity) and isinstance(nb, nn.Identity)
+
+
 @torch.no_grad()
 def embed_linear_classifier(
     linear_model: nn.Module, mlp_model: nn.Module, x: Tensor, margin: float = 1.0, scale="balanced"
 ) -> dict:
     """Lemma 1 on networks from ``make_model``: ``mlp_model`` (in place) reproduces the linear
-    classifier ``linear_model`` on the images ``x`` (uint8 or [0, 1]); both act on the same
-    normalized inputs, so both must have the same ``Normalize`` in front (checked).
-    ``scale="balanced"`` uses :func:`balanced_scale`; a number is passed to :func:`embed_affine`."""
-    norm_lin = getattr(linear_model, "normalize", None)
-    norm_mlp = getattr(mlp_model, "normalize", None)
-    if not (isinstance(norm_lin, Normalize) and isinstance(norm_mlp, Normalize)):
-        msg = "linear_model and mlp_model must both come from make_model(normalize=True)"
+    classifier ``linear_model`` on the images ``x`` (uint8 or [0, 1]); both must map images to
+    their inputs the same way: the same ``Normalize``, or both ``normalize=nn.Identity()`` (raw
+    [0, 1] pixels, as the official code's Lemma-1 job). ``scale="balanced"`` uses
+    :func:`balanced_scale`; a number is passed to :func:`embed_affine`."""
+    if not _same_input_map(linear_model, mlp_model):
+        msg = "linear_model and mlp_model must come from make_model with the same normalize"
         raise ValueError(msg)
-    same = all(torch.equal(getattr(norm_lin, k), getattr(norm_mlp, k)) for k in ("mean", "std"))
-    if not same:
-        raise ValueError("linear_model and mlp_model must normalize their inputs identically")
-    z = torch.cat([norm_lin(to_float(xb)).double().flatten(1) for xb, _ in batches(x, x, 5000)])
+    prefix = linear_model.normalize
+    z = torch.cat([prefix(to_float(xb)).double().flatten(1) for xb, _ in batches(x, x, 5000)])
     a, b = affine_of(linear_model)
     if scale == "balanced":
         scale = balanced_scale(a, z, margin)
@@ -229,48 +234,77 @@ def logit_gap(a: nn.Module, b: nn.Module, x: Tensor, batch: int = 5000, dtype=to
     return gap
 
 
+def _whiteners(z: Tensor, ridge: float) -> tuple[Tensor, Tensor]:
+    """``(M_r^(-1/2), M_r^(1/2))`` of ``M_r = M + ridge * mean_eig(M) I``, ``M = z^T z / N``.
+    With fewer rows than columns, from the thin SVD of ``z`` (``M`` is zero off its row space)."""
+    n, d = z.shape
+    if n >= d:
+        vals, vecs = torch.linalg.eigh(z.T @ z / n)
+    else:
+        _, s, vh = torch.linalg.svd(z, full_matrices=False)
+        vals, vecs = s**2 / n, vh.T
+    vals = vals.clamp(min=0.0)
+    rho = ridge * vals.sum().item() / d
+    eye = torch.eye(d, dtype=z.dtype, device=z.device)
+    return tuple((vecs * ((vals + rho) ** e - rho**e)) @ vecs.T + rho**e * eye for e in (-0.5, 0.5))
+
+
 def polish_lbfgs(linear_model: nn.Module, x: Tensor, y: Tensor, wd: float, iters: int,
-                 dtype: torch.dtype = torch.float32, ridge: float = 1e-3) -> float:  # fmt: skip
-    """Full-batch L-BFGS on ``mean CE + (wd/2)||(A, b)||^2`` of a linear classifier (in place),
+                 dtype: torch.dtype = torch.float32, ridge: float = 1e-3, target: float = 0.0,
+                 chunk: int = 100, logit_penalty: float = 0.0) -> dict:  # fmt: skip
+    """Full-batch L-BFGS on ``mean [CE + (logit_penalty/2)||logits||^2] + (wd/2)||(A, b)||^2``
+    of a linear classifier (in place),
     to bring SGD's iterate to the minimum of the convex linear problem. ``x``: uint8 images.
 
     Normalized CIFAR pixels are strongly correlated (the second-moment matrix of the inputs has
     eigenvalues from ~1e-5 to ~1e3), so plain L-BFGS crawls. We change variables,
     ``[A b] = B R`` with ``R = (M + ridge * mean_eig I)^(-1/2)`` and ``M`` the second moment of
     ``[z, 1]``: the objective is unchanged (the penalty stays on ``A`` and ``b``), only its
-    conditioning. Arithmetic in ``dtype``. Returns the final objective value.
+    conditioning. Arithmetic in ``dtype``. Runs ``chunk`` iterations at a time, at most
+    ``iters``, and stops once the gradient norm in ``(A, b)`` is at most ``target``.
+    Returns ``{"value", "grad_norm", "iters"}`` (objective and its gradient norm at the end).
     """
     with torch.no_grad():
         z = torch.cat(
             [linear_model.normalize(to_float(xb)).flatten(1) for xb, _ in batches(x, x, 5000)]
         ).to(dtype)
         z = torch.cat([z, torch.ones(len(z), 1, dtype=dtype, device=z.device)], 1)
-        ev, u = torch.linalg.eigh((z.T @ z).double() / len(z))
-        ev = ev.clamp(min=0.0) + ridge * ev.mean()
-        r = ((u * ev.rsqrt()) @ u.T).to(dtype)  # M^(-1/2)
+        r, r_inv = _whiteners(z.double(), ridge)
         layer = unwrap(linear_model).layers[0]
         a0 = torch.cat([layer.weight, layer.bias[:, None]], 1).double()
-        b0 = (a0 @ ((u * ev.sqrt()) @ u.T)).to(dtype)  # B = [A b] M^(1/2)
+        b0 = (a0 @ r_inv).to(dtype)  # B = [A b] M^(1/2)
+        r = r.to(dtype)
     b_var = b0.clone().requires_grad_(True)
     y = y.to(z.device)
-    opt = torch.optim.LBFGS(
-        [b_var], max_iter=iters, history_size=50, tolerance_grad=1e-12,
-        tolerance_change=1e-15, line_search_fn="strong_wolfe",
-    )  # fmt: skip
+
+    def objective(a):
+        out = z @ a.T
+        loss = nn.functional.cross_entropy(out, y) + 0.5 * wd * a.pow(2).sum()
+        return loss + 0.5 * logit_penalty * out.pow(2).sum(1).mean() if logit_penalty else loss
 
     def closure():
         opt.zero_grad()
-        a = b_var @ r
-        loss = nn.functional.cross_entropy(z @ a.T, y) + 0.5 * wd * a.pow(2).sum()
+        loss = objective(b_var @ r)
         loss.backward()
         return loss
 
-    value = float(opt.step(closure).detach())
+    done = 0
+    while True:
+        a = (b_var @ r).detach().requires_grad_(True)
+        value = objective(a)
+        grad_norm = torch.autograd.grad(value, a)[0].norm().item()
+        if done >= iters or grad_norm <= target:
+            break
+        opt = torch.optim.LBFGS(
+            [b_var], max_iter=min(chunk, iters - done), history_size=50, tolerance_grad=1e-14,
+            tolerance_change=1e-16, line_search_fn="strong_wolfe",
+        )  # fmt: skip
+        opt.step(closure)
+        done += min(chunk, iters - done)
     with torch.no_grad():
-        a = (b_var @ r).to(layer.weight.dtype)
         layer.weight.copy_(a[:, :-1])
         layer.bias.copy_(a[:, -1])
-    return value
+    return {"value": value.item(), "grad_norm": grad_norm, "iters": done}
 
 
 @torch.no_grad()
@@ -281,7 +315,7 @@ def init_biases(model: nn.Module, init: str, generator: torch.Generator) -> None
     ``bias_uniform50`` / ``bias_uniform10``: every bias ~ U(-50, 50) / U(-10, 10) (official
     ``variant_bias``). ``lemma1`` is :func:`embed_linear_classifier`, not handled here.
     """
-    check_choice("init", init, ("default", "bias_plus20", "bias_uniform50", "bias_uniform10"))
+    check_choice("init", init, INITS)
     for name, param in model.named_parameters():
         if not name.endswith("bias"):
             continue

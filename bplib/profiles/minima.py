@@ -1,64 +1,119 @@
-"""Sizes of chapter 1 (local minima, Table 1). Same keys in every profile; units in comments."""
+"""Sizes of chapter 1 (local minima, Table 1). Same keys in every profile; units in comments.
+
+Every row's loss, gradient and Hessian are taken on one fixed training subset (the first
+``n_train`` images), the set it is trained on.
+"""
+
+ROWS = ("default", "lemma1", "lemma1_all", "lemma1_theorem", "bias_plus20", "bias_uniform50",
+        "bias_uniform10", "bias_uniform10_mom")  # fmt: skip
 
 _COMMON = {
-    "lr": 0.01,  # SGD learning rate, all five rows (paper and official code)
+    "dataset": "cifar10",
+    "lr": 0.01,  # SGD learning rate of the Table 1 rows (paper and official code)
     "batch_size": 128,  # images per SGD step
     "momentum": 0.4,  # official job_local_optima.py --mom default; 0 for the no-momentum row
-    "weight_decay": 5e-4,  # coupled L2 in SGD; also in grad_norm_wd and the Hessian (H + wd I)
+    "weight_decay": 5e-4,  # coupled L2 in SGD; in every objective, gradient and Hessian (H + wd I)
     "gamma": 0.1,  # lr factor at each milestone
-    "linear_lr": 0.01,  # SGD lr of the linear classifier embedded by Lemma 1
+    "gd_epochs": 0,  # full-batch epochs after SGD for the Table 1 rows (official: never)
+    "linear_lr": 0.01,  # SGD lr of the linear classifier that Lemma 1 embeds
     "linear_momentum": 0.9,  # official job_optima_from_subnets.py
-    "linear_weight_decay": 5e-4,  # paper: with weight decay (official code: 0.0); a parameter
+    "lemma1_lr": 1e-4,  # official fine-tune after the embedding: output layer only
+    "lemma1_momentum": 0.9,  # official fine-tune momentum
+    "lemma1_lr_frac": 0.5,  # all-layer arm: lr = min(lr, frac * 2 / lambda_max at the embedding)
     "offset_margin": 1.0,  # smallest pre-activation on the training set after Lemma 1 (units of z)
     "measure_dtype": "float32",  # dtype of loss / gradient / Hessian measurements (never bf16)
     "bf16": False,  # fp32 training: on this CPU bf16 is not faster for these MLPs
     "power_iters": 500,  # paper: 500 power iterations (per run; two runs: max, then shifted)
     "lanczos_tol": 1e-4,  # ARPACK tolerance; min eigenvalue accurate to ~ tol * |lambda_max|
     "lanczos_ncv": 30,  # Lanczos basis size
-    "lanczos_max_hvp": 1500,  # cap on Hessian-vector products per eigsh call (two calls)
+    "lanczos_max_hvp": 300,  # cap on Hessian-vector products per eigsh call (two calls)
+    # the minimum test (bplib.measures.descent)
+    "grad_tol": 0.05,  # largest gradient norm (active parameters) of a minimum, absolute
+    "eig_tol": 1e-3,  # smallest eigenvalue of a minimum >= -eig_tol * lambda_max
+    "descent_tol": 1e-3,  # largest decrease of the objective (nats) a line search may find
+    "descent_steps": (1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0),  # line-search steps (parameter distance)
+    "hessian_images": None,  # Hessian on the first n of the training set (None: all of it)
+    "eig_method": "lanczos",  # lanczos | power (paper); the minimum test needs lanczos
 }
 
 PROFILES = {
     "smoke": {
         **_COMMON,
-        "dataset": "cifar10_small",  # first 2,000 train / 1,000 test images
+        "n_train": 256,  # the first 256 training images: loss, gradient and Hessian all on them
         "widths": (16, 16, 12),  # hidden widths of the MLP 3072-w1-w2-w3-10 (>= 10 for Lemma 1)
-        "epochs": 2,  # SGD epochs for every row
-        "milestones": (),  # epochs where lr *= gamma
-        "linear_epochs": 2,  # epochs of the linear classifier before embedding
+        "epochs": 2,  # SGD epochs of the Table 1 rows and the all-layer Lemma-1 arm
+        "milestones": (1,),  # epochs where lr *= gamma
+        "linear_epochs": 1,  # SGD epochs of the linear classifier before L-BFGS
         "linear_milestones": (),
-        "linear_lbfgs_iters": 10,  # full-batch L-BFGS iterations after SGD (0: none)
-        "hessian_images": 100,  # Hessian on the FIRST n training images (None: all)
-        "eig_method": "lanczos",  # lanczos | power (paper)
-        "compare_power_iters": 10,  # power iterations for the Lanczos-vs-power check (0: skip)
+        "linear_lbfgs_iters": 5,  # full-batch L-BFGS iterations after SGD (0: none)
+        "linear_weight_decay": 5e-4,  # paper: with weight decay (official code: 0)
+        "lemma1_epochs": 1,  # official arm: SGD epochs on the output layer
+        "lemma1_gd_epochs": 1,  # then full-batch epochs (official switch_to_gd)
+        "lemma1_milestones": (),  # over both phases (official: 50, 200, 400, 600, 700 of 800)
+        "lemma1_normalize": True,  # Lemma-1 arms on normalized inputs (official: raw [0, 1])
+        "theorem_logit_penalty": 0.01,  # theorem arm: loss CE + (k/2)||logits||^2, no decay
+        "theorem_lbfgs_iters": 10,  # at most; L-BFGS (float64) stops at gradient norm 1e-6
+        "compare_power_iters": 3,  # power iterations for the power-vs-Lanczos check (0: skip)
+        "witness_epochs": 1,  # SGD epochs of the default net on the theorem arm's objective
+        "lanczos_tol": 1e-2,
+        "lanczos_ncv": 10,
+        "lanczos_max_hvp": 40,
+        "rows": ROWS,
         "seeds": [0],
     },
     "cpu": {
         **_COMMON,
-        "dataset": "cifar10",  # all 50,000 training images; offline test = first 1,000
-        "widths": (64, 64, 32),
-        "epochs": 40,  # 10 epochs left the default row at 45% train accuracy, far from a minimum
-        "milestones": (13, 22, 31),  # the paper's 150/250/350 of 450, scaled
-        "linear_epochs": 3,
-        "linear_milestones": (2,),
-        "linear_lbfgs_iters": 200,  # preconditioned; SGD alone leaves it far from its minimum
-        "hessian_images": 1000,  # the first 1,000 CIFAR-10 training images
-        "eig_method": "lanczos",
-        "compare_power_iters": 500,  # on the trained default-init net of the first seed
+        "n_train": 10_000,
+        "widths": (128, 128, 64),  # 418,250 parameters; interpolates 10,000 images
+        "epochs": 150,
+        "milestones": (100, 130),
+        "linear_epochs": 5,
+        "linear_milestones": (),
+        "linear_lbfgs_iters": 300,  # whitened; SGD alone leaves it far from its minimum
+        "linear_weight_decay": 5e-4,
+        "lemma1_epochs": 30,
+        "lemma1_gd_epochs": 10,
+        "lemma1_milestones": (),
+        "lemma1_normalize": True,
+        "theorem_logit_penalty": 0.01,  # 10,000 images are linearly separable: CE alone has no
+        "theorem_lbfgs_iters": 400,  # linear minimum; the penalty (a loss on outputs) gives one
+        "compare_power_iters": 50,  # at initialization of the default row, first seed
+        "witness_epochs": 10,
+        "rows": ROWS,
         "seeds": [0, 1],
     },
     "paper": {
         **_COMMON,
-        "dataset": "cifar10",
+        "n_train": 50_000,
         "widths": (2048, 2048, 1024),  # 12,598,282 parameters
         "epochs": 450,
         "milestones": (150, 250, 350),
-        "linear_epochs": 800,  # official job_optima_from_subnets.py
+        "linear_epochs": 800,  # official job_optima_from_subnets.py (its full-batch phase aside)
         "linear_milestones": (50, 200, 400, 600, 700),
         "linear_lbfgs_iters": 0,  # the paper: SGD only
-        "hessian_images": None,  # full training set
-        "eig_method": "power",
+        "linear_weight_decay": 0.0,  # official code (the paper says with weight decay)
+        "lemma1_epochs": 401,  # official: SGD on the output layer, full batch after epoch 400
+        "lemma1_gd_epochs": 399,
+        "lemma1_milestones": (50, 200, 400, 600, 700),
+        "lemma1_normalize": False,  # official: raw [0, 1] pixels
+        "theorem_logit_penalty": 0.0,  # all 50,000 images: not linearly separable
+        "theorem_lbfgs_iters": 2000,
         "compare_power_iters": 500,
+        "witness_epochs": 0,  # without the logit penalty the default net itself is a witness
+        "lanczos_max_hvp": 1500,
+        "eig_method": "power",
+        "rows": ("default", "lemma1", "bias_plus20", "bias_uniform50", "bias_uniform10"),
         "seeds": [0, 1, 2],
     },
 }
+
+
+def describe_setup(c) -> str:
+    """The configuration a profile ``c`` runs, in one paragraph (printed by the chapter)."""
+    return (f"rows {list(c.rows)}; the first {c.n_train:,} CIFAR-10 training images for loss, "
+            f"gradient and Hessian; MLP 3072-{'-'.join(map(str, c.widths))}-10; {c.epochs} epochs,"
+            f" lr {c.lr} (x{c.gamma} at {list(c.milestones)}), batch {c.batch_size}, momentum "
+            f"{c.momentum}, weight decay {c.weight_decay}; Lemma-1 arms {c.lemma1_epochs} + "
+            f"{c.lemma1_gd_epochs} full-batch epochs; Table 1 eigenvalues by {c.eig_method}; "
+            f"minimum test: gradient <= {c.grad_tol}, min eig >= -{c.eig_tol} lambda_max, "
+            f"line-search decrease <= {c.descent_tol}")  # fmt: skip

@@ -1,0 +1,253 @@
+"""Is a trained point a local minimum? A test that a slow point cannot pass (chapter 1).
+
+A small gradient and a non-negative Rayleigh quotient do not make a minimum: a point on a long
+slope with little curvature has both. The test here asks three things of the objective
+``L`` of :mod:`bplib.measures.hessian` over one fixed data set (the one it was trained on):
+
+1. **gradient**: ``||grad L||`` over the *active* parameters is at most ``grad_tol`` (absolute);
+2. **curvature**: Lanczos converged, and its smallest eigenvalue is not below
+   ``-eig_tol * lambda_max`` (negative curvature under a thousandth of the sharpest direction is
+   within the solver's accuracy); the residuals ``||H v - lambda v||`` are reported with it;
+3. **descent**: no step of a line search along minus the (active) gradient, or along either
+   sign of the smallest eigenvalue's eigenvector, lowers ``L`` by more than ``descent_tol``.
+   The steps are a fixed grid of lengths plus the quadratic model's best step along the
+   gradient, ``||g|| / (g^T H g / ||g||^2)``.
+
+*Active* parameters: the weights and bias of a ReLU unit that is off on every image, its
+outgoing weights, and everything upstream of a layer that is off everywhere are *inert*: the
+data loss is locally constant in them, so their only gradient is the weight decay ``wd * phi``,
+which shrinks them without changing any output. So is the common shift of all output biases
+(softmax ignores it). The Hessian is block-diagonal there (``wd I``
+on the inert block), so Lanczos on the full Hessian is unaffected; the gradient test and the line
+searches use the active parameters, and the inert ones are reported (fraction, and the penalty
+they still carry).
+A minimum whose network is constant on the data (some hidden layer off on every image) is
+*trivial*.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from bplib.checks import check_float
+from bplib.data import batches
+from bplib.measures.hessian import (
+    HessianOperator,
+    _copy_as,
+    _flat,
+    _inputs,
+    alive_units,
+    eigenvalues,
+    full_loss_grad,
+    loss_sum,
+    relu_activity,
+)
+from bplib.models import MLP, unwrap
+
+
+def inert_mask(model: nn.Module, x: Tensor) -> Tensor:
+    """Boolean flat mask of the parameters on which the data loss is locally constant: the
+    weights and bias of every ReLU unit off on all of ``x``, its outgoing weights, and, when a
+    whole hidden layer is off, every parameter up to that layer and the next layer's weights.
+    All False for a model that is not an MLP (:func:`bplib.models.unwrap`)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    net = unwrap(model)
+    masks = {id(p): torch.zeros(p.shape, dtype=torch.bool) for p in params}
+    if isinstance(net, MLP) and len(net.layers) > 1:
+        _, alive = alive_units(model, x)
+        for i, a in enumerate(alive):
+            here, after = net.layers[i], net.layers[i + 1]
+            dead = ~a
+            masks[id(here.weight)][dead] = True
+            masks[id(here.bias)][dead] = True
+            masks[id(after.weight)][:, dead] = True
+            if dead.all():  # the output no longer depends on anything before
+                for layer in net.layers[: i + 1]:
+                    masks[id(layer.weight)][:] = masks[id(layer.bias)][:] = True
+    return torch.cat([masks[id(p)].reshape(-1) for p in params])
+
+
+def active_projection(model: nn.Module, x: Tensor):
+    """``(project, mask, shift)``: ``project(v)`` zeroes the inert coordinates of a flat vector
+    (:func:`inert_mask`) and removes its component along ``shift``, the unit vector that adds
+    the same constant to every output bias (softmax is blind to it: only weight decay acts
+    there, shrinking it without changing an output); ``shift`` is None when the model is not an
+    MLP."""
+    mask, net = inert_mask(model, x), unwrap(model)
+    shift = None
+    if isinstance(net, MLP):
+        shift = torch.zeros(len(mask), dtype=torch.float64)
+        shift[-net.layers[-1].bias.numel() :] = net.layers[-1].bias.numel() ** -0.5
+
+    def project(v: Tensor) -> Tensor:
+        v = torch.where(mask, torch.zeros_like(v), v.double())
+        return v if shift is None else v - (v @ shift) * shift
+
+    return project, mask, shift
+
+
+@torch.no_grad()
+def line_search(model: nn.Module, x: Tensor, y: Tensor, weight_decay: float, direction, steps,
+                dtype: str = "float32", batch_size: int = 2500,
+                logit_penalty: float = 0.0) -> list[float]:  # fmt: skip
+    """``L(phi + t d) - L(phi)`` for every ``t`` in ``steps`` (``d``: flat ``direction``, taken
+    as given; normalize it first for steps in parameter-space distance). Sums in float64."""
+    net, params = _copy_as(model, dtype)
+    theta = _flat(p.detach() for p in params).clone()
+    d = torch.as_tensor(np.asarray(direction)).to(theta)
+
+    def value() -> float:
+        total = torch.zeros((), dtype=torch.float64, device=theta.device)
+        for xb, yb in batches(x, y, batch_size):
+            out = net(_inputs(xb, theta.device, theta.dtype))
+            total += loss_sum(out, yb.to(theta.device), logit_penalty).double()
+        penalty = sum(p.double().pow(2).sum() for p in params)
+        return (total / len(x) + 0.5 * weight_decay * penalty).item()
+
+    base, out = value(), []
+    for t in steps:
+        torch.nn.utils.vector_to_parameters(theta + t * d, params)
+        out.append(value() - base)
+    torch.nn.utils.vector_to_parameters(theta, params)
+    return out
+
+
+def _unit(v: Tensor, whole: Tensor) -> Tensor | None:
+    """``v / ||v||``, or None when ``v`` (a projection of ``whole``) is rounding noise."""
+    norm = v.norm()
+    return v / norm if norm > 1e-9 * whole.norm() else None
+
+
+def descent_test(model, x, y, weight_decay: float, eig: dict, p: dict,
+                 logit_penalty: float = 0.0) -> dict:  # fmt: skip
+    """The three checks of this module's docstring at the point ``model`` (``eig``: the Lanczos
+    result of :func:`bplib.measures.hessian.extreme_eigenvalues_lanczos` for the same objective
+    and data). ``p``: ``grad_tol``, ``eig_tol``, ``descent_tol``, ``descent_steps``,
+    ``measure_dtype``. Returns the numbers, each check's outcome (``grad_ok``, ``curvature_ok``,
+    ``descent_ok``) and ``minimum`` (all three)."""
+    dt = p["measure_dtype"]
+    active, mask, shift = active_projection(model, x)
+    theta = _flat(q.detach() for q in model.parameters() if q.requires_grad).double().cpu()
+    kw = {"dtype": dt, "logit_penalty": logit_penalty}
+    g = full_loss_grad(model, x, y, weight_decay, return_grad=True, **kw)["grad"]
+    g_active = active(g)
+    inert = theta[mask].pow(2).sum() + (0.0 if shift is None else (theta @ shift) ** 2)
+    out = {"inert_fraction": mask.double().mean().item(),
+           "inert_penalty": 0.5 * weight_decay * float(inert),
+           "grad_norm_active": g_active.norm().item()}  # fmt: skip
+    steps = [float(s) for s in p["descent_steps"]]
+    directions, step_sets = {}, {}
+    u = _unit(g_active, g)
+    if u is not None:  # the quadratic model's best step along -g
+        op = HessianOperator(model, x, y, weight_decay, **kw)
+        curv = float(u.numpy() @ op.matvec(u.numpy()))
+        out["grad_curvature"] = curv
+        best = out["grad_norm_active"] / curv if curv > 0 else math.nan
+        directions["-grad"] = -u
+        step_sets["-grad"] = sorted(steps + ([best] if math.isfinite(best) else []))
+    v = eig.get("min_vec")
+    if v is not None:
+        pv = _unit(active(torch.as_tensor(v)), torch.as_tensor(v))
+        if pv is not None:
+            directions["+v"], directions["-v"] = pv, -pv
+            step_sets["+v"] = step_sets["-v"] = steps
+    out["line_search"] = {
+        name: {"steps": step_sets[name],
+               "change": line_search(model, x, y, weight_decay, d, step_sets[name], **kw)}
+        for name, d in directions.items()
+    }  # fmt: skip
+    changes = [c for ls in out["line_search"].values() for c in ls["change"]]
+    out["max_decrease"] = max([0.0, *(-c for c in changes)])
+    return {**out, **decide(out, eig, p)}
+
+
+def decide(test: dict, eig: dict, p: dict) -> dict:
+    """The outcome of the three checks from their numbers (pure; see the module docstring)."""
+    check_float("grad_tol", p["grad_tol"], low=0.0)
+    lam_min, lam_max = eig["min_eig"], eig["max_eig"]
+    finite = all(v is not None and math.isfinite(v) for v in (lam_min, lam_max))
+    grad_ok = test["grad_norm_active"] <= p["grad_tol"]
+    curvature_ok = bool(eig["converged"]) and finite
+    curvature_ok = curvature_ok and lam_min >= -p["eig_tol"] * abs(lam_max)
+    descent_ok = test["max_decrease"] <= p["descent_tol"]
+    ok = {"grad_ok": grad_ok, "curvature_ok": curvature_ok, "descent_ok": descent_ok}
+    return {**ok, "minimum": all(ok.values())}
+
+
+def classify(test: dict, activity: dict) -> str:
+    """``"trivial minimum"`` (a minimum whose network is constant on the data: some hidden layer
+    off on every image), ``"minimum"``, or ``"not a minimum"``."""
+    if not test["minimum"]:
+        return "not a minimum"
+    return "trivial minimum" if any(d == 1.0 for d in activity["dead"]) else "minimum"
+
+
+def examine(model, x, y, x_test, y_test, weight_decay: float, p: dict, n_batches: int,
+            test: bool = False, logit_penalty: float = 0.0) -> dict:  # fmt: skip
+    """Table 1's measurements of ``model`` on its training set ``(x, y)`` (loss, accuracy, both
+    gradient-norm conventions, Hessian extremes by ``p["eig_method"]``, ReLU activity) and on
+    ``(x_test, y_test)``; with ``test``, also the minimum test (:func:`descent_test`) and its
+    class (:func:`classify`); the test needs Lanczos (run for it when ``eig_method`` is power).
+    Eigenvectors are not returned (they are the size of the net)."""
+    kw = {"dtype": p["measure_dtype"], "logit_penalty": logit_penalty}
+    n_h = p["hessian_images"] or len(x)
+    out = {"train": full_loss_grad(model, x, y, weight_decay, n_batches=n_batches, **kw)}
+    held = full_loss_grad(model, x_test, y_test, dtype=p["measure_dtype"])
+    out.update(test_loss=held["loss"], test_acc=held["acc"])
+    eig = eigenvalues(model, x[:n_h], y[:n_h], weight_decay, p, logit_penalty=logit_penalty)
+    out["eig"] = {k: v for k, v in eig.items() if k != "min_vec"}
+    out["activity"] = relu_activity(model, x)
+    if test:
+        if "min_vec" not in eig or n_h < len(x):  # the test needs Lanczos on the whole set
+            eig = eigenvalues(model, x, y, weight_decay, p, "lanczos", logit_penalty)
+            out["eig_lanczos"] = {k: v for k, v in eig.items() if k != "min_vec"}
+        out["test"] = descent_test(model, x, y, weight_decay, eig, p, logit_penalty)
+        out["test"]["class"] = classify(out["test"], out["activity"])
+    return out
+
+
+@torch.no_grad()
+def scaled_logit_objective(model: nn.Module, x: Tensor, y: Tensor, logit_penalty: float,
+                           scales=None) -> dict:  # fmt: skip
+    """``min_a mean_i [CE(a f(x_i), y_i) + (logit_penalty / 2) ||a f(x_i)||^2]`` over the scales
+    ``a`` (default: 200 from 1e-3 to 1, log-spaced): the objective of the theorem arm at the
+    network ``model`` with its output layer scaled by ``a``, a point of the same MLP (without
+    weight decay the parameters' size is free). A value below a point's objective witnesses
+    that the point is not a global minimum. Returns ``{"value", "scale"}``."""
+    net, params = _copy_as(model, "float64")
+    logits = torch.cat([net(_inputs(xb, params[0].device, torch.float64))
+                        for xb, _ in batches(x, x, 2500)])  # fmt: skip
+    y = y.to(logits.device)
+    best = (math.inf, math.nan)
+    for a in np.logspace(-3, 0, 200) if scales is None else scales:
+        value = (loss_sum(a * logits, y, logit_penalty) / len(x)).item()
+        best = min(best, (value, float(a)))
+    return {"value": best[0], "scale": best[1]}
+
+
+@torch.no_grad()
+def rescale_output(model: nn.Module, scale: float) -> None:
+    """Multiply the output layer of an MLP (weights and bias: every logit) by ``scale``."""
+    last = unwrap(model).layers[-1]
+    last.weight.mul_(scale)
+    last.bias.mul_(scale)
+
+
+class LogitPenalty:
+    """``(kappa / 2) mean ||logits||^2`` of the batch as a ``train.fit`` regularizer: a forward
+    hook keeps the model's last output, ``loss(model)`` penalizes it. Call :meth:`remove` after
+    training."""
+
+    def __init__(self, model: nn.Module, kappa: float):
+        self.kappa, self.out = check_float("kappa", kappa, low=0.0), None
+        self.handle = model.register_forward_hook(lambda mod, args, out: setattr(self, "out", out))
+
+    def loss(self, model: nn.Module) -> Tensor:
+        return 0.5 * self.kappa * self.out.float().pow(2).sum(1).mean()
+
+    def remove(self) -> None:
+        self.handle.remove()
