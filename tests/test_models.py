@@ -78,6 +78,14 @@ def test_wrn16_counts(k, count):
     assert count_parameters(wrn16(k=k)) == count
 
 
+def test_wrn16_fractional_k_narrows_every_stage():
+    net = wrn16(k=0.25)  # 4, 8, 16 channels after the 16-channel stem
+    assert [s[0].conv1.out_channels for s in (net.layer1, net.layer2, net.layer3)] == [4, 8, 16]
+    assert count_parameters(net) == 12_326 and net(_x()).shape == (2, 10)
+    with pytest.raises(ValueError, match="k"):
+        wrn16(k=0)
+
+
 @pytest.mark.parametrize("w", [1, 5, 100, 1000])
 def test_mlp_counts(w):
     assert count_parameters(MLP([w])) == 3083 * w + 10
@@ -159,6 +167,28 @@ def test_resnet_norm_none_has_no_batchnorm(skip):
     bn_net = resnet18(width=0.125)
     assert all(m.bias is None for m in bn_net.modules() if isinstance(m, nn.Conv2d))
     assert net(_x()).shape == (2, 10)
+
+
+def test_resnet_init_default_unchanged_he_zero_blocks_start_as_their_shortcut():
+    torch.manual_seed(0)
+    before = resnet18(width=0.125, norm="none").state_dict()
+    torch.manual_seed(0)
+    same = resnet18(width=0.125, norm="none", init="default").state_dict()
+    assert all(torch.equal(before[k], same[k]) for k in before)  # the default draws nothing more
+    net = resnet18(width=0.125, norm="none", init="he_zero")
+    assert count_parameters(net) == count_parameters(resnet18(width=0.125, norm="none"))
+    block = net.layer1[0]  # identity shortcut: at init the block is relu(x) = x for x >= 0
+    x = torch.rand(2, block.conv1.in_channels, 8, 8)
+    torch.testing.assert_close(block(x), x)
+    assert all(float(b.conv2.weight.detach().abs().sum()) == 0 for b in _blocks(net))
+    fan_in = block.conv1.weight[0].numel()
+    assert float(block.conv1.weight.detach().std()) == pytest.approx((2 / fan_in) ** 0.5, rel=0.2)
+    plain = resnet18(width=0.125, norm="none", skip=False, init="he_zero")
+    assert all(float(b.conv2.weight.detach().abs().sum()) > 0 for b in _blocks(plain))
+    he = resnet18(width=0.125, norm="none", init="he")
+    assert all(float(b.conv2.weight.detach().abs().sum()) > 0 for b in _blocks(he))
+    with pytest.raises(ValueError, match="init"):
+        make_model("resnet18", init="fixup")
 
 
 def test_resnet_width():

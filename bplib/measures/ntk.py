@@ -23,6 +23,12 @@ Conventions
   large for that is handled in chunks of images: a chunk's rows ``J_a`` (reverse mode) are
   pushed forward through all images (forward mode, ``jvp``), giving the kernel's rows
   ``J_a J_g^T`` of that chunk.
+
+Around the kernel: :func:`recalibrated` (a copy of a batch-norm net whose running statistics
+are those of given images: the control for eval-mode kernels at initialization, whose default
+statistics are mean 0, variance 1), :func:`relative_movement` (``||theta_1 - theta_0|| /
+||theta_0||``) and :class:`Linearized` (the first-order Taylor model of a net around its
+initialization, trainable like any module).
 """
 
 from __future__ import annotations
@@ -278,3 +284,87 @@ def ntk_images(x: torch.Tensor, y: torch.Tensor, n: int = 25, sample: str = "ran
     first = y[:128].cpu()
     order = torch.sort(first, stable=True).indices
     return order[:n]
+
+
+# ---------------------------------------------------------------- around the kernel
+def has_batchnorm(model: nn.Module) -> bool:
+    """Does ``model`` hold a batch-norm layer (running statistics)?"""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def recalibrated(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> nn.Module:
+    """A copy of ``model`` (eval mode) whose batch-norm running statistics are the average batch
+    statistics of the images ``x`` (uint8 or float, in batches of ``batch_size``, in order); the
+    parameters and ``model`` itself are unchanged. A net without batch norm is copied as is."""
+    check_int("batch_size", batch_size, low=1)
+    net = copy.deepcopy(model)
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches, not an exponential one
+    net.train()
+    if norms:
+        for start in range(0, len(x), batch_size):
+            net(to_float(x[start : start + batch_size]))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return net.eval()
+
+
+def parameters_of(model: nn.Module) -> dict:
+    """Detached copies of the trainable parameters, by name (``theta`` for the measures)."""
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def relative_movement(theta0: dict, model: nn.Module) -> float:
+    """``||theta_1 - theta_0|| / ||theta_0||`` over the trainable parameters (Euclidean norms
+    over all of them together), ``theta_1`` the current parameters of ``model``."""
+    theta1 = parameters_of(model)
+    diff = sum(float((theta1[k].double() - v.double().to(theta1[k].device)).pow(2).sum())
+               for k, v in theta0.items())  # fmt: skip
+    base = sum(float(v.double().pow(2).sum()) for v in theta0.values())
+    return math.sqrt(diff / base)
+
+
+class Linearized(nn.Module):
+    """The first-order Taylor model of ``model`` around its current parameters ``theta_0``:
+
+        f_lin(x; theta) = f(x; theta_0) + J_{theta_0}(x) (theta - theta_0),
+
+    a net that is linear in its parameters and whose NTK is ``model``'s kernel at ``theta_0``,
+    for ever (the kernel regime exactly). Its trainable parameters ``theta`` start at
+    ``theta_0`` (same names, dots as ``__``), so ``f_lin = f`` at initialization; the forward pass
+    is one forward-mode product (``torch.func.jvp``). ``model`` is copied and held fixed in eval
+    mode (use nets without batch norm or dropout: eval mode is then the training function).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.net = copy.deepcopy(model).eval()
+        self.names = [k for k, v in self.net.named_parameters() if v.requires_grad]
+        self.theta = nn.ParameterDict()
+        for k in self.names:
+            p = self.net.get_parameter(k)
+            self.register_buffer("theta0__" + k.replace(".", "__"), p.detach().clone())
+            self.theta[k.replace(".", "__")] = nn.Parameter(p.detach().clone())
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True):  # the inner net stays in eval mode
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keys = [k.replace(".", "__") for k in self.names]
+        theta0 = {k: getattr(self, "theta0__" + key) for k, key in zip(self.names, keys)}
+        delta = {k: self.theta[key] - theta0[k] for k, key in zip(self.names, keys)}
+        fixed = {**dict(self.net.named_parameters()), **dict(self.net.named_buffers())}
+
+        def f(params):
+            return functional_call(self.net, {**fixed, **params}, (x,))
+
+        out, tangent = jvp(f, (theta0,), (delta,))
+        return out + tangent

@@ -18,6 +18,7 @@ from bplib.checks import check_choice, check_int, check_positive
 from bplib.models._parts import add_stages, scaled, shortcut
 
 NORMS = ("batchnorm", "none")
+INITS = ("default", "he", "he_zero")
 
 
 def _norm(channels: int, norm: str) -> nn.Module:
@@ -73,6 +74,11 @@ class ResNet(nn.Module):
             ``"none"`` (no BN modules at all; every conv has a bias, as the official
             ``resnet_nobn.py``).
         num_classes: output size.
+        init: ``"default"`` (PyTorch's initialization), ``"he"`` (every conv weight Kaiming
+            normal with fan-in and ReLU gain, conv biases 0) or ``"he_zero"`` (``"he"``, then the
+            last conv of every residual branch that has a shortcut set to 0, so each such block
+            starts as its shortcut; skipless blocks keep ``"he"``). The last two are for nets
+            without batch norm, which do not train from the default initialization.
 
     ``resnet18()`` (width 1, batch norm, skips) has 11,173,962 parameters; the skipless one has
     11,000,138 (no 1x1 shortcuts); ``norm="none"`` has 11,169,162 (10,996,234 also
@@ -88,9 +94,11 @@ class ResNet(nn.Module):
         skip: bool = True,
         norm: str = "batchnorm",
         num_classes: int = 10,
+        init: str = "default",
     ):
         super().__init__()
         width = check_positive("width", width)
+        init = check_choice("init", init, INITS)
         self.norm = check_choice("norm", norm, NORMS)
         self.skip = bool(skip)
         num_blocks = tuple(check_int("num_blocks[]", n, low=1) for n in num_blocks)
@@ -103,6 +111,8 @@ class ResNet(nn.Module):
         )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(in_planes, check_int("num_classes", num_classes, low=1))
+        if init != "default":
+            _he_init(self, zero_branches=init == "he_zero")
 
     @property
     def stages(self) -> list[nn.Sequential]:
@@ -115,11 +125,29 @@ class ResNet(nn.Module):
         return self.linear(self.avgpool(out).flatten(1))
 
 
+def _he_init(model: nn.Module, zero_branches: bool) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    for block in model.modules():
+        if zero_branches and isinstance(block, BasicBlock) and block.shortcut is not None:
+            nn.init.zeros_(block.conv2.weight)
+
+
 def resnet18(
-    *, width: float = 1.0, skip: bool = True, norm: str = "batchnorm", num_classes: int = 10
+    *,
+    width: float = 1.0,
+    skip: bool = True,
+    norm: str = "batchnorm",
+    num_classes: int = 10,
+    init: str = "default",
 ) -> ResNet:
     """CIFAR ResNet-18 (11,173,962 parameters at width 1 with batch norm and skips)."""
-    return ResNet((2, 2, 2, 2), width=width, skip=skip, norm=norm, num_classes=num_classes)
+    return ResNet(
+        (2, 2, 2, 2), width=width, skip=skip, norm=norm, num_classes=num_classes, init=init
+    )
 
 
 def block_convs(model: nn.Module) -> Iterator[nn.Conv2d]:

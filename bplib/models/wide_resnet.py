@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bplib.checks import check_int
-from bplib.models._parts import add_stages, shortcut
+from bplib.checks import check_int, check_positive
+from bplib.models._parts import add_stages, scaled, shortcut
 
 
 class WideBasic(nn.Module):
@@ -57,18 +57,18 @@ class WideResNet(nn.Module):
     default initialization.
     """
 
-    def __init__(self, depth: int = 16, k: int = 1, num_classes: int = 10, dropout: float = 0.0):
+    def __init__(self, depth: int = 16, k: float = 1, num_classes: int = 10, dropout: float = 0.0):
         super().__init__()
         depth = check_int("depth", depth, low=1)
         if (depth - 4) % 6 != 0 or depth < 10:
             raise ValueError(f"depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
-        k = check_int("k", k, low=1)
+        check_positive("k", k)  # a fraction narrows: max(1, round(c * k)) channels
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         n = (depth - 4) // 6
         self.depth, self.k = depth, k
         self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=True)
-        plan = [(16 * k, n, 1), (32 * k, n, 2), (64 * k, n, 2)]
+        plan = [(scaled(16, k), n, 1), (scaled(32, k), n, 2), (scaled(64, k), n, 2)]
         in_planes = add_stages(self, 16, plan, lambda i, o, s: WideBasic(i, o, dropout, s))
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -84,6 +84,6 @@ class WideResNet(nn.Module):
         return f"depth={self.depth}, k={self.k}"
 
 
-def wrn16(*, k: int = 1, dropout: float = 0.0, num_classes: int = 10) -> WideResNet:
-    """WRN-16-k."""
+def wrn16(*, k: float = 1, dropout: float = 0.0, num_classes: int = 10) -> WideResNet:
+    """WRN-16-k (``k`` below 1 or fractional: ``max(1, round(c * k))`` channels per stage)."""
     return WideResNet(depth=16, k=k, num_classes=num_classes, dropout=dropout)

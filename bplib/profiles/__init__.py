@@ -31,7 +31,7 @@ CHAPTERS = ("minima", "weight_decay", "ntk", "rank")
 # too. Every other number must be >= 0. None still means "take the profile's value".
 POSITIVE = frozenset({
     "epochs", "batch_size", "batch_size_cifar100", "n_train", "n_images", "n_robust",
-    "linear_epochs", "trajectory_epochs", "train_steps", "eval_steps", "power_iters",
+    "linear_epochs", "n_test", "train_steps", "eval_steps", "power_iters",
     "lanczos_ncv", "lanczos_max_hvp", "hessian_images", "explorer_images", "num_quantiles",
     "max_elems", "jobs", "width", "widths", "trajectory_width",
 })  # fmt: skip

@@ -1,17 +1,39 @@
 """Profiles of chapter 3 (neural tangent kernel vs. width, Figure 1, skip x batch norm).
 
 Widths are per family: MLP hidden units ``w`` (``mlp2``: 3072-w-10, ``mlp4``: 3072-w-w-w-10),
-ConvNet channels ``w`` (layers w, 2w, 2w, 4w, 4w), WRN-16-``k``, ResNet-18 channel multiplier
-(1 = 64, 128, 256, 512 channels) for all four skip x batch-norm variants.
+ConvNet channels ``w`` (layers w, 2w, 2w, 4w, 4w), WRN-16-``k`` (``k`` below 1 narrows), ResNet-18
+channel multiplier (1 = 64, 128, 256, 512 channels) for all four skip x batch-norm variants. The
+training recipe (``epochs`` .. ``bf16``) holds for every family unless ``recipes`` replaces some
+of its values for one family.
+
+How ``cpu`` was sized (pilot on this 2-core machine, one thread per process, float32; bf16
+autocast is 10x slower here). Seconds per SGD step of 128 images: MLPs <= 0.04; ConvNet w = 4,
+8, 16: 0.10, 0.17, 0.63; WRN-16-k k = 0.25, 0.5, 1: 0.21, 0.31, 0.77; ResNet-18 width 1/32, 1/16,
+1/8, 3/16: 0.11, 0.15, 0.28, 0.54 (no BN about 0.7x). Steps to fit at lr 0.01: on 2,000 images
+the BN ResNet-18 at width 1/32 had 71% training accuracy after 625 steps (no BN: 44%, skipless
+no BN: 22%), so ``cpu`` trains on 500 images. There, to >= 97% at constant lr: BN ResNet-18
+width 1/32 224 steps, skipless 392; no-BN width 1/16 400, skipless > 600 (1/8: 324, 480); ConvNet
+w = 4 436 (w = 3: 69% after 500); WRN-16-0.25 452 (0.125: 84% after 600); 2- and 4-layer MLP
+w = 16 144 and 248. With the decay at 80% of the epochs, the real jobs passed the 95% gate:
+skipless BN ResNet-18 1/32 96.8% after 400 steps, skipless no-BN 1/16 98.6% after 500, ConvNet
+4 100% after 500; WRN-16-0.25 had 91.2% after 400, hence 500 for the WRN. Whole jobs (training,
+kernels, evaluation) took 41-220 CPU seconds; the grid below adds up to about 5,400 CPU seconds
+for two seeds, 45 minutes on 2 idle cores (more if other work shares the machine).
 """
 
 _RESNETS = ("resnet18", "resnet18_noskip", "resnet18_nobn", "resnet18_noskip_nobn")
+# The final paper's recipe for ResNet-18 and Skipless ResNet-18 (200 epochs, lr 0.01 divided by
+# 10 at 100, 150, 175, 190, random crops and flips); the other families keep the official NTK
+# code's recipe (lr x0.2 at 60, 120, 160, no augmentation).
+_RESNET_RECIPE = {"milestones": [100, 150, 175, 190], "gamma": 0.1, "augment": True}
 
 PROFILES = {
     "smoke": {
         "seeds": [0],
         "dataset": "cifar10_small",  # first 2,000 CIFAR-10 training images
+        "extra_datasets": {},  # {family: [data sets]}: the family also runs on these
         "n_train": 256,  # training images (the first n of the training set)
+        "n_test": 200,  # test images (the first n of the test split) for test accuracy
         "epochs": 1,  # passes over the n_train images
         "lr": 0.01,  # SGD learning rate
         "batch_size": 128,  # images per step
@@ -19,57 +41,75 @@ PROFILES = {
         "weight_decay": 5e-4,  # coupled L2 coefficient
         "milestones": [],  # epochs where lr is multiplied by gamma
         "gamma": 0.2,  # lr factor at each milestone
-        "bf16": True,  # bf16 autocast for training (the NTK itself is float32)
-        "n_images": 5,  # images in the NTK sample (kernel is 10 n x 10 n)
+        "augment": False,  # random crops (pad 4) and horizontal flips
+        "bf16": False,  # bf16 autocast for training (the NTK itself is always float32)
+        "recipes": {},  # {family: {recipe key: value}}: that family's recipe differs
+        "n_images": 3,  # images in the NTK sample (kernel is 10 n x 10 n)
         "samples": ["random", "official"],  # image samples measured (first = the main one)
-        "explorer_images": 5,  # images of the stored kernels for the explorer (float16)
+        "explorer_images": 3,  # images of the stored kernels for the explorer (float16)
         "max_elems": 2**24,  # largest Jacobian block held at once (numbers)
+        "bn_stats": "recalibrated",  # BN statistics of the verdict's kernels, or "default"
+        "nobn_init": "he_zero",  # init of the no-BN ResNets: "default", "he" or "he_zero"
         "widths": {
             "mlp2": [16, 64],
             "mlp4": [16, 64],
             "convnet": [2, 4],
-            "wrn16": [1],
+            "wrn16": [0.25],
             **{f: [1 / 32, 1 / 16] for f in _RESNETS},
         },
-        "trajectory_family": "convnet",  # the model whose NTK is tracked during training
+        "trajectory_family": "convnet",  # this net's kernel is also tracked every epoch
         "trajectory_width": 4,
-        "trajectory_epochs": 2,  # epochs of the tracked run (NTK after each)
+        "linearize": ["mlp2"],  # families whose linearized model is trained too (no BN)
         "jobs": 1,  # parallel 1-thread processes (map_jobs)
-        "min_train_acc": 0.0,  # % training accuracy a run needs to count in the width trend
+        "min_train_acc": 0.0,  # the gate: % training accuracy a run needs to enter a trend
     },
-    "cpu": {
-        "seeds": [0, 1],  # 2 seeds: ~9 min each on 2 cores
+    "cpu": {  # sized by a pilot on this machine: see the module docstring
+        "seeds": [0, 1],
         "dataset": "cifar10",
-        "n_train": 512,
-        "epochs": 12,  # 48 SGD steps: a few minutes for all 37 nets on 2 cores
-        "lr": 0.05,  # 5x the paper's, so that so few steps move the nets away from init
+        "extra_datasets": {},
+        "n_train": 500,  # small enough that every width fits it at lr 0.01 within the budget
+        "n_test": 1000,  # the whole offline test split
+        "epochs": 100,  # 400 SGD steps of 128 images (4 per epoch)
+        "lr": 0.01,  # the paper's
         "batch_size": 128,
         "momentum": 0.9,
         "weight_decay": 5e-4,
-        "milestones": [],
+        "milestones": [80],
         "gamma": 0.2,
-        "bf16": True,
+        "augment": False,
+        "bf16": False,  # bf16 autocast is 10x slower than float32 on CPUs without AMX
+        "recipes": {  # slower to fit at lr 0.01: 500 steps (pilot: WRN-16-0.25 at 91% after 400)
+            f: {"epochs": 125, "milestones": [100]}
+            for f in ("convnet", "wrn16", "resnet18_nobn", "resnet18_noskip_nobn")
+        },
         "n_images": 25,
-        "samples": ["random", "official"],
+        "samples": ["random"],  # the official sample costs a third more kernels
         "explorer_images": 10,
         "max_elems": 2**28,  # 1 GiB float32 blocks per process
+        "bn_stats": "recalibrated",
+        "nobn_init": "he_zero",
         "widths": {
-            "mlp2": [8, 32, 128, 512, 2048],  # 25k .. 6.3M parameters
-            "mlp4": [8, 32, 128, 512, 1024],  # 25k .. 5.3M
-            "convnet": [2, 4, 8, 16, 32],  # 1.9k .. 0.29M
-            "wrn16": [1, 2, 3, 4],  # 0.18M .. 2.75M (k must be an integer)
-            **{f: [1 / 32, 1 / 16, 1 / 8, 1 / 4] for f in _RESNETS},  # 11k .. 0.70M
+            "mlp2": [16, 128, 1024],  # 49k .. 3.2M parameters (1.8 decades)
+            "mlp4": [16, 64, 512],  # 50k .. 2.1M (1.6)
+            "convnet": [4, 8, 16],  # 5.9k .. 76k (1.1)
+            "wrn16": [0.25, 0.5, 1],  # 12k .. 0.18M (1.2)
+            "resnet18": [1 / 32, 1 / 16, 3 / 16],  # 11k .. 0.40M (1.5)
+            "resnet18_noskip": [1 / 32, 1 / 16, 3 / 16],
+            "resnet18_nobn": [1 / 16, 1 / 8, 3 / 16],  # 44k .. 0.39M (0.9)
+            "resnet18_noskip_nobn": [1 / 16, 1 / 8, 3 / 16],
         },
         "trajectory_family": "convnet",
-        "trajectory_width": 16,
-        "trajectory_epochs": 12,
+        "trajectory_width": 8,
+        "linearize": ["mlp2"],
         "jobs": 2,
-        "min_train_acc": 20.0,  # chance 10%, majority class of the 512 images 12.9%
+        "min_train_acc": 95.0,
     },
     "paper": {
-        "seeds": [0],
+        "seeds": [0, 1],
         "dataset": "cifar10",
+        "extra_datasets": {f: ["cifar100"] for f in _RESNETS},  # the final paper's ablation
         "n_train": 50000,  # the whole training set
+        "n_test": 10000,
         "epochs": 200,
         "lr": 0.01,
         "batch_size": 128,
@@ -77,11 +117,15 @@ PROFILES = {
         "weight_decay": 5e-4,
         "milestones": [60, 120, 160],
         "gamma": 0.2,
+        "augment": False,
         "bf16": False,  # the official code trains in float32
+        "recipes": {f: _RESNET_RECIPE for f in _RESNETS},
         "n_images": 25,
         "samples": ["random", "official"],
         "explorer_images": 10,
         "max_elems": 2**30,  # 4 GiB blocks on a large GPU
+        "bn_stats": "recalibrated",
+        "nobn_init": "he_zero",
         "widths": {  # at least two orders of magnitude of parameters per family
             "mlp2": [32, 128, 512, 2048, 8192],  # 0.1M .. 25M parameters
             "mlp4": [32, 128, 512, 2048],  # 0.1M .. 14.7M
@@ -91,8 +135,8 @@ PROFILES = {
         },
         "trajectory_family": "convnet",
         "trajectory_width": 64,
-        "trajectory_epochs": 200,
+        "linearize": ["mlp2", "convnet"],
         "jobs": 1,
-        "min_train_acc": 20.0,
+        "min_train_acc": 95.0,
     },
 }
