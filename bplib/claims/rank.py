@@ -1,12 +1,20 @@
-"""Claim 4 (paper section 4, Table 4, Figure 2): low-rank layers generalize better and are
+"""Claim 4 (paper section 5, Table 4, Figure 2): low-rank layers generalize better and are
 more robust, and adversarial training produces them.
 
-One record per (row of Table 4, network, seed): CIFAR ResNet-18 with or without skip
-connections trained naturally or adversarially, optionally with RankMin / RankMax projections
-(:mod:`bplib.measures.rank`), then measured in float32: clean and PGD-robust accuracy per image
-(``"0101..."`` strings, so two rows are compared *paired* over the same images and seeds) and
-the singular-value spectrum of every block convolution. :func:`summarize` turns the records
-into Table 4 beside the paper, the paired verdict and the values the chapter glues.
+The paper's protocol in two phases (sizes: :mod:`bplib.profiles.rank`):
+
+1. *Base* jobs: one CIFAR ResNet-18 per (kind, dataset, network), trained naturally or with
+   PGD at a constant learning rate. Its weights are stored beside its record (``.npz``, same
+   key); the record holds the spectra at initialization and after training, and clean accuracy.
+2. *Fine-tuning* jobs: every base fine-tuned in every arm (``none``, or RankMin / RankMax at a
+   threshold, :mod:`bplib.measures.rank`) with every seed, at lowered learning rates, with the
+   projections at scheduled epochs; then measured in float32: per-image clean correctness on the
+   test and held-out images, per-image PGD robustness at each ``eval_eps`` (:func:`robust_bits`)
+   and the spectrum of every block convolution.
+
+A fine-tuning job's params contain its base's params, so its key changes when the base does.
+:func:`summarize` pairs the arms of one base by seed (a difference per seed, then a Student-t
+interval across seeds) and turns the records into Table 4, the verdict and the glued values.
 """
 
 from __future__ import annotations
@@ -17,120 +25,224 @@ import numpy as np
 import torch
 
 from bplib import data, paper, runner
-from bplib.checks import check_choice
+from bplib.checks import check_choice, check_int
+from bplib.claims import rank_report as rr
 from bplib.measures.rank import RankProjection, layer_spectra
 from bplib.models import make_model
 from bplib.pgd import pgd_adversary
-from bplib.stats import Summary, fmt_mean_std, t_interval
+from bplib.results import load_arrays, save_arrays
+from bplib.stats import Summary, t_interval
 from bplib.train import TrainConfig, correct, fit, resolve_device
 
 NAME = "rank"
 TITLE = "4. Low-rank layers generalize better and are more robust"
 CHAPTER = "rank"  # chapters/rank.md
 EXPERIMENT = "rank"
-# Table 4 rows: name -> (rank projection or None, adversarial training?)
-ROWS = {
-    "natural": (None, False),
-    "RankMax": ("rankmax", False),
-    "RankMin": ("rankmin", False),
-    "adversarial": (None, True),
-    "RankMaxAdv": ("rankmax", True),
-    "RankMinAdv": ("rankmin", True),
-}
-NOT_RECORDED = ("seeds", "profile", "skips", "jobs")  # profile keys that are not in a key
+# Profile keys in every base's params (the fine-tuning phase inherits them through its base).
+SHARED = ("width", "n_holdout", "n_test", "batch_size", "momentum", "weight_decay",
+          "grad_clip_value", "augment", "bf16", "num_quantiles")  # fmt: skip
+ATTACK = ("train_eps", "train_alpha", "train_steps", "train_attack_mode")  # adversarial only
+EVAL = ("eval_eps", "eval_steps", "eval_alpha_frac", "n_robust", "num_quantiles")
 EVAL_BATCH = 250  # images per evaluation batch (also per PGD batch at evaluation)
-METRICS = ("train", "test", "robust 8/255", "robust 1/255")
-
-
-def model_label(skip: bool) -> str:
-    return "ResNet-18" if skip else "Skipless ResNet-18"
+TRAIN_EVAL_IMAGES = 2000  # clean training accuracy: the first images a model trained on
+ALL_IMAGES = 50000  # CIFAR training set (for job costs when ``images`` is None)
 
 
 # --------------------------------------------------------------------- jobs and work
+def base_params(cfg, kind: str, dataset: str, skip: bool) -> dict:
+    """A base's params; an adversarial base warm-started from the natural base of the same
+    network and data (``adversarial_init="natural"``) holds that base's params as ``init``."""
+    p = dict(phase="base", kind=kind, dataset=dataset, skip=skip, images=cfg.base_images[kind],
+             epochs=check_int("base_epochs", cfg.base_epochs[kind], low=1),
+             lr=cfg.base_lr)  # fmt: skip
+    p.update({k: getattr(cfg, k) for k in SHARED})
+    if kind == "natural":
+        return p
+    init = check_choice("adversarial_init", cfg.adversarial_init, ("scratch", "natural"))
+    if init == "natural" and dataset not in cfg.bases.get("natural", []):
+        raise ValueError(f"adversarial_init='natural' needs a natural base on {dataset}")
+    warm = {"init": base_params(cfg, "natural", dataset, skip)} if init == "natural" else {}
+    return {**p, **{k: getattr(cfg, k) for k in ATTACK}, **warm}
+
+
+def _cost(base: dict, epochs: int, images) -> float:
+    steps = base["train_steps"] if base["kind"] == "adversarial" else 0
+    return epochs * (images or ALL_IMAGES) * (1 + steps)
+
+
+def base_jobs(cfg) -> list[runner.Job]:
+    """One job per (kind, dataset, network): the bases, trained once with ``base_seed``."""
+    out = []
+    for w in rr.bases(cfg):
+        p = base_params(cfg, *w)
+        out.append(runner.job(EXPERIMENT, p, cfg.base_seed, _cost(p, p["epochs"], p["images"])))
+    return out
+
+
+def finetune_jobs(cfg) -> list[runner.Job]:
+    """One job per (base, arm, seed); its params hold the base's params."""
+    out = []
+    for b in base_jobs(cfg):
+        kind = b.params["kind"]
+        ft = dict(phase="finetune", base=b.params, base_seed=b.seed,
+                  images=cfg.finetune_images[kind], epochs=cfg.epochs,
+                  lr=cfg.finetune_lr, milestones=cfg.finetune_milestones, gamma=cfg.gamma,
+                  rank_epochs=cfg.rank_epochs, **{k: getattr(cfg, k) for k in EVAL})  # fmt: skip
+        cost = _cost(b.params, ft["epochs"], ft["images"])
+        for (op, t), seed in itertools.product(rr.arms(cfg, kind), cfg.seeds):
+            out.append(runner.job(EXPERIMENT, {**ft, "arm": op, "threshold": t}, seed, cost))
+    return out
+
+
 def jobs(cfg) -> list[runner.Job]:
-    """One job per (row, network, seed) of profile ``cfg``: its parameters are the profile
-    minus seeds/profile/skips/jobs, plus ``row`` and ``skip``. Adversarial rows first."""
-    params = {k: v for k, v in vars(cfg).items() if k not in NOT_RECORDED}
-    cost = {row: cfg.epochs * (1 + cfg.train_steps * adv) for row, (_, adv) in ROWS.items()}
-    out = [
-        runner.job(EXPERIMENT, {**params, "row": row, "skip": skip}, seed, cost[row])
-        for row in ROWS
-        for skip in cfg.skips
-        for seed in cfg.seeds
-    ]
-    return sorted(out, key=lambda j: not ROWS[j.params["row"]][1])
+    """Every record of profile ``cfg``: the bases, then their fine-tuning arms."""
+    return base_jobs(cfg) + finetune_jobs(cfg)
 
 
-def _data(params: dict, data_dir, device):
-    """(x_fit, y_fit, x_hold, y_hold, x_test, y_test) on ``device`` with a fixed data seed 0,
-    and the test set's name."""
-    d = data.load_cifar(params["dataset"], data_dir=data_dir)
-    x, y = d.x_train, d.y_train
-    if params["n_holdout"] > 0:
-        x, y, xh, yh = data.holdout_split(x, y, params["n_holdout"], seed=0)
-    else:
-        xh, yh = x[:0], y[:0]
-    x, y = data.subset(x, y, params["n_train"], seed=0)
-    return tuple(t.to(device) for t in (x, y, xh, yh, d.x_test, d.y_test)), d.test_name
+def needs(job: runner.Job) -> dict | None:
+    """The params of the base whose weights ``job`` loads (None: it starts from scratch)."""
+    return job.params["base"] if job.params["phase"] == "finetune" else job.params.get("init")
+
+
+def waves(cfg) -> list[list[runner.Job]]:
+    """:func:`jobs` in the order their weights allow: every job after the base it loads."""
+    out, done, todo = [], [], jobs(cfg)
+    while todo:
+        ready = [j for j in todo if needs(j) is None or needs(j) in done]
+        if not ready:
+            raise ValueError("a job needs a base that is not among the jobs")
+        out.append(ready)
+        done += [j.params for j in ready]
+        todo = [j for j in todo if j not in ready]
+    return out
+
+
+def run(cfg, ctx: runner.Context, n_procs: int | None = None, force: bool = False) -> list[dict]:
+    """The records of :func:`jobs`, one runner call per wave of :func:`waves` (natural bases;
+    then what loads them; ...), each in ``n_procs`` one-thread processes (default: the
+    profile's ``jobs``). A stored base whose weights file is gone is retrained first when a
+    job that loads it has no record."""
+    n_procs = cfg.jobs if n_procs is None else n_procs
+    bases, records = base_jobs(cfg), {}
+    for wave in waves(cfg):
+        _restore_weights(wave, bases, ctx, n_procs, force)
+        records.update(zip(wave, runner.run(wave, work, ctx, n_procs, force, desc="rank jobs")))
+    return [records[j] for j in jobs(cfg)]
+
+
+def _restore_weights(wave, bases, ctx, n_procs, force) -> None:
+    todo = [j for j in wave if force or runner.load(j, ctx.profile, ctx.root) is None]
+    lost = [b for b in bases if b.params in map(needs, todo) and not ctx.arrays(b).exists()]
+    if lost:
+        _restore_weights(lost, bases, ctx, n_procs, True)
+        runner.run(lost, work, ctx, n_procs, force=True, desc="rank bases (weights missing)")
+
+
+def describe_design(cfg) -> str:
+    """The sizes of profile ``cfg`` in a few lines (the chapter prints them)."""
+    lines, eps = [], rr.fmt_eps
+    for kind, dataset, skip in rr.bases(cfg):
+        n, pgd = cfg.base_images[kind], f"PGD-{cfg.train_steps} at {eps(cfg.train_eps)}"
+        how = "" if kind == "natural" else f", {pgd} step {eps(cfg.train_alpha)}"
+        lines.append(f"{kind} base: {rr.model_label(skip)} width {cfg.width:g}, {dataset}, "
+                     f"{'all' if n is None else f'{n:,}'} images x {cfg.base_epochs[kind]} "
+                     f"epochs at lr {cfg.base_lr:g}{how}")  # fmt: skip
+    ft = {k: cfg.finetune_images[k] for k in rr.KINDS if cfg.bases.get(k)}
+    lines.append(f"fine-tuning: {cfg.epochs} epochs from lr {cfg.finetune_lr:g} (x "
+                 f"{cfg.gamma:g} after epochs {cfg.finetune_milestones}), projections after "
+                 f"epochs {cfg.rank_epochs}; images {ft}")  # fmt: skip
+    arms = {k: [rr.label(k, a) for a in rr.arms(cfg, k)] for k in ft}
+    lines.append(f"arms {arms}; seeds {cfg.seeds}: {len(jobs(cfg))} jobs")
+    radii = ", ".join(eps(e) for e in cfg.eval_eps)
+    n = cfg.n_robust or cfg.n_test or "all"
+    lines.append(f"evaluation: PGD-{cfg.eval_steps} at {radii} (cascade) on {n} test images; "
+                 f"{cfg.n_holdout:,} held-out images")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _data(base: dict, data_dir, device):
+    """(x_pool, y_pool, x_hold, y_hold, x_test, y_test) on ``device`` and the test set's name;
+    the pool is the training set minus the held-out split (fixed data seed 0)."""
+    d = data.load_cifar(base["dataset"], data_dir=data_dir)
+    split = data.holdout_split(d.x_train, d.y_train, base["n_holdout"], seed=0)
+    xt, yt = d.x_test[: base["n_test"]], d.y_test[: base["n_test"]]  # None: all
+    return [t.to(device) for t in (*split, xt, yt)], d.test_name
+
+
+def _model(base: dict) -> torch.nn.Module:
+    cifar100 = base["dataset"] == "cifar100"
+    norm = data.Normalize(data.CIFAR100_MEAN, data.CIFAR100_STD) if cifar100 else True
+    return make_model("resnet18", width=base["width"], skip=base["skip"], normalize=norm,
+                      num_classes=data.NUM_CLASSES[base["dataset"]])  # fmt: skip
 
 
 def work(job: runner.Job, ctx: runner.Context) -> dict:
-    """Train one row of Table 4 (``job.params["row"]``) on ``ctx.device`` and measure it.
+    """Train a base, or fine-tune one arm from its base, on ``ctx.device`` and measure it.
 
-    Same seed and ``skip`` give the same initialization in every row, so rows are paired."""
-    p, seed = job.params, job.seed
-    op, adversarial = ROWS[check_choice("row", p["row"], tuple(ROWS))]
-    device = resolve_device(ctx.device)
-    split, test_name = _data(p, ctx.data_dir, device)
-    cifar100 = p["dataset"] == "cifar100"
-    norm = data.Normalize(data.CIFAR100_MEAN, data.CIFAR100_STD) if cifar100 else True
-    torch.manual_seed(seed)
-    classes = data.NUM_CLASSES[p["dataset"]]
-    kw = dict(width=p["width"], skip=p["skip"], normalize=norm, num_classes=classes)
-    model = make_model("resnet18", **kw).to(device)
-    init = layer_spectra(model, p["num_quantiles"], digits=4) if p["row"] == "natural" else None
-    threshold = p["rankmin_threshold"] if op == "rankmin" else p["rankmax_ceiling"]
-    hook = RankProjection(op, threshold, p["rank_epochs"]) if op else None
+    Every arm of one base and seed sees the same batches, so arms are paired by seed."""
+    p, is_base = job.params, job.params["phase"] == "base"
+    base = p if is_base else p["base"]
+    (x, y, xh, yh, xt, yt), test_name = _data(base, ctx.data_dir, resolve_device(ctx.device))
+    torch.manual_seed(job.seed if is_base else p["base_seed"])
+    model, out = _model(base).to(xt.device), {"test_name": test_name}
+    if is_base:
+        out["spectra_init"] = layer_spectra(model, base["num_quantiles"], digits=4)
+    if needs(job) is not None:  # a fine-tuning job, or a warm-started adversarial base
+        seed = job.seed if is_base else p["base_seed"]
+        load_weights(model, ctx.arrays(runner.job(EXPERIMENT, needs(job), seed)))
     adv = None
-    if adversarial:
-        kw = dict(mode=p["train_attack_mode"], bf16=p["bf16"])
-        adv = pgd_adversary(p["train_eps"], p["train_alpha"], p["train_steps"], **kw)
-    cfg = TrainConfig.from_params(p, eval_every=p["epochs"])
-    hist = fit(model, *split[:2], cfg, seed=seed, adversary=adv, on_epoch_end=hook,
+    if base["kind"] == "adversarial":
+        kw = dict(mode=base["train_attack_mode"], bf16=base["bf16"])
+        adv = pgd_adversary(base["train_eps"], base["train_alpha"], base["train_steps"], **kw)
+    arm = "none" if is_base else p["arm"]
+    hook = None if arm == "none" else RankProjection(arm, p["threshold"], p["rank_epochs"])
+    x, y = data.subset(x, y, p["images"], seed=0)  # fine-tuning: a subset of the base's images
+    cfg = TrainConfig.from_params({**base, **p}, eval_every=p["epochs"])
+    hist = fit(model, x, y, cfg, seed=job.seed, adversary=adv, on_epoch_end=hook,
                run_dir=ctx.run_dir(job), progress=False)  # fmt: skip
-    keep = ("train_loss", "train_acc", "epoch_time_s", "hooks")
-    out = dict(test_name=test_name, history={k: hist[k] for k in keep}, spectra_init=init)
-    return {**_measure(model, p, split), **out}
+    if is_base:
+        save_arrays(ctx.arrays(job), **{k: v.cpu().numpy() for k, v in model.state_dict().items()})
+    out["history"] = {k: hist[k] for k in ("train_loss", "train_acc", "epoch_time_s", "hooks")}
+    return {**out, **measure(model, p, (x, y, xh, yh, xt, yt))}
 
 
-def _measure(model, p: dict, split) -> dict:
-    """Clean accuracies, PGD robust accuracies (fp32, eval mode) and the final spectra."""
+def load_weights(model: torch.nn.Module, path) -> None:
+    """Load a base's state dict stored by :func:`work` beside its record."""
+    if not path.exists():
+        raise FileNotFoundError(f"base weights {path} are missing; rank.run() retrains the base")
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in load_arrays(path).items()})
+
+
+def measure(model, p: dict, split) -> dict:
+    """Clean correctness per image (test, held-out), clean training accuracy, robustness per
+    image (when ``p`` has ``eval_eps``) and the spectra, in float32 and eval mode."""
     x, y, xh, yh, xt, yt = split
-    n_rob = len(xt) if p["n_robust"] is None else min(p["n_robust"], len(xt))
+    n = TRAIN_EVAL_IMAGES
+    test = correct(model, xt, yt, batch_size=EVAL_BATCH)
+    out = dict(train_acc=100.0 * correct(model, x[:n], y[:n]).double().mean().item(),
+               test_correct=_bits(test), holdout_correct=_bits(correct(model, xh, yh)),
+               n_train=len(x), n_holdout=len(xh), n_test=len(xt))  # fmt: skip
+    if "eval_eps" in p:
+        out["robust_correct"] = robust_bits(model, xt, yt, test, p)
+        out["n_robust"] = len(next(iter(out["robust_correct"].values())))
+    return {**out, "spectra": layer_spectra(model, p["num_quantiles"], digits=4)}
 
-    def ok(xs, ys, adversary=None) -> torch.Tensor:  # per image: classified correctly?
-        return correct(model, xs, ys, adversary, batch_size=EVAL_BATCH)
 
-    def pct(ok_: torch.Tensor) -> float:
-        return 100.0 * ok_.double().mean().item()
-
-    test = ok(xt, yt)
-    robust = {}
-    for eps in p["eval_eps"]:
-        adv = pgd_adversary(eps, p["eval_alpha_frac"] * eps, p["eval_steps"])
-        robust[f"{eps * 255:g}/255"] = _bits(ok(xt[:n_rob], yt[:n_rob], adv))
-    return {
-        "train_acc": pct(ok(x, y)),
-        "holdout_acc": pct(ok(xh, yh)) if len(xh) else None,
-        "test_acc": pct(test),
-        "test_correct": _bits(test),
-        "robust_correct": robust,
-        "n_train": len(x),
-        "n_holdout": len(xh),
-        "n_test": len(xt),
-        "n_robust": n_rob,
-        "spectra": layer_spectra(model, p["num_quantiles"], digits=4),
-    }
+def robust_bits(model, x, y, clean_ok: torch.Tensor, p: dict) -> dict[str, str]:
+    """Per-image robustness of the first ``n_robust`` images at each ``eval_eps``, smallest
+    first, as a cascade: an image is robust at ``eps`` when it is classified correctly clean,
+    at every smaller radius, and after PGD at ``eps``. An adversarial example found at a smaller
+    radius lies inside the larger ball, so the cascade is never weaker than PGD at ``eps``
+    alone, and only images not yet fooled are attacked (the cost drops by half or more)."""
+    n = len(x) if p["n_robust"] is None else min(p["n_robust"], len(x))
+    alive, out = clean_ok[:n].clone(), {}
+    for eps in sorted(p["eval_eps"]):
+        idx = alive.nonzero().flatten()
+        if len(idx):
+            adv = pgd_adversary(eps, p["eval_alpha_frac"] * eps, p["eval_steps"])
+            alive[idx] = correct(model, x[idx], y[idx], adv, batch_size=EVAL_BATCH)
+        out[rr.fmt_eps(eps)] = _bits(alive)
+    return out
 
 
 def _bits(ok: torch.Tensor) -> str:
@@ -138,229 +250,72 @@ def _bits(ok: torch.Tensor) -> str:
     return "".join("1" if c else "0" for c in ok.tolist())
 
 
-def run(cfg, ctx: runner.Context, n_procs: int | None = None, force: bool = False) -> list[dict]:
-    """The records of :func:`jobs` (in order), computing the missing ones in ``n_procs``
-    one-thread processes (default: the profile's ``jobs``)."""
-    n_procs = cfg.jobs if n_procs is None else n_procs
-    return runner.run(jobs(cfg), work, ctx, n_procs, force, desc="rank runs")
+# --------------------------------------------------------------------- summary
+SHORT = {"clean": "clean", "test": "test", "robust 8/255": "rob8", "robust 1/255": "rob1"}
 
 
-# --------------------------------------------------------------------- reading the records
-def select(records: list[dict], skip: bool, row: str) -> list[dict]:
-    """Records of one model (``skip``) and one Table 4 row, sorted by seed."""
-    out = [r for r in records if r["params"]["skip"] == skip and r["params"]["row"] == row]
-    return sorted(out, key=lambda r: r["seed"])
+def _key(kind: str, arm, metric: str = "") -> str:
+    """Glue-name part: ``nat_rankmin50_clean`` (threshold in hundredths, no dots)."""
+    parts = (kind[:3], f"{arm[0]}{round(arm[1] * 100)}", SHORT.get(metric, ""))
+    return "_".join(x for x in parts if x)
 
 
-def correct_bits(record: dict, metric: str) -> np.ndarray:
-    """Per-image 0/1 correctness of ``metric`` (``test`` or ``robust <eps>``)."""
-    res = record["result"]
-    bits = res["test_correct"] if metric == "test" else res["robust_correct"][metric.split()[1]]
-    return np.frombuffer(bits.encode(), dtype=np.uint8) - ord("0")
+def rank_facts(records, cfg) -> dict:
+    """(mean, low, high) over the layers of the first network: adversarial / natural effective
+    rank (``none`` arms, mean over seeds) and natural / initialization (None when absent)."""
+    nat, adv = ((k, cfg.bases[k][0], cfg.skips[0]) if cfg.bases.get(k) else None for k in rr.KINDS)
+    facts = {"adv_ratio": None, "init_ratio": None}
+    if nat:
+        init = rr.effective_ranks(rr.base_record(records, nat), "spectra_init")
+        facts["init_ratio"] = t_interval(rr.mean_ranks(records, nat, rr.NONE) / init)
+    if nat and adv and nat[1] == adv[1]:
+        ranks = [rr.mean_ranks(records, w, rr.NONE) for w in (adv, nat)]
+        facts["adv_ratio"] = t_interval(ranks[0] / ranks[1])
+    return facts
 
 
-def accuracy(record: dict, metric: str) -> float:
-    """Accuracy in % of one record: ``train``, ``holdout``, ``test`` or ``robust <eps>``."""
-    if metric in ("train", "holdout"):
-        return record["result"][f"{metric}_acc"]
-    return 100.0 * correct_bits(record, metric).mean()
-
-
-COLUMNS = ("train acc", "test acc", "robust 8/255", "robust 1/255")  # of METRICS, in order
-TABLE4_HEADERS = ["row", *(h for c in COLUMNS for h in (c, "paper")), "held-out acc"]
-
-
-def table4_rows(records: list[dict], skip: bool) -> list[list]:
-    """Rows ``[row, ours, paper, ...]`` for the four metrics (paper only for ResNet-18)."""
-    rows = []
-    for row in ROWS:
-        recs = select(records, skip, row)
-        cells = [row]
-        for metric, ref in zip(METRICS, paper.TABLE4[row], strict=True):
-            ours = fmt_mean_std([accuracy(r, metric) for r in recs])
-            cells += [ours, f"{ref:.2f}" if skip else "n/a"]
-        rows.append([*cells, fmt_mean_std([accuracy(r, "holdout") for r in recs])])
-    return rows
-
-
-def paired_difference(records, skip: bool, row_a: str, row_b: str, metric: str):
-    """(mean, low, high) of accuracy(row_a) - accuracy(row_b) in points: a 95% Student-t
-    interval over per-image differences, pooled over seeds (pairs share seed and images).
-    It covers test-sample noise, not seed-to-seed variation."""
-    diffs = [
-        correct_bits(a, metric).astype(float) - correct_bits(b, metric)
-        for a, b in zip(select(records, skip, row_a), select(records, skip, row_b), strict=True)
-    ]
-    m, lo, hi = t_interval(np.concatenate(diffs))
-    return 100 * m, 100 * lo, 100 * hi
-
-
-def effective_ranks(records, skip: bool, row: str) -> np.ndarray:
-    """``[seeds, layers]`` effective ranks after training (``row="init"``: at initialization,
-    stored with the ``natural`` records)."""
-    key, row = ("spectra_init", "natural") if row == "init" else ("spectra", row)
-    return np.array(
-        [[d["effective_rank"] for d in r["result"][key]] for r in select(records, skip, row)]
-    )
-
-
-def rank_ratio(records, skip: bool, row_a: str, row_b: str):
-    """(mean, low, high) of effective-rank ratio row_a / row_b per layer: a 95% t interval over
-    the layers (and seeds); below 1 means row_a has lower effective rank."""
-    ratio = effective_ranks(records, skip, row_a) / effective_ranks(records, skip, row_b)
-    return t_interval(ratio.ravel())
-
-
-def plot_figure2(records, skip: bool):
-    """Figure 2 redrawn: effective rank of each block conv, (a) natural, (b) adversarial."""
-    import matplotlib.pyplot as plt
-
-    panels = (("natural", "RankMin", "RankMax"), ("adversarial", "RankMinAdv", "RankMaxAdv"))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
-    for ax, rows, title in zip(axes, panels, ("(a) natural training", "(b) adversarial")):
-        for row in ("init", *rows):
-            er = effective_ranks(records, skip, row)
-            style = {"color": "k", "ls": "--"} if row == "init" else {"marker": "o", "ms": 3}
-            ax.plot(np.arange(1, er.shape[1] + 1), er.mean(0), label=row, **style)
-        ax.set(title=f"{model_label(skip)}: {title}", xlabel="block conv (input -> output)")
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel(r"effective rank $\|W\|_* / \|W\|_F$")
-    fig.tight_layout()
-    return fig
-
-
-def plot_spectra(records, skip: bool, layer: int, rows=tuple(ROWS), ax=None):
-    """Sorted singular values (stored quantiles) of block conv ``layer`` for several rows."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(6, 3.6))[1]
-    init = select(records, skip, "natural")[0]["result"]["spectra_init"][layer]
-    curves = [(r, select(records, skip, r)[0]["result"]["spectra"][layer]) for r in rows]
-    for row, d in [("init", init), *curves]:
-        q = np.asarray(d["spectrum_quantiles"])
-        ax.plot(np.linspace(0, 1, len(q)), q, label=f"{row} (eff. rank {d['effective_rank']:.1f})")
-    where = f"{init['name']} (n={init['n']}, stride {init['stride']})"
-    ax.set(yscale="log", xlabel="fraction of singular values (sorted)", ylabel="singular value")
-    ax.set_title(f"{model_label(skip)}, {where}")
-    ax.legend(fontsize=7)
-    return ax
-
-
-def spectra_explorer(records):
-    """An ipywidgets explorer: model, layer and rows -> the spectra plot (first seed)."""
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-
-    def show(model, layer, rows):
-        plot_spectra(records, model == "ResNet-18", layer, rows or ("natural",))
-        plt.show()
-
-    return widgets.interact(
-        show,
-        model=widgets.Dropdown(options=["ResNet-18", "Skipless ResNet-18"]),
-        layer=widgets.IntSlider(value=0, min=0, max=len(records[0]["result"]["spectra"]) - 1),
-        rows=widgets.SelectMultiple(options=list(ROWS), value=("natural", "RankMin", "RankMax")),
-    )
-
-
-def adv_ratios(records, skips) -> dict:
-    """``{model: (mean, low, high)}`` of the adversarial / natural effective-rank ratio."""
-    return {model_label(s): rank_ratio(records, s, "adversarial", "natural") for s in skips}
-
-
-def fmt_interval(stat, digits: int = 2, signed: bool = True) -> str:
-    """'+1.20 [-0.50, +2.90]' from (mean, low, high); ``signed=False`` for ratios."""
-    f = f"{{:{'+' if signed else ''}.{digits}f}}".format
-    m, lo, hi = stat
-    return f"{f(m)} [{f(lo)}, {f(hi)}]"
-
-
-# --------------------------------------------------------------------- verdict and summary
-# (lower-rank row, higher-rank row, metric): the belief predicts lower rank -> higher accuracy.
-COMPARISONS = (
-    ("RankMin", "natural", "test"),
-    ("RankMin", "natural", "robust 1/255"),
-    ("natural", "RankMax", "test"),
-    ("natural", "RankMax", "robust 1/255"),
-    ("RankMinAdv", "adversarial", "test"),
-    ("RankMinAdv", "adversarial", "robust 8/255"),
-    ("adversarial", "RankMaxAdv", "test"),
-    ("adversarial", "RankMaxAdv", "robust 8/255"),
-)
-HEADLINE = (("RankMin", "natural", "test"), ("RankMinAdv", "adversarial", "robust 8/255"))
-VERDICT_HEADERS = ["network", "difference", "metric", "points [95% CI]", "belief supported"]
-
-
-def verdict_stats(records, skips=(True, False)) -> list[dict]:
-    """Every comparison of :data:`COMPARISONS` for every model, with its paired 95% interval;
-    ``supports_belief`` when the whole interval is above 0, ``against`` when below 0."""
-    out = []
-    for skip, (low, high, metric) in itertools.product(skips, COMPARISONS):
-        m, lo, hi = paired_difference(records, skip, low, high, metric)
-        row = dict(model=model_label(skip), lower_rank=low, higher_rank=high, metric=metric)
-        stat = dict(diff=m, low=lo, high=hi, supports_belief=bool(lo > 0), against=bool(hi < 0))
-        out.append({**row, **stat})
+def glue_values(records, cfg, stats: list[dict]) -> dict:
+    """The numbers the chapter's prose glues (first network and dataset), as floats."""
+    out = {"rank_seeds": float(len(cfg.seeds)), "rank_margin": float(cfg.margin)}
+    first = [w for w in rr.bases(cfg) if w[1:] == rr.bases(cfg)[0][1:]]
+    for w in first:
+        k = w[0][:3]
+        out[f"rank_{k}_base_test"] = rr.accuracy(rr.base_record(records, w), "test")
+        for metric in ("test", "clean", "robust 8/255", "robust 1/255"):
+            values = [rr.accuracy(r, metric) for r in rr.arm_records(records, w, rr.NONE)]
+            out[f"rank_{k}_{SHORT[metric]}"] = float(np.mean(values))
+        for arm in rr.arms(cfg, w[0])[1:]:
+            out[f"rank_ratio_{_key(w[0], arm)}"] = float(rr.rank_ratio(records, w, arm)[0])
+    for s in (s for s in stats if s["base"] in first):
+        values = (s["diff"], s["low"], s["high"], s["mde"])
+        for part, v in zip(("", "_lo", "_hi", "_mde"), values):
+            out[f"rank_d_{_key(s['kind'], s['arm_op'], s['metric'])}{part}"] = float(v)
+    for name, stat in rank_facts(records, cfg).items():
+        for part, v in zip(("", "_lo", "_hi"), stat or ()):
+            out[f"rank_{name}{part}"] = float(v)
+    t4 = paper.TABLE4
+    out["rank_paper_rankmax_drop1"] = t4["natural"][3] - t4["RankMax"][3]
     return out
 
 
-def verdict_rows(stats: list[dict]) -> list[list]:
-    """Rows of :data:`VERDICT_HEADERS` for :func:`verdict_stats`."""
-    rows = []
+def _rank_sentence(facts: dict, stats: list[dict]) -> str:
+    """The paper's own evidence for the belief (its RankMax row at 1/255) beside ours, and
+    what the effective ranks say about adversarial training and initialization."""
+    drop = paper.TABLE4["natural"][3] - paper.TABLE4["RankMax"][3]
+    text = f"The paper's own RankMax row lost {drop:.2f} points of robust accuracy at 1/255"
     for s in stats:
-        pair = f"{s['lower_rank']} - {s['higher_rank']}"
-        interval = fmt_interval((s["diff"], s["low"], s["high"]))
-        supported = "yes" if s["supports_belief"] else ("opposite" if s["against"] else "no")
-        rows.append([s["model"], pair, s["metric"], interval, supported])
-    return rows
-
-
-def verdict_text(stats: list[dict], ratios: dict) -> str:
-    """The verdict in words, decided by the paired intervals of :func:`verdict_stats` and the
-    adversarial / natural effective-rank ratios ``{model: (mean, low, high)}``."""
-    pro = [s for s in stats if s["supports_belief"]]
-    con = [s for s in stats if s["against"]]
-    worst = max(s["high"] for s in stats)
-    if not pro:
-        acc = (
-            "No comparison shows a significant benefit of lower rank: every 95% interval of "
-            f"(lower-rank row - higher-rank row) reaches 0 or below, and the largest upper end "
-            f"is {worst:+.1f} points. This agrees with the paper"
-        )
-        tail = f", but our scale cannot exclude benefits up to {worst:.1f} points."
-        acc += "." if worst < 3 else tail
-    else:
-        names = "; ".join(
-            f"{s['model']} {s['lower_rank']} vs {s['higher_rank']} ({s['metric']})" for s in pro
-        )
-        n = f"{len(pro)} of {len(stats)}"
-        acc = f"Lower rank helped significantly in {n} comparisons ({names})."
-    if con:
-        acc += f" In {len(con)} comparison(s) the lower-rank row was significantly *worse*."
-    parts = []
-    for model, (m, lo, hi) in ratios.items():
-        how = "lower" if hi < 1 else ("higher" if lo > 1 else "not clearly different")
-        ci = f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
-        parts.append(f"{model}: adversarial / natural effective rank {ci} ({how})")
-    return acc + " Effective rank after adversarial training, " + "; ".join(parts) + "."
-
-
-def glue_values(records) -> dict:
-    """The numbers the chapter's prose glues (ResNet-18 with skips), as floats."""
-    stats = {
-        "d_min": paired_difference(records, True, "RankMin", "natural", "test"),
-        "d_min_rob": paired_difference(records, True, "RankMinAdv", "adversarial", "robust 8/255"),
-        "adv_ratio": rank_ratio(records, True, "adversarial", "natural"),
-        "init_ratio": rank_ratio(records, True, "natural", "init"),
-    }
-    out = {
-        f"rank_{name}{part}": float(value)
-        for name, stat in stats.items()
-        for part, value in zip(("", "_lo", "_hi"), stat)
-    }
-    out["rank_nat_erank"] = float(effective_ranks(records, True, "natural").mean())
-    out["rank_min_ratio"] = float(rank_ratio(records, True, "RankMin", "natural")[0])
-    out["rank_max_ratio"] = float(rank_ratio(records, True, "RankMax", "natural")[0])
-    return out
+        if (s["kind"], s["arm"], s["metric"]) == ("natural", "RankMax 1.5", "robust 1/255"):
+            ci = rr.fmt_interval((s["diff"], s["low"], s["high"]))
+            text += f"; ours: natural − RankMax 1.5 = {ci} points ({s['status']})"
+            break
+    text += "."
+    for name, what in (("adv_ratio", "adversarial / natural"), ("init_ratio", "natural / init")):
+        if facts[name] is not None:
+            m, lo, hi = facts[name]
+            how = "lower" if hi < 1 else ("higher" if lo > 1 else "not clearly different")
+            ci = rr.fmt_interval(facts[name], 3, False)
+            text += f" Effective rank, {what}: {ci} over layers ({how})."
+    return text
 
 
 def paper_headline() -> str:
@@ -368,23 +323,30 @@ def paper_headline() -> str:
     return (
         "Table 4, ResNet-18: RankMin − natural, test "
         f"{t4['RankMin'][1] - t4['natural'][1]:+.2f}; RankMinAdv − adversarial, robust 8/255 "
-        f"{t4['RankMinAdv'][2] - t4['adversarial'][2]:+.2f} points: low rank does not help"
+        f"{t4['RankMinAdv'][2] - t4['adversarial'][2]:+.2f} points: low rank does not help "
+        f"(but RankMax − natural, robust 1/255 {t4['RankMax'][3] - t4['natural'][3]:+.2f})"
     )
+
+
+HEADLINE = {("natural", "RankMin 0.5", "clean"), ("adversarial", "RankMinAdv 0.5", "robust 8/255")}
 
 
 def summarize(records: list[dict], cfg) -> Summary:
-    """Table 4 per network (``tables[model_label(skip)]``), the paired verdict table
-    (``tables["verdict"]``), the verdict in words, our headline and the glued values, from the
-    records of :func:`jobs` ``(cfg)``."""
-    stats = verdict_stats(records, skips=cfg.skips)
+    """From the records of :func:`jobs` ``(cfg)``: the bases' table (``tables["bases"]``), Table 4
+    per network (``tables["<network>, <dataset>"]``), the seed-level paired verdict table
+    (``tables["verdict"]``), the verdict in words, our headline and the glued values."""
+    stats = rr.comparisons(records, cfg)
+    tables = {"bases": (rr.BASE_HEADERS, rr.base_rows(records, cfg))}
+    for dataset, skip in dict.fromkeys(w[1:] for w in rr.bases(cfg)):
+        rows = rr.table4_rows(records, cfg, dataset, skip)
+        tables[f"{rr.model_label(skip)}, {dataset}"] = (rr.TABLE4_HEADERS, rows)
+    tables["verdict"] = (rr.VERDICT_HEADERS, rr.verdict_rows(stats))
+    heads = [s for s in stats if (s["kind"], s["arm"], s["metric"]) in HEADLINE]
     ours = "; ".join(
-        f"{s['model']} {s['lower_rank']} − {s['higher_rank']}, {s['metric']} "
-        + fmt_interval((s["diff"], s["low"], s["high"]))
-        for s in stats
-        if (s["lower_rank"], s["higher_rank"], s["metric"]) in HEADLINE
+        f"{s['model']} {s['pair']}, {s['metric']} "
+        f"{rr.fmt_interval((s['diff'], s['low'], s['high']))} (n={s['n']} seeds)"
+        for s in heads[:2]
     )
-    tables = {model_label(s): (TABLE4_HEADERS, table4_rows(records, s)) for s in cfg.skips}
-    tables["verdict"] = (VERDICT_HEADERS, verdict_rows(stats))
-    verdict = verdict_text(stats, adv_ratios(records, cfg.skips))
-    glued = glue_values(records) if True in cfg.skips else {}
-    return Summary(ours=ours, verdict=verdict, glue=glued, tables=tables)
+    facts = _rank_sentence(rank_facts(records, cfg), stats)
+    verdict = f"{rr.verdict_text(stats, cfg.margin)} {facts}"
+    return Summary(ours=ours, verdict=verdict, glue=glue_values(records, cfg, stats), tables=tables)
