@@ -1,7 +1,6 @@
 """Tests of the sampled empirical NTK and what surrounds it (bplib.measures.ntk), and of claim
-3's runs, gate, control, tables and verdict (bplib.claims.ntk, bplib.claims.ntk_report)."""
+3's runs, gate, control, tables and verdict (bplib.claims.ntk, bplib.claims.ntk.report)."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from torch import nn
 from bplib import runner
 from bplib.claims import ntk as claim
 from bplib.claims.ntk import build_family, summarize
-from bplib.claims.ntk_report import collect, load_kernels, verdict_text, width_trend
+from bplib.claims.ntk.report import collect, load_kernels, verdict_text, width_trend
 from bplib.measures.ntk import (
     Linearized,
     correlation,
@@ -390,29 +389,6 @@ def test_committed_cpu_records_when_present_are_found_and_summarized():
     assert len(s.tables["networks"][1]) == len(records) and s.glue["ntk_n_seeds"] >= 2
     tracked = next(r for r in records if r["params"]["trajectory"])
     assert load_kernels(tracked, root)["phi0"].shape == (250, 250)
-
-
-def test_migration_script_renames_synthetic_old_records_to_the_job_keys(tmp_path):
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        from migrate_ntk_keys import migrate
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    cfg = get_profile("ntk", "smoke")
-    job = claim.jobs(cfg)[0]
-    old = {**job.params, "device": "auto", "s": "official", "seed": job.seed}
-    record = {"experiment": job.experiment, "profile": "smoke", "seed": job.seed, "params": old,
-              "result": {"x": 1}, "provenance": {"commit": "c"}}  # fmt: skip
-    folder = tmp_path / "smoke" / job.experiment
-    folder.mkdir(parents=True)
-    (folder / "old.json").write_text(json.dumps(record))
-    np.savez(folder / "old.npz", phi0=np.ones(2))
-    mapping = migrate(tmp_path / "smoke")
-    assert list(mapping.values()) == [str(job.path("smoke", tmp_path))]
-    (rec,) = runner.stored([job], "smoke", tmp_path)
-    assert rec["params"] == {**job.params, "seed": job.seed} and rec["result"] == {"x": 1}
-    assert job.path("smoke", tmp_path).with_suffix(".npz").exists()
-    assert not (folder / "old.json").exists() and migrate(tmp_path / "smoke") == {}
 
 
 def test_benchmark_runs_on_a_tiny_net():

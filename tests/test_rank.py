@@ -6,7 +6,7 @@ from torch import nn
 
 from bplib import paper, runner
 from bplib.claims import rank
-from bplib.claims import rank_report as rr
+from bplib.claims.rank import report as rr
 from bplib.data import REPO_ROOT
 from bplib.measures.rank import (
     RankProjection,

@@ -26,7 +26,7 @@ import torch
 
 from bplib import data, paper, runner
 from bplib.checks import check_choice, check_int
-from bplib.claims import rank_report as rr
+from bplib.claims.rank import report as rr
 from bplib.measures.rank import RankProjection, layer_spectra
 from bplib.models import make_model
 from bplib.pgd import pgd_adversary

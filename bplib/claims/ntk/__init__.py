@@ -8,7 +8,7 @@ accuracy, and for the families of ``linearize`` the trained linearized model. On
 grid also tracks the kernel after every epoch. :func:`summarize` turns the records into the
 gate (training accuracy), the slope of the correlation against width per family before and
 after the control, the artifact's share, the verdict and the tables; figures are in
-:mod:`bplib.claims.ntk_report`. The math is :mod:`bplib.measures.ntk`.
+:mod:`bplib.claims.ntk.report`. The math is :mod:`bplib.measures.ntk`.
 
 Record keys: experiment ``ntk_width``; ``params`` are the profile's :data:`SETTINGS` with the
 family's recipe applied, plus ``family``, ``width``, ``dataset``, ``trajectory``, ``linearize``
@@ -27,7 +27,7 @@ import torch
 
 from bplib import runner
 from bplib.checks import check_choice
-from bplib.claims.ntk_report import (  # noqa: F401  (the claim's interface and names)
+from bplib.claims.ntk.report import (  # noqa: F401  (the claim's interface and names)
     FIGURE1,
     LABELS,
     RESNETS,
