@@ -7,7 +7,7 @@ PROFILE ?= cpu
 # --all: re-render every page (execution stays cached), so launch links follow new .ipynb files.
 BUILD   := _build/$(PROFILE)
 
-.PHONY: book test env clean
+.PHONY: book test env clean paper-dryrun
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +27,17 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
+
+# Every chapter at the paper profile's models, widths and code paths, cut to 2 batches per
+# training phase and tiny measurement budgets (bplib.profiles.<chapter>.DRYRUN; CIFAR-100 as its
+# 20-image offline stand-in), on the CPU. A path test: its numbers mean nothing and its records
+# go to a scratch store. Fails on any crash, shape or dtype error.
+DRYRUN := _build/paper-dryrun
+paper-dryrun: $(VENV)/.installed
+	rm -rf $(DRYRUN)
+	BPLIB_RECORDS=$(abspath $(DRYRUN))/records BPLIB_CHECKPOINTS=$(abspath $(DRYRUN))/checkpoints \
+		time $(VENV)/bin/bplib-run minima weight_decay ntk rank --profile paper --seeds 0 \
+		-p dryrun True --jobs 2 --runs-dir $(DRYRUN)/runs --no-progress
 
 clean:
 	rm -rf _build

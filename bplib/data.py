@@ -49,11 +49,18 @@ CIFAR10_STD = tuple(s / 255 for s in (62.9932, 62.0887, 66.7049))
 CIFAR100_MEAN = tuple(m / 255 for m in (129.3043, 124.0699, 112.4341))
 CIFAR100_STD = tuple(s / 255 for s in (68.1702, 65.3918, 70.4184))
 
-DATASETS = ("cifar10", "cifar100", "cifar10_small")
-NUM_CLASSES = {"cifar10": 10, "cifar10_small": 10, "cifar100": 100}
+# cifar100_standin: the only real CIFAR-100 images offline (20 test images, foolbox), for the
+# paper-profile dry run's CIFAR-100 code paths only: a path test, never a result.
+DATASETS = ("cifar10", "cifar100", "cifar10_small", "cifar100_standin")
+NUM_CLASSES = {"cifar10": 10, "cifar10_small": 10, "cifar100": 100, "cifar100_standin": 100}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OFFLINE_DIR = REPO_ROOT.parent / "shared" / "data" / "cifar"
-NPZ_FILES = {"cifar10": "cifar10.npz", "cifar10_small": "cifar10_small.npz"}
+NPZ_FILES = {
+    "cifar10": "cifar10.npz",
+    "cifar10_small": "cifar10_small.npz",
+    "cifar100_standin": "cifar100_foolbox_test20.npz",
+}
+STANDIN_TRAIN = 320  # the stand-in's training split: its 20 images, 16 times (2 batches of 128+)
 
 
 @dataclass
@@ -127,8 +134,25 @@ def data_identity(dataset: str, data_dir=None) -> str:
     return cached_identity(path, file_version(path)) or verify_npz(path)
 
 
+def _standin(arrays: dict, path: Path, identity: str) -> CifarData:
+    x, y = _hwc_to_tensor(arrays["x_test"]), _labels(arrays["y_test_fine"])
+    reps = STANDIN_TRAIN // len(y)
+    return CifarData(
+        x.repeat(reps, 1, 1, 1),
+        y.repeat(reps),
+        x,
+        y,
+        [f"class {i}" for i in range(100)],
+        source=f"offline npz {path} (CIFAR-100 STAND-IN for path tests: 20 test images)",
+        test_name="CIFAR-100 stand-in (20 test images; a path test, not a result)",
+        identity=identity,
+    )
+
+
 def _from_npz(path: Path, name: str) -> CifarData:
     arrays, identity = read_verified(path)
+    if name == "cifar100_standin":
+        return _standin(arrays, path, identity)
     x_train, y_train = arrays["x_train"], arrays["y_train"]
     x_test, y_test = arrays["x_test"], arrays["y_test"]
     n_test = len(y_test)
@@ -167,7 +191,8 @@ def _from_torchvision(name: str, root: Path) -> CifarData:
 def load_cifar(name: str = "cifar10", data_dir=None, download_root=None) -> CifarData:
     """Load CIFAR-10 (``cifar10``), its first 2,000 training and 1,000 test images
     (``cifar10_small``, for smoke runs), or CIFAR-100 (``cifar100``: torchvision only, the
-    offline folder has none).
+    offline folder has none). ``cifar100_standin`` is the offline folder's 20 real CIFAR-100
+    test images (the training split repeats them to 320): for the paper dry run's code paths.
 
     Raises ``FileNotFoundError`` naming both ways to get the data when neither works.
     """
@@ -177,6 +202,11 @@ def load_cifar(name: str = "cifar10", data_dir=None, download_root=None) -> Cifa
     path = _offline_file(name, data_dir)
     if path is not None:
         return _from_npz(path, name)
+    if name == "cifar100_standin":
+        raise FileNotFoundError(
+            "dataset='cifar100_standin' is the offline folder's cifar100_foolbox_test20.npz; "
+            f"point BPLIB_DATA or data_dir at a folder holding it (looked in {folder or 'none'})"
+        )
     root = Path(download_root or Path.home() / ".cache" / "bplib")
     try:
         if name == "cifar10_small":  # the same images as the offline npz: the first 2,000 / 1,000

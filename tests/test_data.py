@@ -145,3 +145,20 @@ def test_cuda_augment_equals_cpu_augment(cifar_small):
     on_cpu = augment(x, torch.Generator().manual_seed(4))
     on_gpu = augment(x.cuda(), torch.Generator().manual_seed(4))
     assert on_gpu.device.type == "cuda" and torch.equal(on_gpu.cpu(), on_cpu)
+
+
+def test_cifar100_standin_is_the_20_real_images_labelled_as_a_stand_in():
+    from bplib.data import STANDIN_TRAIN, load_cifar
+
+    d = load_cifar("cifar100_standin")
+    assert d.x_test.shape == (20, 3, 32, 32) and d.num_classes == 100
+    assert len(d.y_train) == STANDIN_TRAIN and (d.x_train[:20] == d.x_test).all()
+    assert "STAND-IN" in d.source and "stand-in" in d.test_name
+
+
+def test_cifar100_standin_needs_the_offline_folder(tmp_path, monkeypatch):
+    from bplib.data import load_cifar
+
+    monkeypatch.setenv("BPLIB_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="cifar100_standin.*cifar100_foolbox_test20"):
+        load_cifar("cifar100_standin")

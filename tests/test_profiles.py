@@ -38,3 +38,51 @@ def test_every_profile_value_passes_its_own_rule(chapter, profile):
     get_profile(chapter, profile, **{k: v for k, v in values.items() if k != "seeds"})
     keys = set().union(*(chapter_profiles(c)["smoke"] for c in CHAPTERS))
     assert POSITIVE <= keys, POSITIVE - keys  # no stale name in the positive-count list
+
+
+# What the paper dry run may change: sizes, epochs, schedules inside them, seeds and measurement
+# budgets. Models, widths, arms, learning rates and every other code-path switch stay the paper's.
+DRYRUN_BUDGETS = {
+    "n_train", "n_test", "epochs", "milestones", "linear_epochs", "linear_milestones",
+    "lemma1_epochs", "lemma1_gd_epochs", "lemma1_milestones", "theorem_lbfgs_iters",
+    "power_iters", "compare_power_iters", "lanczos_tol", "lanczos_ncv", "lanczos_max_hvp",
+    "seeds", "n_images", "explorer_images", "base_images", "base_epochs", "finetune_images",
+    "finetune_milestones", "rank_epochs", "n_robust",
+}  # fmt: skip
+STANDIN_KEYS = {"datasets", "extra_datasets", "bases"}  # CIFAR-100 -> its offline stand-in
+
+
+def _unstand(value):
+    if isinstance(value, dict):
+        return {k: _unstand(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_unstand(v) for v in value]
+    return "cifar100" if value == "cifar100_standin" else value
+
+
+def _no_milestones(recipes: dict) -> dict:
+    return {f: {k: v for k, v in r.items() if k != "milestones"} for f, r in recipes.items()}
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_the_dry_run_keeps_the_papers_models_and_code_paths(chapter):
+    paper, dry = (
+        vars(get_profile(chapter, "paper")),
+        vars(get_profile(chapter, "paper", dryrun=True)),
+    )
+    assert dry.pop("dryrun") is True and "dryrun" not in paper
+    changed = {k for k in paper if dry[k] != paper[k]}
+    for key in changed & STANDIN_KEYS:
+        assert _unstand(dry[key]) == _unstand(paper[key]) and dry[key] != paper[key], key
+    if "recipes" in changed:  # the per-family recipes lose their milestones only
+        assert _no_milestones(dry["recipes"]) == _no_milestones(paper["recipes"])
+    assert not changed - DRYRUN_BUDGETS - STANDIN_KEYS - {"recipes"}, changed
+    assert dry["seeds"] == [0] and dry.get("epochs", 1) == 1
+
+
+def test_dry_run_is_for_the_paper_profile_only():
+    with pytest.raises(ValueError, match="dryrun=True.*profile='cpu'"):
+        get_profile("rank", "cpu", dryrun=True)
+    with pytest.raises(ValueError, match="dryrun"):
+        get_profile("rank", "paper", dryrun="yes")
+    assert not hasattr(get_profile("rank", "paper"), "dryrun")  # other keys unchanged

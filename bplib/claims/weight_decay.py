@@ -66,7 +66,7 @@ def grid(cfg) -> list[tuple[str, dict, int]]:
     seed of a profile ``cfg`` (``get_profile("weight_decay", ...)``)."""
     out = []
     for dataset in cfg.datasets:
-        batch = cfg.batch_size_cifar100 if dataset == "cifar100" else cfg.batch_size
+        batch = cfg.batch_size_cifar100 if dataset.startswith("cifar100") else cfg.batch_size
         train = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=batch, momentum=cfg.momentum,
                      milestones=list(cfg.milestones), gamma=0.1, augment=cfg.augment,
                      eval_every=max(cfg.epochs, 1), bf16=cfg.bf16)  # fmt: skip
@@ -104,7 +104,7 @@ def work(job: runner.Job, ctx: runner.Context) -> dict:
     data, (x_tr, y_tr), (x_hold, y_hold) = _split(p["dataset"], p["n_train"], p["n_holdout"],
                                                   ctx.data_dir)  # fmt: skip
     normalize = p["normalize"]
-    if normalize and p["dataset"] == "cifar100":  # CIFAR-100 statistics, not CIFAR-10's
+    if normalize and p["dataset"].startswith("cifar100"):  # CIFAR-100 statistics, not CIFAR-10's
         normalize = Normalize(CIFAR100_MEAN, CIFAR100_STD)
     torch.manual_seed(job.seed)  # initialization: the same for every arm of a seed
     model = make_model(p["model"], normalize=normalize, num_classes=data.num_classes,

@@ -115,16 +115,36 @@ def check_overrides(chapter: str, overrides: dict) -> dict:
     return given
 
 
-def get_profile(chapter: str, profile: str, seeds=None, **overrides) -> SimpleNamespace:
+def dryrun_overrides(chapter: str) -> dict:
+    """What the paper dry run changes in ``chapter``'s paper profile: the module's ``DRYRUN``
+    dict (data set sizes, epochs, seeds, measurement budgets, CIFAR-100 -> its offline stand-in),
+    checked like any override. Models, widths, arms and code paths stay the paper's."""
+    check_choice("chapter", chapter, CHAPTERS)
+    module = importlib.import_module(f"bplib.profiles.{chapter}")
+    return check_overrides(chapter, module.DRYRUN)
+
+
+def get_profile(
+    chapter: str, profile: str, seeds=None, dryrun: bool = False, **overrides
+) -> SimpleNamespace:
     """The sizes of ``chapter`` at ``profile``; overrides that are not None replace them.
 
+    ``dryrun=True`` (paper profile only) applies :func:`dryrun_overrides` first: the paper's
+    models and code paths with 2 batches per training phase and tiny measurement budgets, a path
+    test whose numbers mean nothing; the namespace then has ``dryrun=True``.
     ``seeds=None`` takes the profile's seeds. An unknown chapter, profile or override name, or an
     override value of the wrong kind or range (:func:`check_overrides`), raises one
     ``ValueError`` naming it and the allowed values, before anything is computed.
     """
     check_choice("profile", profile, PROFILE_NAMES)
+    check_choice("dryrun", dryrun, (False, True))
+    if dryrun and profile != "paper":
+        raise ValueError(f"dryrun=True cuts the paper profile down; profile={profile!r} is not it")
     values = dict(chapter_profiles(chapter)[profile])
+    values.update(dryrun_overrides(chapter) if dryrun else {})
     values.update(check_overrides(chapter, overrides))
     values["seeds"] = check_seeds(values["seeds"] if seeds is None else seeds)
     values["profile"] = profile
+    if dryrun:  # only then: every other profile's namespace (and record keys) stays as it was
+        values["dryrun"] = True
     return SimpleNamespace(**values)

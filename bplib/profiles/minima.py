@@ -117,3 +117,24 @@ def describe_setup(c) -> str:
             f"{c.lemma1_gd_epochs} full-batch epochs; Table 1 eigenvalues by {c.eig_method}; "
             f"minimum test: gradient <= {c.grad_tol}, min eig >= -{c.eig_tol} lambda_max, "
             f"line-search decrease <= {c.descent_tol}")  # fmt: skip
+
+
+# The paper dry run (make paper-dryrun): the paper profile with 2 batches per training phase
+# (256 images, 1 epoch; the full-batch phases are then 1 batch of 256) and tiny solver budgets.
+DRYRUN = {
+    "n_train": 256,
+    "epochs": 1,
+    "milestones": (),
+    "linear_epochs": 1,
+    "linear_milestones": (),
+    "lemma1_epochs": 1,
+    "lemma1_gd_epochs": 1,
+    "lemma1_milestones": (),
+    "theorem_lbfgs_iters": 2,
+    "power_iters": 2,
+    "compare_power_iters": 2,
+    "lanczos_tol": 1e-2,
+    "lanczos_ncv": 6,
+    "lanczos_max_hvp": 12,
+    "seeds": [0],
+}

@@ -140,3 +140,18 @@ PROFILES = {
         "min_train_acc": 95.0,
     },
 }
+
+
+# The paper dry run (make paper-dryrun): every paper family and width (CIFAR-100 as its 20-image
+# offline stand-in) trained for 2 batches, kernels of 2 images, one seed.
+DRYRUN = {
+    "extra_datasets": {f: ["cifar100_standin"] for f in _RESNETS},
+    "n_train": 256,
+    "n_test": 200,
+    "epochs": 1,
+    "milestones": [],
+    "recipes": {f: {**_RESNET_RECIPE, "milestones": []} for f in _RESNETS},
+    "n_images": 2,
+    "explorer_images": 2,
+    "seeds": [0],
+}

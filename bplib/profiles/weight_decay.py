@@ -218,3 +218,14 @@ PROFILES = {
         "seeds": list(range(10)),
     },
 }
+
+
+# The paper dry run (make paper-dryrun): every paper model, arm and data set (CIFAR-100 as its
+# 20-image offline stand-in) for 2 batches (256 images, 1 epoch), one seed.
+DRYRUN = {
+    "datasets": ["cifar10", "cifar100_standin"],
+    "n_train": 256,
+    "epochs": 1,
+    "milestones": [],
+    "seeds": [0],
+}

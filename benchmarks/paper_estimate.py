@@ -1,0 +1,182 @@
+"""Time and memory of each chapter at the paper profile: measured cost per step x steps (issue 12).
+
+Steps are counted from the paper profile's own jobs (``jobs(get_profile(chapter, "paper"))``):
+one SGD step of the job's model at its batch size is the unit; a PGD-k training step counts as
+k + 1 steps, a PGD-k evaluation of n images as k + 1 steps per batch, a Hessian-vector product
+over n training images as 2 steps per batch, a linearized model's step (jvp + vjp) as 3.
+Evaluation passes, kernels (NTK), singular values and data loading are not counted, so every
+figure is a lower bound on a job's cost.
+
+Each distinct model is timed on this machine's CPU in its own process: float32 (as the paper
+profiles train), one thread, 1 warm-up and 3 timed SGD steps on random uint8 images at the job's
+batch size; cost = *process CPU seconds* per step (one core; other load on the machine does not
+inflate it as it does wall time), peak memory = the process's peak resident set (torch included).
+Its FLOPs per step are counted once (``torch.utils.flop_counter``).
+
+GPU time is an ESTIMATE, labelled so, until ``benchmarks/gpu_check.py`` has measured the models
+on a GPU: FLOPs / ``--gpu-tflops`` (an assumed *sustained* float32 throughput, default 20 TFLOP/s,
+about a third of an H100/H200's dense TF32 peak; state your own). GPU memory is not estimated.
+
+    python benchmarks/paper_estimate.py                 # ~10 min of CPU; writes the record
+    python benchmarks/paper_estimate.py --chapters ntk --out /tmp/e.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import resource
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from bplib import claims
+from bplib.profiles import CHAPTERS, get_profile
+from bplib.results import provenance
+
+OUT = Path(__file__).resolve().parent / "records" / "paper_estimate.json"
+N_TRAIN, N_TEST = 50_000, 10_000  # the paper's CIFAR sizes (None in a profile means all)
+
+
+def _batches(n, batch) -> int:
+    return math.ceil((n or N_TRAIN) / batch)
+
+
+# ------------------------------------------------------------------ steps of each paper job
+# Each returns [(model spec, batch size, steps)]; a model spec is (make_model name, kwargs).
+def minima_steps(p: dict) -> list:
+    mlp, b, n = ("mlp", {"widths": list(p["widths"])}), p["batch_size"], p["n_train"]
+    per_epoch = _batches(n, b)
+    hvps = 2 * p["power_iters"] if p["eig_method"] == "power" else 2 * p["lanczos_max_hvp"]
+    hvps += 2 * p["compare_power_iters"]
+    out = [(mlp, b, 2 * hvps * per_epoch)]  # the Hessian of the final point
+    if p["row"].startswith("lemma1"):
+        linear = ("mlp", {"widths": []})
+        out.append((linear, b, p["linear_epochs"] * per_epoch))
+        out.append((mlp, b, (p["lemma1_epochs"] + p["lemma1_gd_epochs"]) * per_epoch))
+    else:
+        out.append((mlp, b, (p["epochs"] + p["gd_epochs"]) * per_epoch))
+    return out
+
+
+def weight_decay_steps(p: dict) -> list:
+    t = p["train"]
+    return [((p["model"], dict(p["model_kw"])), t["batch_size"],
+             t["epochs"] * _batches(p["n_train"], t["batch_size"]))]  # fmt: skip
+
+
+def ntk_steps(p: dict) -> list:
+    from bplib.claims.ntk import FAMILIES
+
+    name, fixed, arg = FAMILIES[p["family"]]
+    w = p["width"]
+    kw = {"widths1": {"widths": [int(w)]}, "widths3": {"widths": [int(w)] * 3}}.get(arg, {arg: w})
+    steps = p["epochs"] * _batches(p["n_train"], p["batch_size"]) * (4 if p["linearize"] else 1)
+    return [((name, {**fixed, **kw}), p["batch_size"], steps)]
+
+
+def rank_steps(p: dict) -> list:
+    base = p if p["phase"] == "base" else p["base"]
+    model = ("resnet18", {"width": base["width"], "skip": base["skip"]})
+    b, k = base["batch_size"], base.get("train_steps", 0)
+    steps = p["epochs"] * _batches(p["images"], b) * (k + 1)
+    if p["phase"] == "finetune":  # PGD evaluation at each radius of the test images
+        robust = _batches(p["n_robust"] or N_TEST, b) * (p["eval_steps"] + 1)
+        steps += len(p["eval_eps"]) * robust
+    return [(model, b, steps)]
+
+
+STEPS = {"minima": minima_steps, "weight_decay": weight_decay_steps, "ntk": ntk_steps,
+         "rank": rank_steps}  # fmt: skip
+
+
+def workload(chapter: str) -> dict:
+    """{(model spec as JSON, batch): total steps} over every paper job of ``chapter``."""
+    cfg = get_profile(chapter, "paper")
+    total = defaultdict(int)
+    for job in claims.claim(chapter).jobs(cfg):
+        for spec, batch, steps in STEPS[chapter]({**job.params}):
+            total[(json.dumps(spec, sort_keys=True), batch)] += steps
+    return dict(total)
+
+
+# ------------------------------------------------------------------ one step, timed
+def time_step(spec_json: str, batch: int, timed: int = 3) -> dict:
+    """CPU seconds, FLOPs and peak resident memory of one float32 SGD step (own process)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bplib.models import count_parameters, make_model
+
+    torch.set_num_threads(1)
+    name, kw = json.loads(spec_json)
+    model = make_model(name, **kw)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8).float() / 255
+    y = torch.randint(0, 10, (batch,))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step()  # also the warm-up
+    t0 = time.process_time()
+    for _ in range(timed):
+        step()
+    cpu_s = (time.process_time() - t0) / timed
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GiB
+    return {"cpu_s_per_step": cpu_s, "flops_per_step": counter.get_total_flops(),
+            "peak_rss_gib": peak, "n_params": count_parameters(model)}  # fmt: skip
+
+
+def estimate(chapters, gpu_tflops: float) -> dict:
+    loads = {c: workload(c) for c in chapters}
+    keys = sorted({k for load in loads.values() for k in load})
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1, maxtasksperchild=1) as pool:  # a fresh process per model: its own peak
+        measured = dict(zip(keys, pool.starmap(time_step, keys)))
+    out = {}
+    for c, load in loads.items():
+        cpu_s = sum(n * measured[k]["cpu_s_per_step"] for k, n in load.items())
+        flops = sum(n * measured[k]["flops_per_step"] for k, n in load.items())
+        out[c] = {"steps": sum(load.values()), "models": len(load),
+                  "cpu_core_hours": cpu_s / 3600, "flops": flops,
+                  "gpu_hours_estimate": flops / (gpu_tflops * 1e12) / 3600,
+                  "peak_rss_gib": max(measured[k]["peak_rss_gib"] for k in load)}  # fmt: skip
+    models = [{"model": json.loads(k[0]), "batch": k[1], **v} for k, v in measured.items()]
+    return {"chapters": out, "models": models, "gpu_tflops_assumed": gpu_tflops}
+
+
+def table(record: dict) -> str:
+    """The chapters as a Markdown table (How this book was run includes it)."""
+    head = ("| chapter | training steps | CPU, measured cost x steps (core-hours) "
+            "| GPU, ESTIMATE (hours) | peak CPU memory (GiB) |")  # fmt: skip
+    rows = [head, "|---|---:|---:|---:|---:|"]
+    for c, v in record["chapters"].items():
+        rows.append(f"| {c} | {v['steps']:,} | {v['cpu_core_hours']:,.0f} | "
+                    f"{v['gpu_hours_estimate']:,.1f} | {v['peak_rss_gib']:.1f} |")  # fmt: skip
+    return "\n".join(rows)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chapters", nargs="+", default=list(CHAPTERS), choices=CHAPTERS)
+    parser.add_argument("--gpu-tflops", type=float, default=20.0,
+                        help="assumed sustained GPU float32 TFLOP/s for the estimate")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    record = estimate(args.chapters, args.gpu_tflops)
+    record["provenance"] = provenance("cpu", time.perf_counter() - t0)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    (args.out.with_suffix(".md")).write_text(table(record) + "\n")
+    print(table(record), f"\nwrote {args.out} and {args.out.with_suffix('.md')}", sep="\n")
+
+
+if __name__ == "__main__":
+    main()
