@@ -396,3 +396,25 @@ def test_benchmark_runs_on_a_tiny_net():
            "--width", "4", "--images", "2"]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     assert "ratio official / ours" in out
+
+
+def test_stored_kernels_above_the_float16_range_round_trip(tmp_path):
+    """Wide nets' kernels exceed float16's 65,504: stored scaled, they come back within float16's
+    relative precision; an old unscaled block's overflowed entries come back NaN, not inf."""
+    from bplib.results import arrays_path, save_arrays
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(20, 20, generator=g, dtype=torch.float64)
+    phi = a @ a.T * 1e5  # entries up to ~1e7
+    record = {"experiment": "ntk_width", "params": {"w": 1}, "profile": "smoke", "seed": 0}
+    path = arrays_path("ntk_width", {"w": 1}, "smoke", 0, tmp_path)
+    path.parent.mkdir(parents=True)
+    p = {"n_images": 2, "trajectory": False, "explorer_images": 2}
+    claim._save_kernels(path, p, {"default": {"r": phi}}, {"default": {"r": 2 * phi}}, "r", False)
+    back = load_kernels(record, tmp_path)
+    assert np.allclose(back["phi0"], phi.numpy(), rtol=2e-3, atol=2e-3 * phi.abs().max().item())
+    assert np.allclose(back["phi1"], 2 * phi.numpy(), rtol=2e-3, atol=4e-3 * phi.abs().max().item())
+    with np.errstate(over="ignore"):  # as records were stored before the scale
+        save_arrays(path, phi0=phi.numpy().astype(np.float16))
+    old = load_kernels(record, tmp_path)["phi0"]
+    assert np.isnan(old).any() and not np.isinf(old).any()

@@ -248,7 +248,14 @@ def _save_kernels(path, p: dict, phi0: dict, phi1: dict, sample: str, bn: bool) 
     if bn:
         arrays.update(phi0_recalibrated=phi0["recalibrated"][sample],
                       phi1_recalibrated=phi1["recalibrated"][sample])  # fmt: skip
-    save_arrays(path, **{n: a[:k, :k].cpu().numpy().astype(np.float16) for n, a in arrays.items()})
+    # float16 overflows above 65,504, which wide nets' kernels exceed: each block is stored
+    # divided by its largest |entry|, with that scale beside it (``<name>_scale``).
+    out = {}
+    for name, a in arrays.items():
+        block = a[:k, :k].double().cpu().numpy()
+        scale = float(np.abs(block).max()) or 1.0
+        out[name], out[f"{name}_scale"] = (block / scale).astype(np.float16), np.float64(scale)
+    save_arrays(path, **out)
 
 
 @torch.no_grad()

@@ -274,12 +274,20 @@ def plot_vs_params(ax, rows: list[dict], measure: str, names=None, dashed=False,
 
 def load_kernels(record: dict, root=None) -> dict | None:
     """The float32 kernels stored beside ``record`` (``phi0``, ``phi1`` and for a batch-norm
-    net ``phi0_recalibrated``), None when absent."""
+    net ``phi0_recalibrated``), None when absent. Blocks stored with a ``<name>_scale`` are
+    multiplied back; in blocks stored without one (plain float16), entries that overflowed are
+    NaN (drawn blank), not infinite."""
     params = {k: v for k, v in record["params"].items() if k != "seed"}
     path = arrays_path(record["experiment"], params, record["profile"], record["seed"], root)
     if not path.exists():
         return None
-    return {k: v.astype(np.float32) for k, v in load_arrays(path).items()}
+    stored = load_arrays(path)
+    out = {}
+    for name, block in stored.items():
+        if not name.endswith("_scale"):
+            a = block.astype(np.float32) * np.float32(stored.get(f"{name}_scale", 1.0))
+            out[name] = np.where(np.isfinite(a), a, np.nan)
+    return out
 
 
 def plot_kernels(axes, kernels: dict, title: str = ""):
