@@ -318,6 +318,9 @@ def show_kernels(records: list[dict], family: str, width_index: int, root=None) 
     fig, axes = plt.subplots(1, len(kernels), figsize=(4.3 * len(kernels), 3.8))
     plot_kernels(axes, kernels, f"{LABELS[family]} {width:g}")
     plt.show()
+    lost = sum(int(np.isnan(k).sum()) for k in kernels.values())
+    if lost:  # records made before the scaled storage (commit 1bac165)
+        print(f"{lost} stored entries exceeded float16's range and are drawn blank")
     sample = rec["params"]["samples"][0]
     print({st: round(m["correlation"], 4) for st, m in rec["result"]["measures"][sample].items()
            if m is not None})  # fmt: skip
