@@ -10,8 +10,8 @@ and against the profile's margin ``delta`` (fixed before the run). The regulariz
 
 Record key: experiment ``weight_decay``; ``params`` are the run's settings (``model``,
 ``model_kw``, ``normalize``, ``dataset``, ``n_train``, ``n_holdout``, ``arm``, ``kind``,
-``coef``, ``mu2``, ``form``, ``scope``, ``train`` = ``TrainConfig`` keyword arguments), the seed
-apart. ``gate_train_acc`` and ``delta`` only change the reading, never a key.
+``coef``, ``mu2``, ``form``, ``scope``, ``train`` = ``TrainConfig`` keyword arguments, and
+``n_test`` unless it is None), the seed apart. ``gate_train_acc``, ``delta`` change no key.
 """
 
 from __future__ import annotations
@@ -37,13 +37,10 @@ NAME = "weight_decay"
 TITLE = "2. Small-norm solutions generalize better"
 CHAPTER = "weight_decay"  # chapters/weight_decay.md
 # arm -> (regularizer kind, the row's coefficient key, the row's mu^2 key)
-ARMS = {
-    "none": ("none", None, None),
-    "weight_decay": ("weight_decay", "weight_decay", None),
-    "wd_strong": ("weight_decay", "norm_bias_coef", None),
-    "nb_below": ("norm_bias", "norm_bias_coef", "mu2_below"),
-    "nb_above": ("norm_bias", "norm_bias_coef", "mu2_above"),
-}
+ARMS = {"none": ("none", None, None), "weight_decay": ("weight_decay", "weight_decay", None),
+        "wd_strong": ("weight_decay", "norm_bias_coef", None),
+        "nb_below": ("norm_bias", "norm_bias_coef", "mu2_below"),
+        "nb_above": ("norm_bias", "norm_bias_coef", "mu2_above")}  # fmt: skip
 LABELS = {"none": "none", "weight_decay": "weight decay", "wd_strong": "weight decay, nb coef",
           "nb_below": "norm-bias, μ² < init", "nb_above": "norm-bias, μ² > init"}  # fmt: skip
 EFFECT = ("wd_strong", "none")  # is there a weight-decay benefit to explain?
@@ -77,6 +74,7 @@ def grid(cfg) -> list[tuple[str, dict, int]]:
                               dataset=dataset, n_train=cfg.n_train, n_holdout=cfg.n_holdout,
                               arm=arm, kind=kind, coef=coef, mu2=mu2, form=cfg.form,
                               scope=cfg.scope, train=train)  # fmt: skip
+                params.update({} if cfg.n_test is None else {"n_test": cfg.n_test})  # None: all
                 out.append((key, params, seed))
     return out
 
@@ -110,7 +108,8 @@ def work(job: runner.Job, ctx: runner.Context) -> dict:
     model = make_model(p["model"], normalize=normalize, num_classes=data.num_classes,
                        **p["model_kw"]).to(dev)  # fmt: skip
     reg = make_regularizer(p["kind"], p["coef"], p["mu2"], p["form"], p["scope"])
-    evals = {"test": (data.x_test.to(dev), data.y_test.to(dev))}
+    n_test = p.get("n_test")  # the first n test images; absent: all of them
+    evals = {"test": (data.x_test[:n_test].to(dev), data.y_test[:n_test].to(dev))}
     if len(x_hold):
         evals["holdout"] = (x_hold.to(dev), y_hold.to(dev))
     result = {"n_params": count_parameters(model), "init_sq_norm": squared_norm(model)}

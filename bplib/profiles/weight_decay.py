@@ -70,6 +70,7 @@ PROFILES = {
         "datasets": ["cifar10_small"],  # first 2,000 train + 1,000 test images
         "n_train": 128,  # training images (None = all left after the held-out split)
         "n_holdout": 500,  # images of the training set held out for evaluation (never trained)
+        "n_test": None,  # test images evaluated (the first n; None: all)
         "epochs": 2,  # passes over the training subset
         "lr": 0.1,  # initial SGD learning rate
         "milestones": [],  # epochs at which lr is divided by 10
@@ -113,6 +114,7 @@ PROFILES = {
         "datasets": ["cifar10"],  # all 50,000 train images, first 1,000 test images offline
         "n_train": 5000,  # training images, drawn from the 45,000 not held out; 40 steps/epoch
         "n_holdout": 5000,  # held-out images of the training set (never trained on)
+        "n_test": None,  # test images evaluated (the first n; None: all)
         "epochs": 12,  # 480 steps
         "lr": 0.1,
         "milestones": [6, 9],  # lr / 10 at these epochs (paper: 1/3, 7/12, 3/4, 11/12 of 300)
@@ -153,6 +155,7 @@ PROFILES = {
         "datasets": ["cifar10", "cifar100"],
         "n_train": None,  # all 50,000
         "n_holdout": 0,  # evaluate on the full test set only
+        "n_test": None,  # test images evaluated (the first n; None: all)
         "epochs": 300,
         "lr": 0.1,
         "milestones": [100, 175, 225, 275],
@@ -225,6 +228,7 @@ PROFILES = {
 DRYRUN = {
     "datasets": ["cifar10", "cifar100_standin"],
     "n_train": 256,
+    "n_test": 200,
     "epochs": 1,
     "milestones": [],
     "seeds": [0],
