@@ -400,24 +400,12 @@ def test_pilot_is_part_of_the_cpu_design_and_cannot_decide():
     assert s.glue["wd_weight_decay_minus_none_detectable"] == pytest.approx(3.21, abs=0.01)
 
 
-def test_pilot_table_is_what_the_committed_cpu_records_measured():
-    """The pilot's numbers in the profile (PILOT, written down when the pilot sized the cpu run)
-    must be what the committed cpu records of the same runs measured: the table is checked
-    against provenance-carrying records, to the digits it shows."""
-    from bplib import runner
+def test_pilot_is_read_from_the_committed_cpu_records(tmp_path):
     from bplib.claims import weight_decay as wd
-    from bplib.data import REPO_ROOT
-    from bplib.profiles.weight_decay import PILOT
 
-    cfg = get_profile("weight_decay", "cpu", PILOT["seeds"], arms=PILOT["arms"])
-    records = runner.stored(wd.jobs(cfg), "cpu", REPO_ROOT / "data" / "records")
-    if any(r is None for r in records):
-        pytest.skip("cpu records of the pilot's runs are not committed")
-    measured = {(r["params"]["arm"], r["seed"]): r["result"] for r in records}
-    for arm, seed, *values in PILOT["runs"]:
-        row = dict(zip(PILOT["columns"], values))
-        got = measured[arm, seed]
-        for key in ("holdout_acc", "test_acc", "train_acc"):
-            assert got[key] == pytest.approx(row[key], abs=0.011), (arm, seed, key)
-        assert got["sq_norm"][-1] == pytest.approx(row["end_sq_norm"], abs=0.06), (arm, seed)
-        assert got["init_sq_norm"] == pytest.approx(row["init_sq_norm"], abs=0.06), (arm, seed)
+    cfg, records = wd.pilot()
+    assert len(records) == len(wd.PILOT_ARMS) * len(wd.PILOT_SEEDS) == len(wd.jobs(cfg))
+    assert {r["params"]["arm"] for r in records} == set(wd.PILOT_ARMS)
+    assert all(r["provenance"]["dirty"] is False for r in records)
+    with pytest.raises(FileNotFoundError, match="12 of the pilot's 12 cpu records"):
+        wd.pilot(tmp_path)

@@ -29,7 +29,6 @@ from bplib.measures.equivalence import decide, paired_interval
 from bplib.measures.norm_bias import make_regularizer, norm_split
 from bplib.models import count_parameters, make_model
 from bplib.profiles import get_profile
-from bplib.profiles.weight_decay import PILOT
 from bplib.stats import Summary, fmt_mean_std
 from bplib.train import TrainConfig, TrainingDiverged, fit, resolve_device, squared_norm
 
@@ -49,6 +48,7 @@ COMPARISONS = (("weight_decay", "none"), EFFECT, *DECIDING,
                ("nb_below", "weight_decay"), ("nb_above", "weight_decay"))  # fmt: skip
 NORM_RATIO_MIN = 1.5  # a deciding norm-bias arm must end at >= 1.5x its pair's squared norm
 NOT_TESTED = "not tested (no weight-decay effect to explain)"
+PILOT_ARMS, PILOT_SEEDS = ["none", "weight_decay", "wd_strong"], [0, 1, 2, 3]  # sized cpu
 
 
 def arm_settings(row: dict, arm: str) -> tuple[str, float, float]:
@@ -340,14 +340,15 @@ def norm_panels(records: list[dict], cfg) -> list[dict]:
     return panels
 
 
-def pilot() -> tuple:
-    """The pilot that sized ``cpu`` (``bplib.profiles.weight_decay.PILOT``) as ``(cfg, records)``
-    for :func:`summarize`: the ``cpu`` profile at the pilot's arms and seeds, one record a run."""
-    cfg = get_profile(NAME, "cpu", PILOT["seeds"], arms=PILOT["arms"])
-    runs = {(arm, seed): dict(zip(PILOT["columns"], rest)) for arm, seed, *rest in PILOT["runs"]}
-    for r in runs.values():
-        r.update(diverged=False, sq_norm=[r.pop("end_sq_norm")], n_holdout=cfg.n_holdout)
-    return cfg, [{"params": p, "seed": s, "result": runs[p["arm"], s]} for _, p, s in grid(cfg)]
+def pilot(root=None) -> tuple:
+    """The pilot that sized ``cpu`` (``cpu`` at :data:`PILOT_ARMS` x :data:`PILOT_SEEDS`) as
+    ``(cfg, records)``, read from the cpu records, which repeat its runs (same keys)."""
+    cfg = get_profile(NAME, "cpu", PILOT_SEEDS, arms=PILOT_ARMS)
+    records, where = runner.stored(jobs(cfg), "cpu", root), root or "data/records"
+    if missing := sum(r is None for r in records):
+        raise FileNotFoundError(f"{missing} of the pilot's {len(records)} cpu records are not "
+                                f"in the store {where}; run the cpu profile")  # fmt: skip
+    return cfg, records
 
 
 # ----------------------------------------------------------------------- summary

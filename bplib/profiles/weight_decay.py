@@ -27,7 +27,10 @@ width 1/8, 5,000 images, 12 epochs (lr 0.1, /10 at epochs 6 and 9), seeds 0-3, a
 weight decay 1e-4 / weight decay 5e-3: 144 CPU-seconds per run on average (0.30 per step,
 evaluation included). The whole ``cpu`` run must take <= 30 minutes wall on 2 cores (four
 chapters shared the machine the day it was designed): 20 runs on two one-thread workers take
-about 24 minutes, so it is one model, five arms, four seeds. ``PILOT`` below holds the pilot.
+about 24 minutes, so it is one model, five arms, four seeds. The pilot's runs are jobs of ``cpu``
+(``bplib.claims.weight_decay.pilot`` reads them from its records). Its outcome (held-out
+accuracy, paired over the 4 seeds): weight decay 1e-4 - none +1.29 [-1.17, +3.74], 5e-3 - none
++1.22 [-3.90, +6.34]; not detectable, so the ``cpu`` verdict says "cannot be tested".
 """
 
 _RESNET18 = {"paper_row": "ResNet-18", "model": "resnet18", "model_kw": {}}
@@ -36,34 +39,6 @@ _MOBILENET = {"paper_row": "MobileNetV2", "model": "mobilenetv2", "model_kw": {}
 _FIXUP = {"paper_row": "ResNet-20 Fixup", "model": "resnet20_fixup", "model_kw": {}}
 _MLP = {"paper_row": "MLP", "model": "mlp", "model_kw": {"widths": [2048, 2048, 2048]}}
 ARMS = ["none", "weight_decay", "wd_strong", "nb_below", "nb_above"]
-
-# The pilot that sized ``cpu``: ResNet-18 width 1/8 at the cpu profile's settings (its first
-# three arms), run one process at a time on this machine before the design was fixed; shown in
-# the chapter through ``bplib.claims.weight_decay.pilot``. Outcome (held-out accuracy, paired over
-# the 4 seeds): weight decay 1e-4 - none +1.29 [-1.17, +3.74], weight decay 5e-3 - none +1.22
-# [-3.90, +6.34]; not detectable (smallest effects 4 seeds detect with 80% power: 3.2 and 6.7
-# points). The 30-minute budget leaves room for the two norm-bias arms at the same seeds and
-# nothing else, so ``cpu`` is the pilot plus those arms; its verdict says "cannot be tested".
-PILOT = {
-    "seeds": [0, 1, 2, 3],
-    "arms": ["none", "weight_decay", "wd_strong"],
-    # accuracies in %; squared norms at init and after the last epoch; CPU s of the run
-    "columns": ["holdout_acc", "test_acc", "train_acc", "init_sq_norm", "end_sq_norm", "cpu_s"],
-    "runs": [  # (arm, seed, *columns)
-        ("none", 0, 42.52, 45.0, 45.56, 803.0, 978.7, 151),
-        ("weight_decay", 0, 44.62, 48.8, 47.26, 803.0, 938.6, 141),
-        ("wd_strong", 0, 47.88, 50.0, 49.34, 803.0, 140.5, 140),
-        ("none", 1, 42.88, 46.4, 45.62, 802.5, 955.8, 144),
-        ("weight_decay", 1, 41.88, 45.9, 44.86, 802.5, 912.9, 147),
-        ("wd_strong", 1, 42.52, 46.3, 45.20, 802.5, 132.8, 149),
-        ("none", 2, 43.50, 46.5, 44.98, 804.2, 975.9, 143),
-        ("weight_decay", 2, 45.24, 46.3, 47.22, 804.2, 942.7, 134),
-        ("wd_strong", 2, 45.46, 48.0, 46.32, 804.2, 140.5, 148),
-        ("none", 3, 43.66, 45.4, 47.22, 802.1, 989.6, 148),
-        ("weight_decay", 3, 45.96, 48.7, 47.62, 802.1, 960.2, 142),
-        ("wd_strong", 3, 41.58, 44.9, 43.84, 802.1, 136.4, 138),
-    ],
-}  # fmt: skip
 
 PROFILES = {
     "smoke": {
