@@ -1,0 +1,60 @@
+"""The paper dry run's cheaper subset for CI (the whole is ``make paper-dryrun``): one job of
+``get_profile(<claim>, "paper", dryrun=True)`` (the paper's model at its paper width and code
+path, 2 batches per training phase) run to a record, on the CIFAR-100 stand-in. It fails on any
+crash, shape or dtype error; its numbers mean nothing. CI runs the two cheap claims (~10 s of
+CPU each); the minima job (12.6M-parameter Hessian) and the rank job (ResNet-18 spectra) take
+about a minute each and run with ``BPLIB_DRYRUN_ALL=1`` or in ``make paper-dryrun``."""
+
+import math
+import os
+
+import pytest
+
+from bplib import claims, runner
+from bplib.data import offline_dir
+from bplib.profiles import get_profile
+
+pytestmark = pytest.mark.skipif(
+    offline_dir() is None or not (offline_dir() / "cifar10.npz").exists(),
+    reason="needs the offline CIFAR-10 folder (the dry run reads the paper's 50,000 images)",
+)
+
+
+def _floats(value):
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        for v in value:
+            yield from _floats(v)
+    elif isinstance(value, float):
+        yield value
+
+
+def _pick(name: str, jobs: list):
+    if name == "minima":  # the Lemma-1 row: linear classifier, embedding, both fine-tune phases
+        return next(j for j in jobs if j.params["row"] == "lemma1")
+    if name == "weight_decay":  # CIFAR-100 stand-in, norm-bias: its statistics and regularizer
+        want = {"dataset": "cifar100_standin", "model": "resnet20_fixup", "arm": "nb_below"}
+        return next(j for j in jobs if want.items() <= j.params.items())
+    if name == "ntk":  # the stand-in, no BN, no skips, He init with zero branches
+        want = {"dataset": "cifar100_standin", "family": "resnet18_noskip_nobn"}
+        return min((j for j in jobs if want.items() <= j.params.items()),
+                   key=lambda j: j.params["width"])  # fmt: skip
+    return next(j for j in jobs if j.params["phase"] == "base" and j.params["kind"] == "natural")
+
+
+SLOW = {"minima", "rank"}
+IN_CI = [n for n in claims.CLAIMS if n not in SLOW or os.environ.get("BPLIB_DRYRUN_ALL") == "1"]
+
+
+@pytest.mark.parametrize("name", IN_CI)
+def test_one_paper_job_per_claim_runs_to_a_record(name, tmp_path):
+    cfg = get_profile(name, "paper", dryrun=True)
+    mod = claims.claim(name)
+    job = _pick(name, mod.jobs(cfg))
+    ctx = runner.Context("paper", device="cpu", root=tmp_path, checkpoints=tmp_path / "ck")
+    (record,) = runner.run([job], mod.work, ctx, n_procs=1)
+    assert record["params"] == {**job.params, "seed": job.seed}
+    numbers = list(_floats(record["result"]))
+    assert numbers and not any(math.isinf(v) for v in numbers)
+    assert job.path("paper", tmp_path).exists() and not ctx.run_dir(job).parent.exists()
