@@ -115,8 +115,11 @@ def read_record(path: Path) -> dict:
     return record
 
 
+COMMITTED = REPO_ROOT / "data" / "records"  # the records committed with the book
+
+
 def records_root() -> Path:
-    return Path(os.environ.get("BPLIB_RECORDS") or REPO_ROOT / "data" / "records")
+    return Path(os.environ.get("BPLIB_RECORDS") or COMMITTED)
 
 
 def jsonable(obj):

@@ -29,12 +29,12 @@ from bplib.measures.equivalence import decide, paired_interval
 from bplib.measures.norm_bias import make_regularizer, norm_split
 from bplib.models import count_parameters, make_model
 from bplib.profiles import get_profile
+from bplib.results import COMMITTED
 from bplib.stats import Summary, fmt_mean_std
 from bplib.train import TrainConfig, TrainingDiverged, fit, resolve_device, squared_norm
 
-NAME = "weight_decay"
+NAME = CHAPTER = "weight_decay"  # chapters/weight_decay.md
 TITLE = "2. Small-norm solutions generalize better"
-CHAPTER = "weight_decay"  # chapters/weight_decay.md
 # arm -> (regularizer kind, the row's coefficient key, the row's mu^2 key)
 ARMS = {"none": ("none", None, None), "weight_decay": ("weight_decay", "weight_decay", None),
         "wd_strong": ("weight_decay", "norm_bias_coef", None),
@@ -334,17 +334,17 @@ def norm_panels(records: list[dict], cfg) -> list[dict]:
                 mean = [sum(c) / len(c) for c in zip(*runs)]
                 curves[LABELS[arm]] = (list(range(len(mean))), mean)
         row = cfg.models[key]
-        panels.append({"title": f"{model_label(row)}, Table {3 if normalize else 2}",
-                       "mu2": {LABELS[a]: row[f"mu2_{a[3:]}"] for a in ("nb_below", "nb_above")},
+        mu2 = {LABELS[a]: row[f"mu2_{a[3:]}"] for a in ("nb_below", "nb_above")}
+        panels.append({"title": f"{model_label(row)}, Table {3 if normalize else 2}", "mu2": mu2,
                        "curves": curves})  # fmt: skip
     return panels
 
 
 def pilot(root=None) -> tuple:
     """The pilot that sized ``cpu`` (``cpu`` at :data:`PILOT_ARMS` x :data:`PILOT_SEEDS`) as
-    ``(cfg, records)``, read from the cpu records, which repeat its runs (same keys)."""
-    cfg = get_profile(NAME, "cpu", PILOT_SEEDS, arms=PILOT_ARMS)
-    records, where = runner.stored(jobs(cfg), "cpu", root), root or "data/records"
+    ``(cfg, records)``, read from the committed cpu records, which repeat its runs."""
+    cfg, where = get_profile(NAME, "cpu", PILOT_SEEDS, arms=PILOT_ARMS), root or COMMITTED
+    records = runner.stored(jobs(cfg), "cpu", where)
     if missing := sum(r is None for r in records):
         raise FileNotFoundError(f"{missing} of the pilot's {len(records)} cpu records are not "
                                 f"in the store {where}; run the cpu profile")  # fmt: skip
