@@ -8,7 +8,7 @@ Evaluation passes, kernels (NTK), singular values and data loading are not count
 figure is a lower bound on a job's cost.
 
 Each distinct model is timed on this machine's CPU in its own process: float32 (as the paper
-profiles train), one thread, 1 warm-up and 3 timed SGD steps on random uint8 images at the job's
+profiles train), one thread, 1 warm-up and 3 timed SGD steps (1 when the warm-up took > 5 s) on random uint8 images at the job's
 batch size; cost = *process CPU seconds* per step (one core; other load on the machine does not
 inflate it as it does wall time), peak memory = the process's peak resident set (torch included).
 Its FLOPs per step are counted once (``torch.utils.flop_counter``).
@@ -122,8 +122,10 @@ def time_step(spec_json: str, batch: int, timed: int = 3) -> dict:
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
 
+    t0 = time.process_time()
     with FlopCounterMode(display=False) as counter:
         step()  # also the warm-up
+    timed = timed if time.process_time() - t0 < 5 else 1  # a slow model: one timed step
     t0 = time.process_time()
     for _ in range(timed):
         step()
@@ -138,7 +140,7 @@ def estimate(chapters, gpu_tflops: float) -> dict:
     keys = sorted({k for load in loads.values() for k in load})
     ctx = mp.get_context("spawn")
     with ctx.Pool(1, maxtasksperchild=1) as pool:  # a fresh process per model: its own peak
-        measured = dict(zip(keys, pool.starmap(time_step, keys)))
+        measured = dict(zip(keys, pool.starmap(time_step, keys, chunksize=1)))
     out = {}
     for c, load in loads.items():
         cpu_s = sum(n * measured[k]["cpu_s_per_step"] for k, n in load.items())
