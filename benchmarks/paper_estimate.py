@@ -10,7 +10,8 @@ figure is a lower bound on a job's cost.
 Each distinct model is timed on this machine's CPU in its own process: float32 (as the paper
 profiles train), one thread, 1 warm-up and 3 timed SGD steps (1 when the warm-up took > 5 s) on
 random uint8 images at the job's batch size; cost = *process CPU seconds* per step (one core;
-other load on the machine does not inflate it as it does wall time), peak memory = the process's peak resident set (torch included).
+other load on the machine does not inflate it as it does wall time), peak memory = the process's
+peak resident set (torch included).
 Its FLOPs per step are counted once (``torch.utils.flop_counter``).
 
 GPU time is an ESTIMATE, labelled so, until ``benchmarks/gpu_check.py`` has measured the models
