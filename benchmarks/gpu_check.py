@@ -89,12 +89,10 @@ def paper(chapter: str) -> dict:
 
 
 def rank_epochs(kind: str) -> int:
-    """Epochs of one paper run of the rank chapter: a base plus one fine-tuning arm (the
-    two-phase profile), or ``epochs`` of a one-phase profile."""
+    """Epochs of one paper run of the rank chapter: its ``kind`` of base plus one fine-tuning
+    arm (``epochs`` is the fine-tuning phase's)."""
     p = paper("rank")
-    if "base_epochs" in p:
-        return p["base_epochs"][kind] + p["finetune_epochs"]
-    return p["epochs"]
+    return p["base_epochs"][kind] + p["epochs"]
 
 
 # name: (model, paper kwargs, tiny kwargs, PGD training?, [(chapter, epochs of a paper run)])

@@ -65,7 +65,11 @@ def show_table(headers, rows, caption: str | None = None):
 
 
 def glue(name: str, value, display: bool = False):
-    """``myst_nb.glue`` inside the book build; plain display elsewhere (Colab, papermill)."""
+    """``myst_nb.glue`` inside the book build; plain display elsewhere (Colab, papermill).
+    A NumPy scalar is glued as the Python number it holds: its repr (``np.float64(9.5)``)
+    would defeat a format spec such as ``{glue:text}`name:.1f```."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()
     try:
         from myst_nb import glue as nb_glue
     except ImportError:

@@ -79,3 +79,19 @@ def test_describe_names_profile_seeds_commit(records_dir):
         load_or_run("exp", {}, lambda: {"v": 0}, profile="smoke", seed=s)
     text = describe(find_records("exp"))
     assert "profile smoke" in text and "2 seed(s) [0, 1]" in text and "commit" in text
+
+
+def test_glue_gives_numpy_scalars_as_python_numbers(monkeypatch):
+    """A NumPy scalar's repr in NumPy 2 (np.float64(9.5)) broke a format spec in the book."""
+    import sys
+    import types
+
+    import numpy as np
+
+    from bplib.stats import glue
+
+    seen = {}
+    fake = types.SimpleNamespace(glue=lambda name, value, display: seen.update({name: value}))
+    monkeypatch.setitem(sys.modules, "myst_nb", fake)
+    assert glue("x", np.float64(9.5)) == 9.5 and type(seen["x"]) is float
+    assert type(glue("n", np.int64(3))) is int and glue("s", "text") == "text"
