@@ -47,7 +47,7 @@ DRYRUN_BUDGETS = {
     "lemma1_epochs", "lemma1_gd_epochs", "lemma1_milestones", "theorem_lbfgs_iters",
     "power_iters", "compare_power_iters", "lanczos_tol", "lanczos_ncv", "lanczos_max_hvp",
     "seeds", "n_images", "explorer_images", "base_images", "base_epochs", "finetune_images",
-    "finetune_milestones", "rank_epochs", "n_robust",
+    "finetune_milestones", "rank_epochs", "n_robust", "max_elems",
 }  # fmt: skip
 STANDIN_KEYS = {"datasets", "extra_datasets", "bases"}  # CIFAR-100 -> its offline stand-in
 
