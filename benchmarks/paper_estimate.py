@@ -69,13 +69,10 @@ def weight_decay_steps(p: dict) -> list:
 
 
 def ntk_steps(p: dict) -> list:
-    from bplib.claims.ntk import FAMILIES
+    from bplib.claims.ntk import family_spec
 
-    name, fixed, arg = FAMILIES[p["family"]]
-    w = p["width"]
-    kw = {"widths1": {"widths": [int(w)]}, "widths3": {"widths": [int(w)] * 3}}.get(arg, {arg: w})
     steps = p["epochs"] * _batches(p["n_train"], p["batch_size"]) * (4 if p["linearize"] else 1)
-    return [((name, {**fixed, **kw}), p["batch_size"], steps)]
+    return [(family_spec(p["family"], p["width"]), p["batch_size"], steps)]
 
 
 def rank_steps(p: dict) -> list:

@@ -79,20 +79,21 @@ RECIPE = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "milestones"
 SETTINGS = ("n_train", "n_test", *RECIPE, "n_images", "samples", "explorer_images", "max_elems")
 
 
+def family_spec(family: str, width) -> tuple[str, dict]:
+    """``(make_model name, keyword arguments)`` of ``family`` at ``width`` (MLP hidden units,
+    ConvNet channels ``w``, WRN ``k``, ResNet-18 channel multiplier)."""
+    name, fixed, arg = FAMILIES[check_choice("family", family, tuple(FAMILIES))]
+    widths = {"widths1": (int(width),), "widths3": (int(width),) * 3}.get(arg)
+    return name, {**fixed, **({"widths": widths} if widths else {arg: width})}
+
+
 def build_family(family: str, width, init: str = "default", num_classes: int = 10):
-    """The net of ``family`` at ``width`` (MLP hidden units, ConvNet channels ``w``, WRN ``k``,
-    ResNet-18 channel multiplier), with the input normalization of ``make_model``; ``init``
+    """The net of :func:`family_spec`, with the input normalization of ``make_model``; ``init``
     is the ResNet initialization (:data:`bplib.models.resnet.INITS`, ResNets only)."""
-    check_choice("family", family, tuple(FAMILIES))
-    name, fixed, arg = FAMILIES[family]
-    kw = {"num_classes": num_classes, **fixed}
+    name, kw = family_spec(family, width)
     if name == "resnet18":
         kw["init"] = check_choice("init", init, INITS)
-    if arg == "widths1":
-        return make_model(name, widths=(int(width),), **kw)
-    if arg == "widths3":
-        return make_model(name, widths=(int(width),) * 3, **kw)
-    return make_model(name, **{arg: width}, **kw)
+    return make_model(name, num_classes=num_classes, **kw)
 
 
 # ----------------------------------------------------------------------- the runs
