@@ -92,9 +92,14 @@ def recorded_config(cfg: TrainConfig) -> dict:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when present, else CPU; ``"cpu"``/``"cuda"``/``"cuda:N"`` as given."""
+    """``"auto"`` -> CUDA when present, else CPU; ``"cpu"``/``"cuda"``/``"cuda:N"`` as given; and
+    an out-of-tree (PrivateUse1) backend by the name it registered, such as the tests' device
+    stand-in (``tests/device_standin.py``)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    registered = torch._C._get_privateuse1_backend_name()
+    if registered != "privateuseone" and device.split(":")[0] == registered:
+        return torch.device(device)
     if not (device == "cpu" or device.startswith("cuda")):
         check_choice("device", device, ("auto", "cpu", "cuda", "cuda:N"))
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -44,9 +44,11 @@ def _check_kernel(weight: torch.Tensor, n: int) -> None:
 
 
 def conv_frequency_matrices(weight: torch.Tensor, n: int) -> torch.Tensor:
-    """``[n, n, c_out, c_in]`` complex128: the DFT of the kernel zero-padded to ``n x n``."""
+    """``[n, n, c_out, c_in]`` complex128: the DFT of the kernel zero-padded to ``n x n``, on
+    the kernel's device (on the CPU for an MPS kernel: MPS has no float64)."""
     _check_kernel(weight, n)
-    spec = torch.fft.fft2(weight.detach().double().cpu(), s=(n, n))  # [c_out, c_in, n, n]
+    w = weight.detach().cpu() if weight.device.type == "mps" else weight.detach()
+    spec = torch.fft.fft2(w.double(), s=(n, n))  # [c_out, c_in, n, n]
     return spec.permute(2, 3, 0, 1)
 
 
