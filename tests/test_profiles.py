@@ -48,6 +48,8 @@ DRYRUN_BUDGETS = {
     "power_iters", "compare_power_iters", "lanczos_tol", "lanczos_ncv", "lanczos_max_hvp",
     "seeds", "n_images", "explorer_images", "base_images", "base_epochs", "finetune_images",
     "finetune_milestones", "rank_epochs", "n_robust", "max_elems",
+    "batch_size", "batch_size_cifar100",  # 2 batches of 16: a size, no code path depends on it
+    "samples",  # the NTK's image samples measured: the official one differs in images only
 }  # fmt: skip
 STANDIN_KEYS = {"datasets", "extra_datasets", "bases"}  # CIFAR-100 -> its offline stand-in
 

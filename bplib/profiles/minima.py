@@ -120,9 +120,10 @@ def describe_setup(c) -> str:
 
 
 # The paper dry run (make paper-dryrun): the paper profile with 2 batches per training phase
-# (256 images, 1 epoch; the full-batch phases are then 1 batch of 256) and tiny solver budgets.
+# of 16 images (1 epoch; the full-batch phases are then 1 batch of 32) and tiny solver budgets.
 DRYRUN = {
-    "n_train": 256,
+    "n_train": 32,  # 2 batches of 16: the Hessian measures run on these images too
+    "batch_size": 16,
     "epochs": 1,
     "milestones": (),
     "linear_epochs": 1,

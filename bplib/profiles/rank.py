@@ -157,17 +157,18 @@ PROFILES = {
 
 
 # The paper dry run (make paper-dryrun): both bases per data set (CIFAR-100 as its 20-image
-# offline stand-in) and every fine-tuning arm, 2 batches per phase (256 images, 1 epoch, with
-# the rank projection after it), PGD on 8 images, one seed.
+# offline stand-in) and every fine-tuning arm, 2 batches of 16 per phase (1 epoch, with
+# the rank projection after it), PGD on 4 images, one seed.
 DRYRUN = {
     "bases": {"natural": ["cifar10", "cifar100_standin"], "adversarial": ["cifar10"]},
-    "base_images": {"natural": 256, "adversarial": 256},
+    "base_images": {"natural": 32, "adversarial": 32},  # 2 batches of 16
     "base_epochs": {"natural": 1, "adversarial": 1},
-    "finetune_images": {"natural": 256, "adversarial": 256},
+    "finetune_images": {"natural": 32, "adversarial": 32},
+    "batch_size": 16,
     "epochs": 1,
     "finetune_milestones": [],
     "rank_epochs": [1],
-    "n_test": 200,
-    "n_robust": 8,
+    "n_test": 32,
+    "n_robust": 4,
     "seeds": [0],
 }

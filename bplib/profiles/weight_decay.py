@@ -199,11 +199,13 @@ PROFILES = {
 
 
 # The paper dry run (make paper-dryrun): every paper model, arm and data set (CIFAR-100 as its
-# 20-image offline stand-in) for 2 batches (256 images, 1 epoch), one seed.
+# 20-image offline stand-in) for 2 batches of 16 images (1 epoch), one seed.
 DRYRUN = {
     "datasets": ["cifar10", "cifar100_standin"],
-    "n_train": 256,
-    "n_test": 200,
+    "n_train": 32,  # 2 batches of 16 (CIFAR-100 stand-in too)
+    "batch_size": 16,
+    "batch_size_cifar100": 16,
+    "n_test": 32,
     "epochs": 1,
     "milestones": [],
     "seeds": [0],
