@@ -161,4 +161,5 @@ DRYRUN = {
     # run's kernel process reached 13.6 GB on ResNet-18 x CIFAR-100 outputs and was killed
     "max_elems": 2**28,
     "seeds": [0],
+    "jobs": 2,  # the dry run is on a 2-core CPU, not one GPU
 }

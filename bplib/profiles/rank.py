@@ -171,4 +171,5 @@ DRYRUN = {
     "n_test": 32,
     "n_robust": 4,
     "seeds": [0],
+    "jobs": 2,  # the dry run is on a 2-core CPU, not one GPU
 }
