@@ -10,6 +10,7 @@ from bplib.claims.rank import report as rr
 from bplib.data import REPO_ROOT
 from bplib.measures.rank import (
     RankProjection,
+    conjugate_pairs,
     conv_input_sizes,
     conv_singular_values,
     effective_rank,
@@ -347,3 +348,25 @@ def test_summarize_committed_cpu_records():
     assert s.ours.count("[") == 2 and all(math.isfinite(v) for v in s.glue.values())
     assert len(s.tables["verdict"][1]) == 10
     assert rank.paper_headline().startswith("Table 4, ResNet-18: RankMin − natural, test -0.22;")
+
+
+def _project_every_frequency(w, n, op, threshold):
+    """The projection with an SVD at all n x n frequencies: the reference for the paired one."""
+    freq = torch.fft.fft2(w.double(), s=(n, n)).permute(2, 3, 0, 1)
+    u, s, vh = torch.linalg.svd(freq, full_matrices=False)
+    s = torch.where(s < threshold, 0.0, s) if op == "rankmin" else s.clamp(max=threshold)
+    edited = (u * s.to(u.dtype).unsqueeze(-2)) @ vh
+    full = torch.fft.ifft2(edited.permute(2, 3, 0, 1), s=(n, n)).real
+    return full[..., :3, :3].to(w.dtype)
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 8])
+def test_one_frequency_per_conjugate_pair_gives_every_frequencys_projection(n):
+    reps, source, mirrored = conjugate_pairs(n)
+    assert len(reps) == (n * n + (4 if n % 2 == 0 else 1)) // 2  # self-paired ones counted once
+    assert torch.equal(reps[source][~mirrored], torch.arange(n * n)[~mirrored])
+    torch.manual_seed(n)
+    w = torch.randn(6, 4, 3, 3) * 0.2
+    for op, threshold in (("rankmin", 0.5), ("rankmax", 1.0)):
+        torch.testing.assert_close(project_kernel(w, n, op, threshold),
+                                   _project_every_frequency(w, n, op, threshold))  # fmt: skip

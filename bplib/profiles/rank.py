@@ -170,6 +170,11 @@ DRYRUN = {
     "rank_epochs": [1],
     "n_test": 32,
     "n_robust": 4,
+    # one threshold per projection: RankMin 1.0 runs RankMin 0.5's code with another number
+    "arms": {
+        "natural": [["rankmin", 0.5], ["rankmax", 1.5]],
+        "adversarial": [["rankmin", 0.5], ["rankmax", 1.5]],
+    },
     "seeds": [0],
     "jobs": 2,  # the dry run is on a 2-core CPU, not one GPU
 }
