@@ -15,6 +15,14 @@ from bplib.data import offline_dir
 torch.set_num_threads(1)  # CI has 2 cores; one thread per test process is fastest for tiny nets
 
 
+def pytest_configure(config):
+    """Register the device stand-in (tests/device_standin.py) before any test runs backward:
+    the autograd engine sizes its per-device queues once, at its first backward pass."""
+    from device_standin import install
+
+    install()
+
+
 @pytest.fixture(scope="session")
 def cifar_small():
     """The offline 2,000-image CIFAR-10 training subset and the 1,000 exact test images."""

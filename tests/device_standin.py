@@ -46,7 +46,8 @@ class _Module(backend_registration._DummyBackendModule):
 
 
 def install() -> torch.device:
-    """Register the stand-in backend once per process (renaming PrivateUse1 cannot be undone)."""
+    """Register the stand-in backend once per process (renaming PrivateUse1 cannot be undone),
+    before the first backward pass (``conftest.py`` does it at start-up)."""
     if torch._C._get_privateuse1_backend_name() != NAME:
         backend_registration._setup_privateuseone_for_python_backend(NAME, _Module())
     return torch.device(NAME, 0)
