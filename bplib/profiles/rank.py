@@ -157,8 +157,8 @@ PROFILES = {
 
 
 # The paper dry run (make paper-dryrun): both bases per data set (CIFAR-100 as its 20-image
-# offline stand-in) and every fine-tuning arm, 2 batches of 16 per phase (1 epoch, with
-# the rank projection after it), PGD on 4 images, one seed.
+# offline stand-in) and every fine-tuning op (one threshold each), 2 batches of 16 per phase
+# (1 epoch, with the rank projection after it), PGD on 4 images, one seed.
 DRYRUN = {
     "bases": {"natural": ["cifar10", "cifar100_standin"], "adversarial": ["cifar10"]},
     "base_images": {"natural": 32, "adversarial": 32},  # 2 batches of 16
