@@ -60,6 +60,10 @@ def fail_on(i: int, bad: int, folder: str) -> int:
 
 PARENT = r"""
 import signal, sys
+# As in a terminal's Python or a Jupyter kernel, whatever this process inherited (a shell that
+# started the test run in the background ignores SIGINT; a blocked mask survives exec).
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 sys.path.insert(0, sys.argv[1])
 import bplib.parallel as parallel
 from test_reliability_parallel import sleepy_job
