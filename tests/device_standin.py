@@ -115,9 +115,9 @@ class Watch(TorchDispatchMode):
             raise RuntimeError(f"Expected all tensors to be on the same device ({func}: "
                                f"{NAME} and cpu)")  # fmt: skip
         target = kwargs.get("device")
+        # The result is on the stand-in when asked for (a factory or .to()) or, when no device is
+        # named, when an input is.
         to_standin = _on_standin(target) or (on and target is None)
-        if func is aten._to_copy.default and target is not None:
-            to_standin = _on_standin(target)
         if func in COMPUTE:
             (self.standin_compute if on else self.host_compute)[str(func)] += 1
             if not on:
