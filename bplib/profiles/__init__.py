@@ -18,9 +18,10 @@ import numbers
 from types import SimpleNamespace
 
 from bplib.checks import check_choice, check_seeds
+from bplib.registry import CLAIMS
 
 PROFILE_NAMES = ("smoke", "cpu", "paper")
-CHAPTERS = ("minima", "weight_decay", "ntk", "rank")
+CHAPTERS = CLAIMS  # the registry is the only list of claims
 
 # Sizes whose 0 makes no sense: every number in them must be > 0 (integers: >= 1). A 0 there
 # used to fail deep inside a job (epochs=0: IndexError in the NTK and weight-decay chapters,
