@@ -69,6 +69,13 @@ def job(experiment: str, params: dict, seed: int, cost: float = 0.0) -> Job:
     return Job(experiment, json.loads(json.dumps(params)), int(seed), cost)
 
 
+def params(cfg, keys: tuple[str, ...], **place) -> dict:
+    """A record's ``params``, built the same way by every claim: the profile values ``keys`` of
+    ``cfg`` (what changes the result; each claim declares its tuple), then the job's place in
+    the grid (row, family, width, ...; a place wins over a profile key of the same name)."""
+    return {**{k: getattr(cfg, k) for k in keys}, **place}
+
+
 @dataclass(frozen=True)
 class Context:
     """Where jobs run and where their records go; never part of a record key."""

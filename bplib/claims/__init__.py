@@ -1,34 +1,55 @@
-"""The claims of the paper, one module each, all with the same interface:
+"""The claims of the paper, one package each, all with the same template:
 
-- ``NAME``, ``TITLE`` (the belief tested) and ``CHAPTER`` (its page);
-- ``jobs(cfg) -> list[runner.Job]``: every record the profile ``cfg`` needs;
+- ``EXPERIMENT`` (the records' folder), ``TITLE`` (the belief tested), ``CHAPTER`` (its page);
+- ``jobs(cfg) -> list[runner.Job]``: every record the profile ``cfg`` needs (the grid lives
+  here; params built by ``runner.params`` from the claim's tuple of profile keys);
 - ``work(job, ctx) -> dict``: computes one record (module level, for worker processes);
-- ``run(cfg, ctx, n_procs=None, force=False) -> list[dict]``: ``runner.run`` of the above;
-- ``paper_headline() -> str``: the paper's headline numbers, from ``bplib.paper``;
+- ``cost(job) -> float``: relative cost, so that the slow jobs start first;
 - ``summarize(records, cfg) -> stats.Summary``: rows, verdict and glue from ``jobs(cfg)``'s
-  records, in that order.
+  records, in that order;
+- ``paper_headline() -> str``: the paper's headline numbers, from ``bplib.paper``;
+- ``report.py``: its tables and figures.
 
-Claims never import each other. The results page and ``bplib-run`` loop over :data:`CLAIMS`;
-adding a claim adds one entry here (see CONTRIBUTING.md).
+:func:`run` runs any of them. Claims never import each other. The one list of claims is
+:data:`bplib.registry.CLAIMS`: the results page, the Makefile, the dry run and ``bplib-run`` read
+it; adding a claim adds one name there (see CONTRIBUTING.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
-from bplib import runner
+from bplib import registry, runner
 from bplib.checks import check_choice
 from bplib.profiles import get_profile
 from bplib.registry import CLAIMS  # noqa: F401  (re-exported: the chapters' order)
 from bplib.results import describe
 
+TEMPLATE = ("EXPERIMENT", "TITLE", "CHAPTER", "jobs", "work", "cost", "summarize",
+            "paper_headline")  # fmt: skip
 NO_RECORDS = "no records at this profile"
 HEADERS = ["belief tested", "paper", "ours", "verdict (ours)", "n seeds", "records"]
 
 
 def claim(name: str):
     """The module of one claim, ``bplib.claims.<name>``."""
-    return importlib.import_module(f"bplib.claims.{check_choice('claim', name, CLAIMS)}")
+    name = check_choice("claim", name, registry.CLAIMS)  # read now: a test may register one
+    return importlib.import_module(f"bplib.claims.{name}")
+
+
+def run(name: str, cfg, ctx: runner.Context, force: bool = False) -> list[dict]:
+    """The records of claim ``name``'s ``jobs(cfg)``, in that order: stored ones are read,
+    missing ones computed by its ``work`` (``force``: every one), the costliest first. A claim
+    whose jobs load what other jobs wrote (rank: a fine-tuning job loads its base's weights)
+    also defines ``waves(jobs, ctx, force)``, which yields the jobs in an order that allows it."""
+    mod = claim(name)
+    todo = [dataclasses.replace(j, cost=mod.cost(j)) for j in mod.jobs(cfg)]
+    records = {}
+    for wave in mod.waves(todo, ctx, force) if hasattr(mod, "waves") else [todo]:
+        done = runner.run(wave, mod.work, ctx, force=force, desc=f"{name} jobs")
+        records.update(zip(wave, done, strict=True))
+    return [records[j] for j in todo]
 
 
 def at_a_glance(name: str, profile: str, root=None) -> dict:
