@@ -10,7 +10,7 @@ gate (training accuracy), the slope of the correlation against width per family 
 after the control, the artifact's share, the verdict and the tables; figures are in
 :mod:`bplib.claims.ntk.report`. The math is :mod:`bplib.measures.ntk`.
 
-Record keys: experiment ``ntk_width``; ``params`` are the profile's :data:`SETTINGS` with the
+Record keys: experiment ``ntk_width``; ``params`` are the profile's :data:`PARAMS` with the
 family's recipe applied, plus ``family``, ``width``, ``dataset``, ``trajectory``, ``linearize``
 and (no-BN ResNets only) ``init``; the seed apart. What only the summary reads
 (``bn_stats``, ``min_train_acc``) is in no key. Small float16 kernels are stored beside each
@@ -25,16 +25,28 @@ import time
 import numpy as np
 import torch
 
-from bplib import runner
+from bplib import paper, runner
 from bplib.checks import check_choice
-from bplib.claims.ntk.report import (  # noqa: F401  (the claim's interface and names)
-    FIGURE1,
+from bplib.claims.ntk.report import (
+    ARTIFACT_HEADERS,
+    GLUE,
     LABELS,
-    RESNETS,
+    LINEARIZED_COLS,
+    LINEARIZED_HEADERS,
+    NETWORK_COLS,
+    NETWORK_HEADERS,
+    PAPER_DIRECTION,
     STATS,
+    TREND_HEADERS,
+    artifact_rows,
+    artifact_text,
     collect,
-    paper_headline,
-    summarize,
+    median,
+    paper_direction,
+    sample_table,
+    slope_text,
+    total_minutes,
+    verdict_text,
     width_trend,
 )
 from bplib.data import DATASETS, load_cifar, to_float
@@ -53,12 +65,12 @@ from bplib.memory import keep_freed_memory
 from bplib.models import count_parameters, make_model
 from bplib.models.resnet import INITS
 from bplib.results import save_arrays
+from bplib.stats import Summary
 from bplib.train import TrainConfig, TrainingDiverged, evaluate, fit, resolve_device
 
-NAME = "ntk"
+EXPERIMENT = "ntk_width"
 TITLE = "3. Wide networks stay in the kernel regime"
 CHAPTER = "ntk"  # chapters/ntk.md
-WIDTH = "ntk_width"  # the experiment
 
 # family -> (make_model name, fixed keyword arguments, name of the width argument)
 FAMILIES = {
@@ -76,7 +88,7 @@ NOBN_INIT = ("resnet18_nobn", "resnet18_noskip_nobn")  # built with the profile'
 # The profile values that go into every record's params (a family's recipe may replace some).
 RECIPE = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "milestones", "gamma",
           "augment", "bf16")  # fmt: skip
-SETTINGS = ("n_train", "n_test", *RECIPE, "n_images", "samples", "explorer_images", "max_elems")
+PARAMS = ("n_train", "n_test", *RECIPE, "n_images", "samples", "explorer_images", "max_elems")
 
 
 def family_spec(family: str, width) -> tuple[str, dict]:
@@ -116,18 +128,20 @@ def _check(cfg) -> None:
 
 
 def _params(cfg, family: str, width, dataset: str, trajectory: bool) -> dict:
-    p = {k: getattr(cfg, k) for k in SETTINGS}
-    p.update(cfg.recipes.get(family, {}))
-    p.update(family=family, width=width, dataset=dataset, trajectory=trajectory)
-    p["linearize"] = family in cfg.linearize
-    if family in NOBN_INIT:
-        p["init"] = cfg.nobn_init
-    return p
+    init = {"init": cfg.nobn_init} if family in NOBN_INIT else {}
+    return runner.params(cfg, PARAMS, **cfg.recipes.get(family, {}), family=family, width=width,
+                         dataset=dataset, trajectory=trajectory,
+                         linearize=family in cfg.linearize, **init)  # fmt: skip
 
 
-def _cost(family: str, width) -> float:
-    """Seconds per SGD step of 128 images on one CPU thread, roughly (fitted to the pilot in
-    :mod:`bplib.profiles.ntk`; orders the work so that the slow jobs start first)."""
+def cost(job: runner.Job) -> float:
+    """Seconds of training, roughly: seconds per SGD step of 128 images on one CPU thread (fitted
+    to the pilot in :mod:`bplib.profiles.ntk`) x epochs, x3 with the linearized model."""
+    p = job.params
+    return _step_s(p["family"], p["width"]) * p["epochs"] * (3 if p["linearize"] else 1)
+
+
+def _step_s(family: str, width) -> float:
     w = float(width)
     per_step = {"mlp2": 4e-5 * w, "mlp4": 6e-8 * w**2 + 4e-5 * w, "convnet": 0.06 + 2.2e-3 * w**2,
                 "wrn16": 0.15 + 0.62 * w**2}  # fmt: skip
@@ -147,8 +161,7 @@ def jobs(cfg) -> list[runner.Job]:
                 for seed in cfg.seeds:
                     traj = (family, width, seed, dataset) == tracked
                     p = _params(cfg, family, width, dataset, traj)
-                    cost = _cost(family, width) * p["epochs"] * (3 if p["linearize"] else 1)
-                    out.append(runner.job(WIDTH, p, seed, cost=cost))
+                    out.append(runner.job(EXPERIMENT, p, seed))
     return out
 
 
@@ -298,8 +311,56 @@ def design(cfg) -> tuple[list[str], list[list]]:
     return headers, rows
 
 
-def run(cfg, ctx: runner.Context, n_procs: int | None = None, force: bool = False) -> list[dict]:
-    """The records of :func:`jobs` (in order), computing the missing ones in ``n_procs``
-    one-thread processes (default: the profile's ``jobs``)."""
-    n_procs = cfg.jobs if n_procs is None else n_procs
-    return runner.run(jobs(cfg), work, ctx, n_procs, force, desc="NTK runs")
+def paper_headline() -> str:
+    trend = "; ".join(
+        f"{LABELS[f]}: {PAPER_DIRECTION[f]}" for f in ("convnet", "wrn16", "resnet18")
+    )
+    return f"Figure 1, correlation of initial and trained NTK as width grows: {trend}"
+
+
+def summarize(records: list[dict], cfg) -> Summary:
+    """From the records of ``jobs(cfg)``: tables ``trends`` (gate, slope before and after the
+    control, verdict, paper), ``networks``, ``artifact`` (batch-norm nets per width),
+    ``linearized`` and ``samples``; the verdict per family; our headline; glued values."""
+    rows = collect(records, cfg)
+    names = list(dict.fromkeys(r["label"] for r in rows))
+    after = [width_trend(rows, n) for n in names]
+    before = [width_trend(rows, n, "correlation_default") for n in names]
+    verdicts = [verdict_text(t) for t in after]
+    glue = {"ntk_n_seeds": len(cfg.seeds), "ntk_bn_stats": cfg.bn_stats}
+    glue["ntk_gate"] = f"{sum(r['passed'] for r in rows)} of {len(rows)}"
+    for t, b, v in zip(after, before, verdicts):
+        if t["main"]:
+            glue.update(zip(GLUE[t["family"]], (v, slope_text(t), slope_text(b)), strict=True))
+    for key, name in (("artifact_share", "ntk_median_artifact_share"),
+                      ("scale_fraction", "ntk_median_scale_fraction")):  # fmt: skip
+        mid = median(rows, key)
+        glue[name] = "n/a" if mid is None else f"{mid:.2f}"
+    glue["ntk_artifact_text"] = artifact_text(median(rows, "artifact_share"))
+    decided = [v for t, v in zip(after, verdicts) if paper_direction(t) and "the paper" in v]
+    glue["ntk_agreement"] = f"{sum('as the paper' in v for v in decided)} of {len(decided)}"
+    trends = [
+        [t["label"], f"{t['n']} of {t['n_runs']}", round(t["decades"], 2), slope_text(b),
+         slope_text(t), v, median([r for r in rows if r["label"] == t["label"]], "artifact_share"),
+         paper.FIGURE1_TREND[t["family"]] if t["main"] else "not in the text",
+         total_minutes([r for r in rows if r["label"] == t["label"]])]
+        for t, b, v in zip(after, before, verdicts)
+    ]  # fmt: skip
+    networks = [[("yes" if r["passed"] else "no") if k == "passed" else r[k] for k in NETWORK_COLS]
+                for r in rows]  # fmt: skip
+    lin = [[r[k] for k in LINEARIZED_COLS] for r in rows if r["lin_test_acc"] is not None]
+    tables = {
+        "trends": (TREND_HEADERS[:5] + [f"verdict ({cfg.bn_stats} BN statistics)"]
+                   + TREND_HEADERS[5:], trends),
+        "networks": (NETWORK_HEADERS, networks),
+        "artifact": (ARTIFACT_HEADERS, artifact_rows(rows)),
+        "linearized": (LINEARIZED_HEADERS, lin),
+        "samples": sample_table(records, cfg),
+    }  # fmt: skip
+    ours = "; ".join(f"{t['label']} {slope_text(t)} (n={t['n']})" for t in after)
+    return Summary(
+        ours=f"slope of ρ per decade of parameters ({cfg.bn_stats} BN statistics): {ours}",
+        verdict="; ".join(f"{t['label']}: {v}" for t, v in zip(after, verdicts)),
+        glue=glue,
+        tables=tables,
+    )

@@ -34,15 +34,16 @@ from bplib.results import load_arrays, save_arrays
 from bplib.stats import Summary, t_interval
 from bplib.train import TrainConfig, correct, fit, resolve_device
 
-NAME = "rank"
+EXPERIMENT = "rank"
 TITLE = "4. Low-rank layers generalize better and are more robust"
 CHAPTER = "rank"  # chapters/rank.md
-EXPERIMENT = "rank"
 # Profile keys in every base's params (the fine-tuning phase inherits them through its base).
 SHARED = ("width", "n_holdout", "n_test", "batch_size", "momentum", "weight_decay",
           "grad_clip_value", "augment", "bf16", "num_quantiles")  # fmt: skip
 ATTACK = ("train_eps", "train_alpha", "train_steps", "train_attack_mode")  # adversarial only
-EVAL = ("eval_eps", "eval_steps", "eval_alpha_frac", "n_robust", "num_quantiles")
+# Profile keys in every fine-tuning job's params (with its place: base, arm, threshold, ...).
+FINETUNE = ("epochs", "gamma", "rank_epochs", "eval_eps", "eval_steps", "eval_alpha_frac",
+            "n_robust", "num_quantiles")  # fmt: skip
 EVAL_BATCH = 250  # images per evaluation batch (also per PGD batch at evaluation)
 TRAIN_EVAL_IMAGES = 2000  # clean training accuracy: the first images a model trained on
 ALL_IMAGES = 50000  # CIFAR training set (for job costs when ``images`` is None)
@@ -52,31 +53,29 @@ ALL_IMAGES = 50000  # CIFAR training set (for job costs when ``images`` is None)
 def base_params(cfg, kind: str, dataset: str, skip: bool) -> dict:
     """A base's params; an adversarial base warm-started from the natural base of the same
     network and data (``adversarial_init="natural"``) holds that base's params as ``init``."""
-    p = dict(phase="base", kind=kind, dataset=dataset, skip=skip, images=cfg.base_images[kind],
-             epochs=check_int("base_epochs", cfg.base_epochs[kind], low=1),
-             lr=cfg.base_lr)  # fmt: skip
-    p.update({k: getattr(cfg, k) for k in SHARED})
+    epochs = check_int("base_epochs", cfg.base_epochs[kind], low=1)
+    place = dict(phase="base", kind=kind, dataset=dataset, skip=skip,
+                 images=cfg.base_images[kind], epochs=epochs, lr=cfg.base_lr)  # fmt: skip
     if kind == "natural":
-        return p
+        return runner.params(cfg, SHARED, **place)
     init = check_choice("adversarial_init", cfg.adversarial_init, ("scratch", "natural"))
     if init == "natural" and dataset not in cfg.bases.get("natural", []):
         raise ValueError(f"adversarial_init='natural' needs a natural base on {dataset}")
     warm = {"init": base_params(cfg, "natural", dataset, skip)} if init == "natural" else {}
-    return {**p, **{k: getattr(cfg, k) for k in ATTACK}, **warm}
+    return runner.params(cfg, SHARED + ATTACK, **place, **warm)
 
 
-def _cost(base: dict, epochs: int, images) -> float:
+def cost(job: runner.Job) -> float:
+    """Images x epochs x (1 + PGD steps of an adversarial base): the forward-backward passes."""
+    p = job.params
+    base = p if p["phase"] == "base" else p["base"]
     steps = base["train_steps"] if base["kind"] == "adversarial" else 0
-    return epochs * (images or ALL_IMAGES) * (1 + steps)
+    return p["epochs"] * (p["images"] or ALL_IMAGES) * (1 + steps)
 
 
 def base_jobs(cfg) -> list[runner.Job]:
     """One job per (kind, dataset, network): the bases, trained once with ``base_seed``."""
-    out = []
-    for w in rr.bases(cfg):
-        p = base_params(cfg, *w)
-        out.append(runner.job(EXPERIMENT, p, cfg.base_seed, _cost(p, p["epochs"], p["images"])))
-    return out
+    return [runner.job(EXPERIMENT, base_params(cfg, *w), cfg.base_seed) for w in rr.bases(cfg)]
 
 
 def finetune_jobs(cfg) -> list[runner.Job]:
@@ -84,13 +83,12 @@ def finetune_jobs(cfg) -> list[runner.Job]:
     out = []
     for b in base_jobs(cfg):
         kind = b.params["kind"]
-        ft = dict(phase="finetune", base=b.params, base_seed=b.seed,
-                  images=cfg.finetune_images[kind], epochs=cfg.epochs,
-                  lr=cfg.finetune_lr, milestones=cfg.finetune_milestones, gamma=cfg.gamma,
-                  rank_epochs=cfg.rank_epochs, **{k: getattr(cfg, k) for k in EVAL})  # fmt: skip
-        cost = _cost(b.params, ft["epochs"], ft["images"])
+        place = dict(phase="finetune", base=b.params, base_seed=b.seed,
+                     images=cfg.finetune_images[kind], lr=cfg.finetune_lr,
+                     milestones=cfg.finetune_milestones)  # fmt: skip
         for (op, t), seed in itertools.product(rr.arms(cfg, kind), cfg.seeds):
-            out.append(runner.job(EXPERIMENT, {**ft, "arm": op, "threshold": t}, seed, cost))
+            p = runner.params(cfg, FINETUNE, **place, arm=op, threshold=t)
+            out.append(runner.job(EXPERIMENT, p, seed))
     return out
 
 
@@ -104,9 +102,9 @@ def needs(job: runner.Job) -> dict | None:
     return job.params["base"] if job.params["phase"] == "finetune" else job.params.get("init")
 
 
-def waves(cfg) -> list[list[runner.Job]]:
-    """:func:`jobs` in the order their weights allow: every job after the base it loads."""
-    out, done, todo = [], [], jobs(cfg)
+def order(jobs: list[runner.Job]) -> list[list[runner.Job]]:
+    """``jobs`` in waves their weights allow: every job after the base it loads."""
+    out, done, todo = [], [], list(jobs)
     while todo:
         ready = [j for j in todo if needs(j) is None or needs(j) in done]
         if not ready:
@@ -117,25 +115,22 @@ def waves(cfg) -> list[list[runner.Job]]:
     return out
 
 
-def run(cfg, ctx: runner.Context, n_procs: int | None = None, force: bool = False) -> list[dict]:
-    """The records of :func:`jobs`, one runner call per wave of :func:`waves` (natural bases;
-    then what loads them; ...), each in ``n_procs`` one-thread processes (default: the
-    profile's ``jobs``). A stored base whose weights file is gone is retrained first when a
-    job that loads it has no record."""
-    n_procs = cfg.jobs if n_procs is None else n_procs
-    bases, records = base_jobs(cfg), {}
-    for wave in waves(cfg):
-        _restore_weights(wave, bases, ctx, n_procs, force)
-        records.update(zip(wave, runner.run(wave, work, ctx, n_procs, force, desc="rank jobs")))
-    return [records[j] for j in jobs(cfg)]
+def waves(jobs: list[runner.Job], ctx: runner.Context, force: bool):
+    """The waves of :func:`order`, for :func:`bplib.claims.run`. Before each wave, a stored base
+    whose weights file is gone is retrained when a job of the wave that loads it has no record
+    (or ``force``); the generator runs between the waves, so a base of an earlier wave is there."""
+    bases = [j for j in jobs if j.params["phase"] == "base"]
+    for wave in order(jobs):
+        _restore_weights(wave, bases, ctx, force)
+        yield wave
 
 
-def _restore_weights(wave, bases, ctx, n_procs, force) -> None:
+def _restore_weights(wave, bases, ctx, force) -> None:
     todo = [j for j in wave if force or runner.load(j, ctx.profile, ctx.root) is None]
     lost = [b for b in bases if b.params in map(needs, todo) and not ctx.arrays(b).exists()]
     if lost:
-        _restore_weights(lost, bases, ctx, n_procs, True)
-        runner.run(lost, work, ctx, n_procs, force=True, desc="rank bases (weights missing)")
+        _restore_weights(lost, bases, ctx, True)
+        runner.run(lost, work, ctx, force=True, desc="rank bases (weights missing)")
 
 
 def describe_design(cfg) -> str:
@@ -209,7 +204,9 @@ def work(job: runner.Job, ctx: runner.Context) -> dict:
 def load_weights(model: torch.nn.Module, path) -> None:
     """Load a base's state dict stored by :func:`work` beside its record."""
     if not path.exists():
-        raise FileNotFoundError(f"base weights {path} are missing; rank.run() retrains the base")
+        raise FileNotFoundError(
+            f"base weights {path} are missing; bplib.claims.run('rank', ...) retrains the base"
+        )
     model.load_state_dict({k: torch.from_numpy(v) for k, v in load_arrays(path).items()})
 
 

@@ -1,60 +1,41 @@
 """Claim 2 (paper section 3, Tables 2-3): does weight decay help because small norm generalizes?
 
-Each model row is trained with the five :data:`ARMS` from the same initialization and batch
-order per seed (:func:`jobs`, :func:`work`). The verdict (:func:`comparison_rows`) comes from
-seed-paired held-out accuracy differences (:mod:`bplib.measures.equivalence`): first whether
-weight decay helps at all (:data:`EFFECT`; if not, there is nothing to explain), then each
-norm-bias arm minus the weight decay of the same coefficient (:data:`DECIDING`), read against 0
-and against the profile's margin ``delta`` (fixed before the run). The regularizer is
-:mod:`bplib.measures.norm_bias`.
+Each model row is trained with the five arms of :data:`report.ARMS` from the same
+initialization and batch order per seed (:func:`jobs`, :func:`work`). The verdict
+(:func:`report.comparison_rows`) comes from seed-paired held-out accuracy differences
+(:mod:`bplib.measures.equivalence`): first whether weight decay helps at all
+(:data:`report.EFFECT`; if not, there is nothing to explain), then each norm-bias arm minus the
+weight decay of the same coefficient (:data:`report.DECIDING`), read against 0 and against the
+profile's margin ``delta`` (fixed before the run). The regularizer is
+:mod:`bplib.measures.norm_bias`; the tables and figures are :mod:`bplib.claims.weight_decay.report`.
 
-Record key: experiment ``weight_decay``; ``params`` are the run's settings (``model``,
-``model_kw``, ``normalize``, ``dataset``, ``n_train``, ``n_holdout``, ``arm``, ``kind``,
-``coef``, ``mu2``, ``form``, ``scope``, ``train`` = ``TrainConfig`` keyword arguments, and
-``n_test`` unless it is None), the seed apart. ``gate_train_acc``, ``delta`` change no key.
+Record key: experiment ``weight_decay``; ``params`` are :data:`PARAMS` of the profile, the row's
+``model``, ``model_kw``, ``normalize``, ``dataset``, ``arm``, ``kind``, ``coef``, ``mu2``,
+``train`` = ``TrainConfig`` keyword arguments, and ``n_test`` unless it is None, the seed
+apart. ``gate_train_acc``, ``delta`` change no key.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import time
 
 import torch
 
 from bplib import paper, runner
-from bplib.checks import check_choice
+from bplib.claims.weight_decay import report
 from bplib.data import CIFAR100_MEAN, CIFAR100_STD, Normalize, holdout_split, load_cifar, subset
-from bplib.measures.equivalence import decide, paired_interval
 from bplib.measures.norm_bias import make_regularizer, norm_split
 from bplib.models import count_parameters, make_model
 from bplib.profiles import get_profile
 from bplib.results import COMMITTED
-from bplib.stats import Summary, fmt_mean_std
+from bplib.stats import Summary
 from bplib.train import TrainConfig, TrainingDiverged, fit, resolve_device, squared_norm
 
-NAME = CHAPTER = "weight_decay"  # chapters/weight_decay.md
+EXPERIMENT = CHAPTER = "weight_decay"  # chapters/weight_decay.md
 TITLE = "2. Small-norm solutions generalize better"
-# arm -> (regularizer kind, the row's coefficient key, the row's mu^2 key)
-ARMS = {"none": ("none", None, None), "weight_decay": ("weight_decay", "weight_decay", None),
-        "wd_strong": ("weight_decay", "norm_bias_coef", None),
-        "nb_below": ("norm_bias", "norm_bias_coef", "mu2_below"),
-        "nb_above": ("norm_bias", "norm_bias_coef", "mu2_above")}  # fmt: skip
-LABELS = {"none": "none", "weight_decay": "weight decay", "wd_strong": "weight decay, nb coef",
-          "nb_below": "norm-bias, μ² < init", "nb_above": "norm-bias, μ² > init"}  # fmt: skip
-EFFECT = ("wd_strong", "none")  # is there a weight-decay benefit to explain?
-DECIDING = (("nb_below", "wd_strong"), ("nb_above", "wd_strong"))  # same coefficient
-COMPARISONS = (("weight_decay", "none"), EFFECT, *DECIDING,
-               ("nb_below", "weight_decay"), ("nb_above", "weight_decay"))  # fmt: skip
-NORM_RATIO_MIN = 1.5  # a deciding norm-bias arm must end at >= 1.5x its pair's squared norm
-NOT_TESTED = "not tested (no weight-decay effect to explain)"
+PARAMS = ("n_train", "n_holdout", "form", "scope")  # profile keys in every record's params
 PILOT_ARMS, PILOT_SEEDS = ["none", "weight_decay", "wd_strong"], [0, 1, 2, 3]  # sized cpu
-
-
-def arm_settings(row: dict, arm: str) -> tuple[str, float, float]:
-    """(kind, coefficient, mu^2) of ``arm`` for a profile model ``row``."""
-    kind, coef_key, mu2_key = ARMS[check_choice("arm", arm, ARMS)]
-    return kind, row[coef_key] if coef_key else 0.0, row[mu2_key] if mu2_key else 0.0
 
 
 # ----------------------------------------------------------------------- the runs
@@ -65,23 +46,28 @@ def grid(cfg) -> list[tuple[str, dict, int]]:
     for dataset in cfg.datasets:
         batch = cfg.batch_size_cifar100 if dataset.startswith("cifar100") else cfg.batch_size
         train = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=batch, momentum=cfg.momentum,
-                     milestones=list(cfg.milestones), gamma=0.1, augment=cfg.augment,
-                     eval_every=max(cfg.epochs, 1), bf16=cfg.bf16)  # fmt: skip
+                     milestones=list(cfg.milestones), gamma=paper.TABLE23_LR_GAMMA,
+                     augment=cfg.augment, eval_every=max(cfg.epochs, 1), bf16=cfg.bf16)  # fmt: skip
+        n_test = {} if cfg.n_test is None else {"n_test": cfg.n_test}  # absent: all test images
         for key, row in cfg.models.items():
             for normalize, arm, seed in itertools.product(row["normalize"], cfg.arms, cfg.seeds):
-                kind, coef, mu2 = arm_settings(row, arm)
-                params = dict(model=row["model"], model_kw=row["model_kw"], normalize=normalize,
-                              dataset=dataset, n_train=cfg.n_train, n_holdout=cfg.n_holdout,
-                              arm=arm, kind=kind, coef=coef, mu2=mu2, form=cfg.form,
-                              scope=cfg.scope, train=train)  # fmt: skip
-                params.update({} if cfg.n_test is None else {"n_test": cfg.n_test})  # None: all
+                kind, coef, mu2 = report.arm_settings(row, arm)
+                params = runner.params(cfg, PARAMS, model=row["model"], model_kw=row["model_kw"],
+                                       normalize=normalize, dataset=dataset, arm=arm, kind=kind,
+                                       coef=coef, mu2=mu2, train=train, **n_test)  # fmt: skip
                 out.append((key, params, seed))
     return out
 
 
 def jobs(cfg) -> list[runner.Job]:
     """One job per run of :func:`grid`, in that order."""
-    return [runner.job(NAME, params, seed) for _, params, seed in grid(cfg)]
+    return [runner.job(EXPERIMENT, params, seed) for _, params, seed in grid(cfg)]
+
+
+def cost(job: runner.Job) -> float:
+    """Every run trains the same images for the same epochs; the model decides the rest, which
+    no estimate here captures: all equal (the runner keeps the jobs' order)."""
+    return 0.0
 
 
 def _split(dataset: str, n_train: int | None, n_holdout: int, data_dir):
@@ -129,11 +115,6 @@ def work(job: runner.Job, ctx: runner.Context) -> dict:
     return result
 
 
-def run(cfg, ctx: runner.Context, n_procs: int | None = None, force: bool = False) -> list[dict]:
-    """The records of :func:`jobs` (stored ones read, missing ones trained), in that order."""
-    return runner.run(jobs(cfg), work, ctx, n_procs=n_procs, force=force, desc="runs")
-
-
 # ----------------------------------------------------------------------- statistics of runs
 def collect(records: list[dict], cfg) -> dict:
     """``{(row_key, normalize, dataset): {arm: {seed: result}}}`` from :func:`jobs`' records."""
@@ -144,206 +125,10 @@ def collect(records: list[dict], cfg) -> dict:
     return out
 
 
-def passes(result: dict, gate: float) -> bool:
-    """The gate: the run did not diverge and ended with training accuracy >= ``gate`` %."""
-    return not result["diverged"] and result["train_acc"] >= gate
-
-
-def difference_summary(group: dict, a: str, b: str, name: str, gate: float = 0.0) -> dict:
-    """:func:`~bplib.measures.equivalence.paired_interval` of the per-seed ``name(a) - name(b)``
-    over the seeds where both runs pass the gate."""
-    ra, rb = group.get(a, {}), group.get(b, {})
-    seeds = sorted(s for s in set(ra) & set(rb) if passes(ra[s], gate) and passes(rb[s], gate))
-    return paired_interval([ra[s][name] - rb[s][name] for s in seeds])
-
-
-def end_norm(group: dict, arm: str, gate: float = 0.0) -> float:
-    """Mean final squared norm of an arm's runs that pass the gate (nan if none)."""
-    ends = [r["sq_norm"][-1] for r in group.get(arm, {}).values() if passes(r, gate)]
-    return sum(ends) / len(ends) if ends else math.nan
-
-
-def interval(d: dict) -> str:
-    """'+0.12 [-0.30, +0.54] (n=3)' for a :func:`difference_summary`."""
-    return f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] (n={d['n']})"
-
-
-READINGS = {
-    "below": "weight decay better: supports the belief",
-    "above": "norm-bias better: contradicts the belief",
-    "equivalent": "equivalent within ±{delta:g} points: the larger norm cost nothing measurable",
-    "undecided": "not decided at this scale (the interval is wider than ±{delta:g} points)",
-    "too few": "not decided (fewer than 2 paired seeds)",
-}
-
-
-def reading(d: dict, delta: float, norm_ratio: float = math.inf) -> str:
-    """The reading of a norm-bias minus weight-decay :func:`difference_summary` (accuracy
-    points; the belief predicts < 0: the larger norm generalizes worse), unless the norms did
-    not separate (ratio of final squared norms below :data:`NORM_RATIO_MIN`)."""
-    if d["n"] >= 2 and not norm_ratio >= NORM_RATIO_MIN:
-        return f"no test: the norms did not separate (ratio {norm_ratio:.2f})"
-    return READINGS[decide(d, delta)].format(delta=delta)
-
-
-def effect_reading(d: dict) -> str | None:
-    """None when weight decay helps (the interval of :data:`EFFECT` is above 0), else why the
-    belief cannot be tested, with the smallest effect the design could have detected."""
-    outcome = decide(d, 0.0)
-    if outcome == "above":
-        return None
-    why = "hurts" if outcome == "below" else "does not measurably help"
-    return (f"cannot be tested at this scale: weight decay {why} ({interval(d)}; smallest "
-            f"detectable effect {d['detectable']:.2f} points)")  # fmt: skip
-
-
-def comparison_rows(groups: dict, cfg) -> list[list]:
-    """Per group and :data:`COMPARISONS`: ``[model, table, comparison, interval, smallest
-    detectable effect, ratio of mean final squared norms, reading]``; the reading is the verdict
-    for :data:`EFFECT` and :data:`DECIDING` (the effect gates the others), "" elsewhere."""
-    split, gate, rows = "holdout_acc" if cfg.n_holdout else "test_acc", cfg.gate_train_acc, []
-    for (key, normalize, _), group in groups.items():
-        blocked = effect_reading(difference_summary(group, *EFFECT, split, gate))
-        for a, b in [(a, b) for a, b in COMPARISONS if {a, b} <= set(cfg.arms)]:
-            d = difference_summary(group, a, b, split, gate)
-            ratio = end_norm(group, a, gate) / end_norm(group, b, gate)
-            text = ""
-            if (a, b) == EFFECT:
-                text = blocked or "weight decay helps: there is an effect to explain"
-            elif (a, b) in DECIDING:
-                text = NOT_TESTED if blocked else reading(d, cfg.delta, ratio)
-            rows.append([model_label(cfg.models[key]), "3" if normalize else "2",
-                         f"{LABELS[a]} − {LABELS[b]}", interval(d), f"{d['detectable']:.2f}",
-                         f"{ratio:.2f}", text])  # fmt: skip
-    return rows
-
-
-COMPARISON_HEADERS = ["model", "table", "comparison", "paired difference [95%]",
-                      "smallest detectable", "end ‖θ‖² ratio", "reading"]  # fmt: skip
-
-
-# ----------------------------------------------------------------------- what the chapter shows
-def model_label(row: dict) -> str:
-    """'ResNet-18 (width 0.125)', 'MLP (512-512-512)', 'DenseNet-40' for a profile model row."""
-    kw = row["model_kw"]
-    if "widths" in kw:
-        return f"{row['paper_row']} ({'-'.join(map(str, kw['widths']))})"
-    extra = ", ".join(f"{k} {v}" for k, v in kw.items())
-    return f"{row['paper_row']} ({extra})" if extra else row["paper_row"]
-
-
-def models_table(cfg) -> tuple[list[str], list[list]]:
-    """Per model row and arm: the regularizer's kind, coefficient and mu^2 (headers, rows)."""
-    rows = [[model_label(row), " and ".join("3" if n else "2" for n in row["normalize"]),
-             LABELS[arm], *arm_settings(row, arm), "paper's" if arm == row["paper_arm"] else ""]
-            for row in cfg.models.values() for arm in cfg.arms]  # fmt: skip
-    return ["model", "tables", "arm", "regularizer", "coefficient", "μ²", "norm-bias"], rows
-
-
-def cell(results: dict, name: str, gate: float) -> str:
-    """'mean ± std (n=k)' of ``name`` over the runs passing the gate, plus how many did not."""
-    values = [r[name] for _, r in sorted(results.items()) if passes(r, gate)]
-    failed = len(results) - len(values)
-    text = fmt_mean_std(values) if values else "—"
-    return f"{text}; {failed}/{len(results)} below gate" if failed else text
-
-
-def arm_rows(groups: dict, cfg, dataset: str) -> list[list]:
-    """Per group and arm: accuracies (held-out, test, train), final squared norm, and the
-    paper's CIFAR-10 value for the arms it ran (CIFAR-10 only)."""
-    rows, gate = [], cfg.gate_train_acc
-    for (key, normalize, ds), group in groups.items():
-        if ds != dataset:
-            continue
-        row = cfg.models[key]
-        table = paper.TABLE3 if normalize else paper.TABLE2
-        ref = table.get(row["paper_row"]) if dataset == "cifar10" else None
-        cols = {"none": 0, "weight_decay": 1, row["paper_arm"]: 2}
-        for arm, results in group.items():
-            accs = [cell(results, f"{s}_acc", gate) if cfg.n_holdout or s != "holdout" else "—"
-                    for s in ("holdout", "test", "train")]  # fmt: skip
-            ends = [r["sq_norm"][-1] for _, r in sorted(results.items()) if passes(r, gate)]
-            paper_value = f"{ref[cols[arm]]:.2f}" if ref and arm in cols else "—"
-            rows.append([model_label(row), "3" if normalize else "2", LABELS[arm], *accs,
-                         fmt_mean_std(ends, 0) if ends else "—", paper_value])  # fmt: skip
-    return rows
-
-
-ARM_HEADERS = ["model", "table", "arm", "held-out acc", "test acc", "train acc",
-               "final ‖θ‖²", "paper (CIFAR-10 test)"]  # fmt: skip
-
-
-def gate_lines(groups: dict, cfg) -> list[str]:
-    """One line per run that is left out (diverged, or below the training-accuracy gate)."""
-    gate = cfg.gate_train_acc
-    lines = [f"{model_label(cfg.models[key])}, {LABELS[arm]}, seed {seed}: left out ("
-             + (r["message"] if r["diverged"] else f"train acc {r['train_acc']:.1f}%") + ")"
-             for (key, _, _), group in groups.items() for arm, results in group.items()
-             for seed, r in sorted(results.items()) if not passes(r, gate)]  # fmt: skip
-    return lines or [f"every run passed the gate (train accuracy >= {gate:g}%)"]
-
-
-def init_norm_rows(cfg) -> list[list]:
-    """Per model row (built at seed 0, normalized inputs): parameters, initial squared norm, its
-    share in one-dimensional parameters, both mu^2 and the paper's arm's regime."""
-    rows = []
-    for row in cfg.models.values():
-        torch.manual_seed(0)
-        model = make_model(row["model"], normalize=True, **row["model_kw"])
-        split = norm_split(model)
-        init = split["weights"] + split["one_dim"]
-        mu2 = row["mu2_below" if row["paper_arm"] == "nb_below" else "mu2_above"]
-        regime = "below: strong weight decay, floor" if mu2 < init else "above: inflates"
-        rows.append([model_label(row), f"{count_parameters(model):,}", f"{init:,.0f}",
-                     f"{split['one_dim'] / init:.0%}", f"{row['mu2_below']:g}",
-                     f"{row['mu2_above']:g}", f"{mu2:g} ({regime})"])  # fmt: skip
-    return rows
-
-
-INIT_HEADERS = ["model", "parameters", "initial ‖θ‖²", "share in 1-D params", "μ² below",
-                "μ² above", "paper's μ² (regime)"]  # fmt: skip
-
-
-def paper_rows() -> list[list]:
-    """The paper's Tables 2 and 3 with the spread it prints and the differences of means."""
-    lo, hi = paper.TABLE23_SPREAD
-    rows = []
-    for n, table in ((2, paper.TABLE2), (3, paper.TABLE3)):
-        for model, (none, wd, nb) in table.items():
-            rows.append([model, str(n), f"{none:.2f}", f"{wd:.2f}", f"{nb:.2f}",
-                         f"{wd - none:+.2f}", f"{nb - wd:+.2f}", f"±{lo:g}-{hi:g}"])  # fmt: skip
-    return rows
-
-
-PAPER_HEADERS = ["model", "table", "none", "weight decay", "norm-bias", "wd − none",
-                 "nb − wd", "paper's spreads"]  # fmt: skip
-
-
-def norm_panels(records: list[dict], cfg) -> list[dict]:
-    """The norm figure's panels (first dataset, every group): ``{"title", "mu2": {arm: mu2},
-    "curves": {arm label: (epochs 0..E, mean squared norm of the runs passing the gate)}}``."""
-    panels = []
-    for (key, normalize, ds), group in collect(records, cfg).items():
-        if ds != cfg.datasets[0]:
-            continue
-        curves = {}
-        for arm, results in group.items():
-            runs = [[r["init_sq_norm"], *r["sq_norm"]] for r in results.values()
-                    if passes(r, cfg.gate_train_acc)]  # fmt: skip
-            if runs:
-                mean = [sum(c) / len(c) for c in zip(*runs)]
-                curves[LABELS[arm]] = (list(range(len(mean))), mean)
-        row = cfg.models[key]
-        mu2 = {LABELS[a]: row[f"mu2_{a[3:]}"] for a in ("nb_below", "nb_above")}
-        panels.append({"title": f"{model_label(row)}, Table {3 if normalize else 2}", "mu2": mu2,
-                       "curves": curves})  # fmt: skip
-    return panels
-
-
 def pilot(root=None) -> tuple:
     """The pilot that sized ``cpu`` (``cpu`` at :data:`PILOT_ARMS` x :data:`PILOT_SEEDS`) as
     ``(cfg, records)``, read from the committed cpu records, which repeat its runs."""
-    cfg, where = get_profile(NAME, "cpu", PILOT_SEEDS, arms=PILOT_ARMS), root or COMMITTED
+    cfg, where = get_profile(EXPERIMENT, "cpu", PILOT_SEEDS, arms=PILOT_ARMS), root or COMMITTED
     records = runner.stored(jobs(cfg), "cpu", where)
     if missing := sum(r is None for r in records):
         raise FileNotFoundError(f"{missing} of the pilot's {len(records)} cpu records are not "
@@ -361,40 +146,22 @@ def paper_headline() -> str:
     )
 
 
-def headline_glue(groups: dict, cfg) -> dict:
-    """The chapter's glue values from the first group: each comparison's mean/low/high/n/
-    detectable, mean final squared norms, the effect on training accuracy, delta, verdict."""
-    key, group = next(iter(groups.items()))
-    split, gate = "holdout_acc" if cfg.n_holdout else "test_acc", cfg.gate_train_acc
-    out = {"wd_delta": cfg.delta, "wd_model": model_label(cfg.models[key[0]])}
-    for a, b in [(a, b) for a, b in COMPARISONS if {a, b} <= set(cfg.arms)]:
-        d = difference_summary(group, a, b, split, gate)
-        for stat in ("mean", "low", "high", "n", "detectable"):
-            out[f"wd_{a}_minus_{b}_{stat}"] = d[stat]
-    for arm in cfg.arms:
-        out[f"wd_end_norm_{arm}"] = end_norm(group, arm, gate)
-    out["wd_effect_on_train_acc"] = difference_summary(group, *EFFECT, "train_acc", gate)["mean"]
-    rows = [r for r in comparison_rows({key: group}, cfg) if r[6]]
-    out["wd_verdict"] = "; ".join(f"{r[2]}: {r[6]}" for r in rows)
-    return out
-
-
 def summarize(records: list[dict], cfg) -> Summary:
     """Tables, verdict and glue of the chapter from the records of :func:`jobs` (in order).
 
     Tables: ``"arms <dataset>"`` (every arm's accuracies and final norm beside the paper's),
     ``"differences"`` (:func:`comparison_rows`), ``"verdict"`` (its rows with a reading) and
     ``"paper"`` (the paper's Tables 2-3 with their spreads)."""
-    groups = collect(records, cfg)
-    tables = {f"arms {ds}": (ARM_HEADERS, arm_rows(groups, cfg, ds)) for ds in cfg.datasets}
-    tables["differences"] = (COMPARISON_HEADERS, comparison_rows(groups, cfg))
-    tables["verdict"] = (COMPARISON_HEADERS, [r for r in tables["differences"][1] if r[6]])
-    verdict = [r for r in tables["verdict"][1] if r[6] != NOT_TESTED]  # for the results page
-    tables["paper"] = (PAPER_HEADERS, paper_rows())
+    groups, r = collect(records, cfg), report
+    tables = {f"arms {ds}": (r.ARM_HEADERS, r.arm_rows(groups, cfg, ds)) for ds in cfg.datasets}
+    tables["differences"] = (r.COMPARISON_HEADERS, r.comparison_rows(groups, cfg))
+    tables["verdict"] = (r.COMPARISON_HEADERS, [x for x in tables["differences"][1] if x[6]])
+    verdict = [x for x in tables["verdict"][1] if x[6] != r.NOT_TESTED]  # for the results page
+    tables["paper"] = (r.PAPER_HEADERS, r.paper_rows())
     where = "held-out" if cfg.n_holdout else "test"
     return Summary(
-        ours=f"{where} accuracy, paired: " + "; ".join(f"{r[0]} {r[2]} {r[3]}" for r in verdict),
-        verdict="; ".join(f"{r[0]}, {r[2]}: {r[6]}" for r in verdict),
-        glue=headline_glue(groups, cfg),
+        ours=f"{where} accuracy, paired: " + "; ".join(f"{x[0]} {x[2]} {x[3]}" for x in verdict),
+        verdict="; ".join(f"{x[0]}, {x[2]}: {x[6]}" for x in verdict),
+        glue=r.headline_glue(groups, cfg),
         tables=tables,
     )

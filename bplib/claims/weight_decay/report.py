@@ -1,0 +1,283 @@
+"""Claim 2 from its records: the seed-paired differences and their readings, the verdict's
+comparisons, the tables beside the paper's, the gate, the norm figure's panels and the glue
+values (:func:`bplib.claims.weight_decay.summarize` builds on them). Reads records grouped by
+:func:`bplib.claims.weight_decay.collect`; imports no claim module but its own package's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bplib import paper
+from bplib.checks import check_choice
+from bplib.measures.equivalence import decide, paired_interval
+from bplib.measures.norm_bias import norm_split
+from bplib.models import count_parameters, make_model
+from bplib.stats import fmt_mean_std
+
+# arm -> (regularizer kind, the row's coefficient key, the row's mu^2 key)
+ARMS = {"none": ("none", None, None), "weight_decay": ("weight_decay", "weight_decay", None),
+        "wd_strong": ("weight_decay", "norm_bias_coef", None),
+        "nb_below": ("norm_bias", "norm_bias_coef", "mu2_below"),
+        "nb_above": ("norm_bias", "norm_bias_coef", "mu2_above")}  # fmt: skip
+LABELS = {"none": "none", "weight_decay": "weight decay", "wd_strong": "weight decay, nb coef",
+          "nb_below": "norm-bias, μ² < init", "nb_above": "norm-bias, μ² > init"}  # fmt: skip
+EFFECT = ("wd_strong", "none")  # is there a weight-decay benefit to explain?
+DECIDING = (("nb_below", "wd_strong"), ("nb_above", "wd_strong"))  # same coefficient
+COMPARISONS = (("weight_decay", "none"), EFFECT, *DECIDING,
+               ("nb_below", "weight_decay"), ("nb_above", "weight_decay"))  # fmt: skip
+NORM_RATIO_MIN = 1.5  # a deciding norm-bias arm must end at >= 1.5x its pair's squared norm
+NOT_TESTED = "not tested (no weight-decay effect to explain)"
+# The glue names of each comparison's statistics and each arm's final norm, spelled out so that
+# a chapter's glue name is found by grep.
+_STATS = ("mean", "low", "high", "n", "detectable")
+DIFF_GLUE = {
+    ("weight_decay", "none"): dict(zip(_STATS, (
+        "wd_weight_decay_minus_none_mean", "wd_weight_decay_minus_none_low",
+        "wd_weight_decay_minus_none_high", "wd_weight_decay_minus_none_n",
+        "wd_weight_decay_minus_none_detectable"))),
+    ("wd_strong", "none"): dict(zip(_STATS, (
+        "wd_wd_strong_minus_none_mean", "wd_wd_strong_minus_none_low",
+        "wd_wd_strong_minus_none_high", "wd_wd_strong_minus_none_n",
+        "wd_wd_strong_minus_none_detectable"))),
+    ("nb_below", "wd_strong"): dict(zip(_STATS, (
+        "wd_nb_below_minus_wd_strong_mean", "wd_nb_below_minus_wd_strong_low",
+        "wd_nb_below_minus_wd_strong_high", "wd_nb_below_minus_wd_strong_n",
+        "wd_nb_below_minus_wd_strong_detectable"))),
+    ("nb_above", "wd_strong"): dict(zip(_STATS, (
+        "wd_nb_above_minus_wd_strong_mean", "wd_nb_above_minus_wd_strong_low",
+        "wd_nb_above_minus_wd_strong_high", "wd_nb_above_minus_wd_strong_n",
+        "wd_nb_above_minus_wd_strong_detectable"))),
+    ("nb_below", "weight_decay"): dict(zip(_STATS, (
+        "wd_nb_below_minus_weight_decay_mean", "wd_nb_below_minus_weight_decay_low",
+        "wd_nb_below_minus_weight_decay_high", "wd_nb_below_minus_weight_decay_n",
+        "wd_nb_below_minus_weight_decay_detectable"))),
+    ("nb_above", "weight_decay"): dict(zip(_STATS, (
+        "wd_nb_above_minus_weight_decay_mean", "wd_nb_above_minus_weight_decay_low",
+        "wd_nb_above_minus_weight_decay_high", "wd_nb_above_minus_weight_decay_n",
+        "wd_nb_above_minus_weight_decay_detectable"))),
+}  # fmt: skip
+END_GLUE = {"none": "wd_end_norm_none", "weight_decay": "wd_end_norm_weight_decay",
+            "wd_strong": "wd_end_norm_wd_strong", "nb_below": "wd_end_norm_nb_below",
+            "nb_above": "wd_end_norm_nb_above"}  # fmt: skip
+
+
+def arm_settings(row: dict, arm: str) -> tuple[str, float, float]:
+    """(kind, coefficient, mu^2) of ``arm`` for a profile model ``row``."""
+    kind, coef_key, mu2_key = ARMS[check_choice("arm", arm, ARMS)]
+    return kind, row[coef_key] if coef_key else 0.0, row[mu2_key] if mu2_key else 0.0
+
+
+def passes(result: dict, gate: float) -> bool:
+    """The gate: the run did not diverge and ended with training accuracy >= ``gate`` %."""
+    return not result["diverged"] and result["train_acc"] >= gate
+
+
+def difference_summary(group: dict, a: str, b: str, name: str, gate: float = 0.0) -> dict:
+    """:func:`~bplib.measures.equivalence.paired_interval` of the per-seed ``name(a) - name(b)``
+    over the seeds where both runs pass the gate."""
+    ra, rb = group.get(a, {}), group.get(b, {})
+    seeds = sorted(s for s in set(ra) & set(rb) if passes(ra[s], gate) and passes(rb[s], gate))
+    return paired_interval([ra[s][name] - rb[s][name] for s in seeds])
+
+
+def end_norm(group: dict, arm: str, gate: float = 0.0) -> float:
+    """Mean final squared norm of an arm's runs that pass the gate (nan if none)."""
+    ends = [r["sq_norm"][-1] for r in group.get(arm, {}).values() if passes(r, gate)]
+    return sum(ends) / len(ends) if ends else math.nan
+
+
+def interval(d: dict) -> str:
+    """'+0.12 [-0.30, +0.54] (n=3)' for a :func:`difference_summary`."""
+    return f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] (n={d['n']})"
+
+
+READINGS = {
+    "below": "weight decay better: supports the belief",
+    "above": "norm-bias better: contradicts the belief",
+    "equivalent": "equivalent within ±{delta:g} points: the larger norm cost nothing measurable",
+    "undecided": "not decided at this scale (the interval is wider than ±{delta:g} points)",
+    "too few": "not decided (fewer than 2 paired seeds)",
+}
+
+
+def reading(d: dict, delta: float, norm_ratio: float = math.inf) -> str:
+    """The reading of a norm-bias minus weight-decay :func:`difference_summary` (accuracy
+    points; the belief predicts < 0: the larger norm generalizes worse), unless the norms did
+    not separate (ratio of final squared norms below :data:`NORM_RATIO_MIN`)."""
+    if d["n"] >= 2 and not norm_ratio >= NORM_RATIO_MIN:
+        return f"no test: the norms did not separate (ratio {norm_ratio:.2f})"
+    return READINGS[decide(d, delta)].format(delta=delta)
+
+
+def effect_reading(d: dict) -> str | None:
+    """None when weight decay helps (the interval of :data:`EFFECT` is above 0), else why the
+    belief cannot be tested, with the smallest effect the design could have detected."""
+    outcome = decide(d, 0.0)
+    if outcome == "above":
+        return None
+    why = "hurts" if outcome == "below" else "does not measurably help"
+    return (f"cannot be tested at this scale: weight decay {why} ({interval(d)}; smallest "
+            f"detectable effect {d['detectable']:.2f} points)")  # fmt: skip
+
+
+def comparison_rows(groups: dict, cfg) -> list[list]:
+    """Per group and :data:`COMPARISONS`: ``[model, table, comparison, interval, smallest
+    detectable effect, ratio of mean final squared norms, reading]``; the reading is the verdict
+    for :data:`EFFECT` and :data:`DECIDING` (the effect gates the others), "" elsewhere."""
+    split, gate, rows = "holdout_acc" if cfg.n_holdout else "test_acc", cfg.gate_train_acc, []
+    for (key, normalize, _), group in groups.items():
+        blocked = effect_reading(difference_summary(group, *EFFECT, split, gate))
+        for a, b in [(a, b) for a, b in COMPARISONS if {a, b} <= set(cfg.arms)]:
+            d = difference_summary(group, a, b, split, gate)
+            ratio = end_norm(group, a, gate) / end_norm(group, b, gate)
+            text = ""
+            if (a, b) == EFFECT:
+                text = blocked or "weight decay helps: there is an effect to explain"
+            elif (a, b) in DECIDING:
+                text = NOT_TESTED if blocked else reading(d, cfg.delta, ratio)
+            rows.append([model_label(cfg.models[key]), "3" if normalize else "2",
+                         f"{LABELS[a]} − {LABELS[b]}", interval(d), f"{d['detectable']:.2f}",
+                         f"{ratio:.2f}", text])  # fmt: skip
+    return rows
+
+
+COMPARISON_HEADERS = ["model", "table", "comparison", "paired difference [95%]",
+                      "smallest detectable", "end ‖θ‖² ratio", "reading"]  # fmt: skip
+
+
+# ----------------------------------------------------------------------- what the chapter shows
+def model_label(row: dict) -> str:
+    """'ResNet-18 (width 0.125)', 'MLP (512-512-512)', 'DenseNet-40' for a profile model row."""
+    kw = row["model_kw"]
+    if "widths" in kw:
+        return f"{row['paper_row']} ({'-'.join(map(str, kw['widths']))})"
+    extra = ", ".join(f"{k} {v}" for k, v in kw.items())
+    return f"{row['paper_row']} ({extra})" if extra else row["paper_row"]
+
+
+def models_table(cfg) -> tuple[list[str], list[list]]:
+    """Per model row and arm: the regularizer's kind, coefficient and mu^2 (headers, rows)."""
+    rows = [[model_label(row), " and ".join("3" if n else "2" for n in row["normalize"]),
+             LABELS[arm], *arm_settings(row, arm), "paper's" if arm == row["paper_arm"] else ""]
+            for row in cfg.models.values() for arm in cfg.arms]  # fmt: skip
+    return ["model", "tables", "arm", "regularizer", "coefficient", "μ²", "norm-bias"], rows
+
+
+def cell(results: dict, name: str, gate: float) -> str:
+    """'mean ± std (n=k)' of ``name`` over the runs passing the gate, plus how many did not."""
+    values = [r[name] for _, r in sorted(results.items()) if passes(r, gate)]
+    failed = len(results) - len(values)
+    text = fmt_mean_std(values) if values else "—"
+    return f"{text}; {failed}/{len(results)} below gate" if failed else text
+
+
+def arm_rows(groups: dict, cfg, dataset: str) -> list[list]:
+    """Per group and arm: accuracies (held-out, test, train), final squared norm, and the
+    paper's CIFAR-10 value for the arms it ran (CIFAR-10 only)."""
+    rows, gate = [], cfg.gate_train_acc
+    for (key, normalize, ds), group in groups.items():
+        if ds != dataset:
+            continue
+        row = cfg.models[key]
+        table = paper.TABLE3 if normalize else paper.TABLE2
+        ref = table.get(row["paper_row"]) if dataset == "cifar10" else None
+        cols = {"none": 0, "weight_decay": 1, row["paper_arm"]: 2}
+        for arm, results in group.items():
+            accs = [cell(results, f"{s}_acc", gate) if cfg.n_holdout or s != "holdout" else "—"
+                    for s in ("holdout", "test", "train")]  # fmt: skip
+            ends = [r["sq_norm"][-1] for _, r in sorted(results.items()) if passes(r, gate)]
+            paper_value = f"{ref[cols[arm]]:.2f}" if ref and arm in cols else "—"
+            rows.append([model_label(row), "3" if normalize else "2", LABELS[arm], *accs,
+                         fmt_mean_std(ends, 0) if ends else "—", paper_value])  # fmt: skip
+    return rows
+
+
+ARM_HEADERS = ["model", "table", "arm", "held-out acc", "test acc", "train acc",
+               "final ‖θ‖²", "paper (CIFAR-10 test)"]  # fmt: skip
+
+
+def gate_lines(groups: dict, cfg) -> list[str]:
+    """One line per run that is left out (diverged, or below the training-accuracy gate)."""
+    gate = cfg.gate_train_acc
+    lines = [f"{model_label(cfg.models[key])}, {LABELS[arm]}, seed {seed}: left out ("
+             + (r["message"] if r["diverged"] else f"train acc {r['train_acc']:.1f}%") + ")"
+             for (key, _, _), group in groups.items() for arm, results in group.items()
+             for seed, r in sorted(results.items()) if not passes(r, gate)]  # fmt: skip
+    return lines or [f"every run passed the gate (train accuracy >= {gate:g}%)"]
+
+
+def init_norm_rows(cfg) -> list[list]:
+    """Per model row (built at seed 0, normalized inputs): parameters, initial squared norm, its
+    share in one-dimensional parameters, both mu^2 and the paper's arm's regime."""
+    rows = []
+    for row in cfg.models.values():
+        torch.manual_seed(0)
+        model = make_model(row["model"], normalize=True, **row["model_kw"])
+        split = norm_split(model)
+        init = split["weights"] + split["one_dim"]
+        mu2 = row["mu2_below" if row["paper_arm"] == "nb_below" else "mu2_above"]
+        regime = "below: strong weight decay, floor" if mu2 < init else "above: inflates"
+        rows.append([model_label(row), f"{count_parameters(model):,}", f"{init:,.0f}",
+                     f"{split['one_dim'] / init:.0%}", f"{row['mu2_below']:g}",
+                     f"{row['mu2_above']:g}", f"{mu2:g} ({regime})"])  # fmt: skip
+    return rows
+
+
+INIT_HEADERS = ["model", "parameters", "initial ‖θ‖²", "share in 1-D params", "μ² below",
+                "μ² above", "paper's μ² (regime)"]  # fmt: skip
+
+
+def paper_rows() -> list[list]:
+    """The paper's Tables 2 and 3 with the spread it prints and the differences of means."""
+    lo, hi = paper.TABLE23_SPREAD
+    rows = []
+    for n, table in ((2, paper.TABLE2), (3, paper.TABLE3)):
+        for model, (none, wd, nb) in table.items():
+            rows.append([model, str(n), f"{none:.2f}", f"{wd:.2f}", f"{nb:.2f}",
+                         f"{wd - none:+.2f}", f"{nb - wd:+.2f}", f"±{lo:g}-{hi:g}"])  # fmt: skip
+    return rows
+
+
+PAPER_HEADERS = ["model", "table", "none", "weight decay", "norm-bias", "wd − none",
+                 "nb − wd", "paper's spreads"]  # fmt: skip
+
+
+def norm_panels(groups: dict, cfg) -> list[dict]:
+    """The norm figure's panels (first dataset, every group of
+    :func:`bplib.claims.weight_decay.collect`): ``{"title", "mu2": {arm: mu2}, "curves": {arm
+    label: (epochs 0..E, mean squared norm of the runs passing the gate)}}``."""
+    panels = []
+    for (key, normalize, ds), group in groups.items():
+        if ds != cfg.datasets[0]:
+            continue
+        curves = {}
+        for arm, results in group.items():
+            runs = [[r["init_sq_norm"], *r["sq_norm"]] for r in results.values()
+                    if passes(r, cfg.gate_train_acc)]  # fmt: skip
+            if runs:
+                mean = [sum(c) / len(c) for c in zip(*runs)]
+                curves[LABELS[arm]] = (list(range(len(mean))), mean)
+        row = cfg.models[key]
+        mu2 = {LABELS[a]: row[f"mu2_{a[3:]}"] for a in ("nb_below", "nb_above")}
+        panels.append({"title": f"{model_label(row)}, Table {3 if normalize else 2}", "mu2": mu2,
+                       "curves": curves})  # fmt: skip
+    return panels
+
+
+def headline_glue(groups: dict, cfg) -> dict:
+    """The chapter's glue values from the first group: each comparison's mean/low/high/n/
+    detectable, mean final squared norms, the effect on training accuracy, delta, verdict."""
+    key, group = next(iter(groups.items()))
+    split, gate = "holdout_acc" if cfg.n_holdout else "test_acc", cfg.gate_train_acc
+    out = {"wd_delta": cfg.delta, "wd_model": model_label(cfg.models[key[0]])}
+    for a, b in [(a, b) for a, b in COMPARISONS if {a, b} <= set(cfg.arms)]:
+        d = difference_summary(group, a, b, split, gate)
+        out.update({name: d[stat] for stat, name in DIFF_GLUE[a, b].items()})
+    out.update({END_GLUE[arm]: end_norm(group, arm, gate) for arm in cfg.arms})
+    out["wd_effect_on_train_acc"] = difference_summary(group, *EFFECT, "train_acc", gate)["mean"]
+    rows = [r for r in comparison_rows({key: group}, cfg) if r[6]]
+    out["wd_verdict"] = "; ".join(f"{r[2]}: {r[6]}" for r in rows)
+    return out
