@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import torch
 
 from bplib import data, paper, runner
 from bplib.checks import check_choice, check_int
+from bplib.claims.rank import glue as rg
 from bplib.claims.rank import report as rr
 from bplib.measures.rank import RankProjection, layer_spectra
 from bplib.models import make_model
 from bplib.pgd import pgd_adversary
 from bplib.results import load_arrays, save_arrays
-from bplib.stats import Summary, t_interval
+from bplib.stats import Summary
 from bplib.train import TrainConfig, correct, fit, resolve_device
 
 EXPERIMENT = "rank"
@@ -248,73 +248,6 @@ def _bits(ok: torch.Tensor) -> str:
 
 
 # --------------------------------------------------------------------- summary
-SHORT = {"clean": "clean", "test": "test", "robust 8/255": "rob8", "robust 1/255": "rob1"}
-
-
-def _key(kind: str, arm, metric: str = "") -> str:
-    """Glue-name part: ``nat_rankmin50_clean`` (threshold in hundredths, no dots)."""
-    parts = (kind[:3], f"{arm[0]}{round(arm[1] * 100)}", SHORT.get(metric, ""))
-    return "_".join(x for x in parts if x)
-
-
-def rank_facts(records, cfg) -> dict:
-    """(mean, low, high) over the layers of the first network: adversarial / natural effective
-    rank (``none`` arms, mean over seeds) and natural / initialization (None when absent)."""
-    nat, adv = ((k, cfg.bases[k][0], cfg.skips[0]) if cfg.bases.get(k) else None for k in rr.KINDS)
-    facts = {"adv_ratio": None, "init_ratio": None}
-    if nat:
-        init = rr.effective_ranks(rr.base_record(records, nat), "spectra_init")
-        facts["init_ratio"] = t_interval(rr.mean_ranks(records, nat, rr.NONE) / init)
-    if nat and adv and nat[1] == adv[1]:
-        ranks = [rr.mean_ranks(records, w, rr.NONE) for w in (adv, nat)]
-        facts["adv_ratio"] = t_interval(ranks[0] / ranks[1])
-    return facts
-
-
-def glue_values(records, cfg, stats: list[dict]) -> dict:
-    """The numbers the chapter's prose glues (first network and dataset), as floats."""
-    out = {"rank_seeds": float(len(cfg.seeds)), "rank_margin": float(cfg.margin)}
-    first = [w for w in rr.bases(cfg) if w[1:] == rr.bases(cfg)[0][1:]]
-    for w in first:
-        k = w[0][:3]
-        out[f"rank_{k}_base_test"] = rr.accuracy(rr.base_record(records, w), "test")
-        for metric in ("test", "clean", "robust 8/255", "robust 1/255"):
-            values = [rr.accuracy(r, metric) for r in rr.arm_records(records, w, rr.NONE)]
-            out[f"rank_{k}_{SHORT[metric]}"] = float(np.mean(values))
-        for arm in rr.arms(cfg, w[0])[1:]:
-            out[f"rank_ratio_{_key(w[0], arm)}"] = float(rr.rank_ratio(records, w, arm)[0])
-    for s in (s for s in stats if s["base"] in first):
-        values = (s["diff"], s["low"], s["high"], s["mde"])
-        for part, v in zip(("", "_lo", "_hi", "_mde"), values):
-            out[f"rank_d_{_key(s['kind'], s['arm_op'], s['metric'])}{part}"] = float(v)
-    for name, stat in rank_facts(records, cfg).items():
-        for part, v in zip(("", "_lo", "_hi"), stat or ()):
-            out[f"rank_{name}{part}"] = float(v)
-    t4 = paper.TABLE4
-    out["rank_paper_rankmax_drop1"] = t4["natural"][3] - t4["RankMax"][3]
-    return out
-
-
-def _rank_sentence(facts: dict, stats: list[dict]) -> str:
-    """The paper's own evidence for the belief (its RankMax row at 1/255) beside ours, and
-    what the effective ranks say about adversarial training and initialization."""
-    drop = paper.TABLE4["natural"][3] - paper.TABLE4["RankMax"][3]
-    text = f"The paper's own RankMax row lost {drop:.2f} points of robust accuracy at 1/255"
-    for s in stats:
-        if (s["kind"], s["arm"], s["metric"]) == ("natural", "RankMax 1.5", "robust 1/255"):
-            ci = rr.fmt_interval((s["diff"], s["low"], s["high"]))
-            text += f"; ours: natural − RankMax 1.5 = {ci} points ({s['status']})"
-            break
-    text += "."
-    for name, what in (("adv_ratio", "adversarial / natural"), ("init_ratio", "natural / init")):
-        if facts[name] is not None:
-            m, lo, hi = facts[name]
-            how = "lower" if hi < 1 else ("higher" if lo > 1 else "not clearly different")
-            ci = rr.fmt_interval(facts[name], 3, False)
-            text += f" Effective rank, {what}: {ci} over layers ({how})."
-    return text
-
-
 def paper_headline() -> str:
     t4 = paper.TABLE4
     return (
@@ -344,6 +277,8 @@ def summarize(records: list[dict], cfg) -> Summary:
         f"{rr.fmt_interval((s['diff'], s['low'], s['high']))} (n={s['n']} seeds)"
         for s in heads[:2]
     )
-    facts = _rank_sentence(rank_facts(records, cfg), stats)
+    facts = rg.rank_sentence(rg.rank_facts(records, cfg), stats)
     verdict = f"{rr.verdict_text(stats, cfg.margin)} {facts}"
-    return Summary(ours=ours, verdict=verdict, glue=glue_values(records, cfg, stats), tables=tables)
+    return Summary(
+        ours=ours, verdict=verdict, glue=rg.glue_values(records, cfg, stats), tables=tables
+    )
