@@ -31,13 +31,16 @@ test: $(VENV)/.installed
 # Every chapter at the paper profile's models, widths and code paths, cut to 2 batches per
 # training phase and tiny measurement budgets (bplib.profiles.<chapter>.DRYRUN; CIFAR-100 as its
 # 20-image offline stand-in), on the CPU. A path test: its numbers mean nothing and its records
-# go to a scratch store. Fails on any crash, shape or dtype error. The longest chapter starts first.
+# go to a scratch store. Fails on any crash, shape or dtype error. Every claim of the registry
+# (bplib/registry.py) runs, in reverse registry order: the two longest chapters (rank, ntk) are
+# the last registered, so with 2 jobs they start first.
 DRYRUN := _build/paper-dryrun
 paper-dryrun: $(VENV)/.installed
 	rm -rf $(DRYRUN)
 	BPLIB_RECORDS=$(abspath $(DRYRUN))/records BPLIB_CHECKPOINTS=$(abspath $(DRYRUN))/checkpoints \
-		time $(VENV)/bin/bplib-run rank ntk weight_decay minima --profile paper --seeds 0 \
-		-p dryrun True --jobs 2 --runs-dir $(DRYRUN)/runs --no-progress
+		time $(VENV)/bin/bplib-run \
+		$$($(PY) -c 'from bplib.registry import CLAIMS; print(*reversed(CLAIMS))') \
+		--profile paper --seeds 0 -p dryrun True --jobs 2 --runs-dir $(DRYRUN)/runs --no-progress
 
 clean:
 	rm -rf _build

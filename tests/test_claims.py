@@ -1,29 +1,90 @@
-"""The claims registry and the results page (bplib.claims.at_a_glance): every claim has the
-same interface; the page shows exactly the records of the configuration its profile names."""
+"""The claims registry and the results page (bplib.claims.at_a_glance): every registered claim
+has the one template, a claim defined in a test runs through the runner, the store and the page,
+and the page shows exactly the records of the configuration its profile names."""
 
+import importlib.util
 import json
 import shutil
+import sys
+import types
 
 import pytest
 
-from bplib import claims, runner
+from bplib import claims, parallel, profiles, registry, runner
 from bplib.data import REPO_ROOT
 from bplib.profiles import get_profile
 from bplib.results import record_path, write_atomic
+from bplib.stats import Summary
 
 COMMITTED = REPO_ROOT / "data" / "records"
-INTERFACE = ("NAME", "TITLE", "CHAPTER", "jobs", "work", "run", "paper_headline", "summarize")
 
 
 @pytest.mark.parametrize("name", claims.CLAIMS)
-def test_every_claim_has_the_interface(name):
+def test_every_registered_claim_has_the_template(name):
     mod = claims.claim(name)
-    missing = [a for a in INTERFACE if not hasattr(mod, a)]
+    missing = [a for a in claims.TEMPLATE if not hasattr(mod, a)]
     assert not missing, f"bplib.claims.{name} lacks {missing}"
-    assert mod.NAME == name and (REPO_ROOT / "chapters" / f"{mod.CHAPTER}.md").exists()
+    assert importlib.util.find_spec(f"bplib.claims.{name}.report"), f"{name} has no report.py"
+    assert not hasattr(mod, "run"), "claims run through bplib.claims.run, not their own"
+    assert (REPO_ROOT / "chapters" / f"{mod.CHAPTER}.md").exists()
     for profile in ("smoke", "cpu", "paper"):
         jobs = mod.jobs(get_profile(name, profile))
         assert jobs and len({j.path(profile) for j in jobs}) == len(jobs), (name, profile)
+        assert {j.experiment for j in jobs} == {mod.EXPERIMENT}
+        assert all(mod.cost(j) >= 0 for j in jobs)
+
+
+def toy_claim(calls: list) -> tuple[types.ModuleType, types.ModuleType]:
+    """A claim and its profiles, with the template and nothing else: a record is ``scale`` x
+    (seed + 1) for each of two rows; the verdict says whether the mean exceeds the paper's 2."""
+    mod = types.ModuleType("bplib.claims.toy")
+    mod.EXPERIMENT, mod.TITLE, mod.CHAPTER = "toy", "5. A toy belief", "toy"
+    mod.PARAMS = ("scale",)
+
+    def jobs(cfg):
+        return [runner.job(mod.EXPERIMENT, runner.params(cfg, mod.PARAMS, row=row), seed)
+                for row in ("a", "b") for seed in cfg.seeds]  # fmt: skip
+
+    def work(job, ctx):
+        calls.append(job)
+        return {"value": job.params["scale"] * (job.seed + 1)}
+
+    def summarize(records, cfg):
+        mean = sum(r["result"]["value"] for r in records) / len(records)
+        verdict = "agrees with the paper" if mean > 2 else "does not agree"
+        return Summary(f"mean {mean:g} (n={len(cfg.seeds)} seeds)", verdict, {"toy_mean": mean})
+
+    mod.jobs, mod.work, mod.summarize = jobs, work, summarize
+    mod.cost = lambda job: float(job.seed)
+    mod.paper_headline = lambda: "the paper's mean: 2"
+    prof = types.ModuleType("bplib.profiles.toy")
+    prof.PROFILES = {p: {"scale": 1.5, "seeds": [0, 1, 2]} for p in profiles.PROFILE_NAMES}
+    return mod, prof
+
+
+def test_a_claim_defined_here_runs_through_runner_store_and_results_page(tmp_path, monkeypatch):
+    """Registering a claim takes its name in the registry: bplib.claims.run computes its records
+    into the store, a second run reads them, and the results page's row shows its numbers."""
+    calls = []
+    mod, prof = toy_claim(calls)
+    names = (*registry.CLAIMS, "toy")
+    for owner, attr in ((registry, "CLAIMS"), (claims, "CLAIMS"), (profiles, "CHAPTERS")):
+        monkeypatch.setattr(owner, attr, names)
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setitem(sys.modules, prof.__name__, prof)
+    monkeypatch.setattr(parallel, "default_jobs", lambda: 1)  # in-process: the toy is no file
+    cfg = get_profile("toy", "smoke")
+    ctx = runner.Context("smoke", device="cpu", root=tmp_path, checkpoints=tmp_path / "ck")
+    records = claims.run("toy", cfg, ctx)
+    assert [r["result"]["value"] for r in records] == [1.5, 3.0, 4.5] * 2  # in jobs' order
+    assert [j.seed for j in calls] == [2, 2, 1, 1, 0, 0]  # costliest first
+    assert claims.run("toy", cfg, ctx) == records and len(calls) == 6  # read from the store
+    row = claims.at_a_glance("toy", "smoke", tmp_path)
+    assert row["title"] == "5. A toy belief" and row["paper"] == "the paper's mean: 2"
+    assert row["ours"] == "mean 3 (n=3 seeds)" and row["verdict"] == "agrees with the paper"
+    assert row["n"] == 3 and row["provenance"].startswith("profile smoke; 3 seed(s) [0, 1, 2]")
+    assert claims.table_rows([row])[0][:5] == [row[k] for k in ("title", "paper", "ours",
+                                                                "verdict", "n")]  # fmt: skip
 
 
 def page(profile="cpu", root=None):

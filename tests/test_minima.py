@@ -3,6 +3,7 @@ import torch
 
 from bplib import runner
 from bplib.claims import minima as claim
+from bplib.claims.minima import report
 from bplib.data import REPO_ROOT
 from bplib.measures.hessian import full_loss_grad, relu_activity
 from bplib.measures.lemma1 import (
@@ -225,7 +226,7 @@ def test_jobs_keys_and_rows():
     assert [j.seed for j in jobs if j.params["row"] == "lemma1_theorem"] == [cfg.seeds[0]]
     compare = [j for j in jobs if j.params["compare_power_iters"]]
     assert [(j.params["row"], j.seed) for j in compare] == [("default", cfg.seeds[0])]
-    assert all(set(j.params) == {*claim.PARAM_KEYS, "row", "compare_power_iters"} for j in jobs)
+    assert all(set(j.params) == {*claim.PARAMS, "row", "compare_power_iters"} for j in jobs)
     assert len({j.path("cpu") for j in jobs}) == len(jobs)
     assert not runner.stored(jobs, "cpu", REPO_ROOT / "data" / "records")[0] or True
 
@@ -282,7 +283,7 @@ def test_summarize_verdict_rule_synthetic():
     records = _records()
     s = claim.summarize(records, cfg)
     # U(-50, 50) fails the test; +20 is trivial; the momentum row is not above the default
-    f = claim.found(records)
+    f = report.found(records)
     assert f == {"nontrivial": ["lemma1", "lemma1_all", "lemma1_theorem", "bias_uniform10"],
                  "trivial": ["bias_plus20"]}  # fmt: skip
     assert s.verdict == (
@@ -292,7 +293,7 @@ def test_summarize_verdict_rule_synthetic():
     )
     assert s.glue["minima_n_found"] == 4 and s.glue["minima_n_trivial"] == 1
     # the theorem arm (objective 0.7) against the default networks' witnesses (0.30, 0.31)
-    assert claim.loss_gaps(records)["lemma1_theorem"][0] == pytest.approx(0.395)
+    assert report.loss_gaps(records)["lemma1_theorem"][0] == pytest.approx(0.395)
     assert s.glue["minima_class_bias_uniform50"] == "not a minimum, not a minimum"
     assert s.glue["minima_gap_halfwidth"] == "0.572"  # the Lemma-1 row's: 12.71 * 0.064 / sqrt(2)
     assert s.ours.startswith("final training loss: default 0.025 ± 0.007 (n=2); Lemma 1")
@@ -320,8 +321,8 @@ def test_verdict_not_decided_synthetic():
     assert s.verdict.startswith("not decided at this scale (failing the minimum test: Lemma 1,")
     # one seed: no interval, nothing decided
     one = [r for r in _records() if r["seed"] == 0]
-    assert claim.found(one) == {"nontrivial": [], "trivial": []}
+    assert report.found(one) == {"nontrivial": [], "trivial": []}
     assert claim.summarize(one, cfg).verdict.startswith("not decided at this scale")
     # overlapping seeds: the interval includes zero
     close = _records(losses={"bias_uniform10": (0.01, 0.06)})
-    assert "bias_uniform10" not in claim.found(close)["nontrivial"]
+    assert "bias_uniform10" not in report.found(close)["nontrivial"]

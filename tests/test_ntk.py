@@ -221,7 +221,7 @@ def test_jobs_keys_hold_the_configuration_only(profile):
         assert not {"device", "data_dir", "seed", "profile", "bn_stats", "min_train_acc"} & set(
             j.params
         )
-        assert set(claim.SETTINGS) <= set(j.params)
+        assert set(claim.PARAMS) <= set(j.params)
         assert ("init" in j.params) == (j.params["family"] in claim.NOBN_INIT)
         assert j.params["linearize"] == (j.params["family"] in cfg.linearize)
     with pytest.raises(ValueError, match="family"):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from bplib import paper, runner
+from bplib import claims, paper, parallel, runner
 from bplib.claims import rank
 from bplib.claims.rank import report as rr
 from bplib.data import REPO_ROOT
@@ -143,7 +143,7 @@ def test_jobs_bases_first_and_finetune_keys_follow_their_base():
     }
     ft_longer = rank.jobs(get_profile("rank", "cpu", epochs=4))
     assert [j.path("cpu").name for j in ft_longer[:2]] == [b.path("cpu").name for b in bases]
-    assert all(j.cost > 0 for j in jobs)
+    assert all(rank.cost(j) > 0 for j in jobs)
     scratch = rank.base_jobs(get_profile("rank", "cpu", adversarial_init="scratch"))
     assert "init" not in scratch[1].params
 
@@ -151,13 +151,13 @@ def test_jobs_bases_first_and_finetune_keys_follow_their_base():
 def test_waves_run_every_job_after_the_base_it_loads():
     cfg = get_profile("rank", "cpu", adversarial_init="natural")
     nat, adv = rank.base_jobs(cfg)
-    w1, w2, w3 = rank.waves(cfg)
+    w1, w2, w3 = rank.order(rank.jobs(cfg))
     assert w1 == [nat] and w2[0] == adv
     assert all(rank.needs(j) == nat.params for j in w2) and all(
         rank.needs(j) == adv.params for j in w3
     )
     assert len(w1 + w2 + w3) == len(rank.jobs(cfg))
-    scratch = rank.waves(get_profile("rank", "cpu", adversarial_init="scratch"))
+    scratch = rank.order(rank.jobs(get_profile("rank", "cpu", adversarial_init="scratch")))
     assert [len(w) for w in scratch] == [2, len(rank.jobs(cfg)) - 2]
     with pytest.raises(ValueError, match="adversarial_init='natural' needs a natural base"):
         rank.jobs(get_profile("rank", "cpu", bases={"adversarial": ["cifar10"]}))
@@ -316,7 +316,8 @@ def test_synthetic_run_trains_bases_then_finetunes_from_their_weights(monkeypatc
     cfg.base_images = cfg.finetune_images = {"natural": 32, "adversarial": 16}
     cfg.arms = {"natural": [["rankmin", 0.5]], "adversarial": []}
     ctx = runner.Context("smoke", "cpu", root=tmp_path / "r", checkpoints=tmp_path / "c")
-    records = rank.run(cfg, ctx, n_procs=1)
+    monkeypatch.setattr(parallel, "default_jobs", lambda: 1)  # in-process, one job at a time
+    records = claims.run("rank", cfg, ctx)
     assert [r["params"]["phase"] for r in records] == [
         "base",
         "base",
@@ -334,7 +335,7 @@ def test_synthetic_run_trains_bases_then_finetunes_from_their_weights(monkeypatc
     assert ft["history"]["hooks"][0]["op"] == "rankmin" and len(ft["spectra"]) == 16
     weights.unlink()
     rank.jobs(cfg)[3].path("smoke", ctx.root).unlink()  # one fine-tuning record lost
-    assert rank.run(cfg, ctx, n_procs=1)[3]["result"]["test_correct"] == ft["test_correct"]
+    assert claims.run("rank", cfg, ctx)[3]["result"]["test_correct"] == ft["test_correct"]
     assert weights.exists()
 
 

@@ -12,8 +12,9 @@ import torch
 from scipy import stats
 from torch import nn
 
-from bplib import runner
+from bplib import claims, parallel, runner
 from bplib.claims import weight_decay as wd
+from bplib.claims.weight_decay import report
 from bplib.data import REPO_ROOT
 from bplib.measures.equivalence import decide, detectable, paired_interval
 from bplib.measures.norm_bias import (
@@ -233,7 +234,7 @@ def test_profiles_arms_and_keys():
     paper = wd.grid(get_profile("weight_decay", "paper"))
     assert {s["train"]["batch_size"] for _, s, _ in paper if s["dataset"] == "cifar100"} == {256}
     with pytest.raises(ValueError, match="arm"):
-        wd.arm_settings(get_profile("weight_decay", "cpu").models["resnet18_w8"], "dropout")
+        report.arm_settings(get_profile("weight_decay", "cpu").models["resnet18_w8"], "dropout")
 
 
 # Parameter counts of the models at the paper profile (10 classes), normalized or not.
@@ -266,13 +267,14 @@ def test_init_norm_rows_paper_regimes():
     assert rows["MLP (2048-2048-2048)"][3] == "0%"  # no batch norm, biases start at 0
 
 
-def test_run_real_data(cifar_small, records_dir):
+def test_run_real_data(cifar_small, records_dir, monkeypatch):
     """Five arms of a tiny MLP on real images: norm-bias below a target it never reaches is
     exactly weight decay of the same coefficient; above, it grows the norm."""
     cfg = get_profile("weight_decay", "smoke", seeds=[0])
     cfg.models = {"mlp_64": cfg.models["mlp_64"]}
     ctx = runner.Context("smoke", device="cpu")
-    records = wd.run(cfg, ctx, n_procs=1)
+    monkeypatch.setattr(parallel, "default_jobs", lambda: 1)  # in-process, one job at a time
+    records = claims.run("weight_decay", cfg, ctx)
     assert len(records) == len(wd.jobs(cfg)) == 5
     for rec in records:
         res = rec["result"]
@@ -281,7 +283,7 @@ def test_run_real_data(cifar_small, records_dir):
         assert res["end_split"]["weights"] + res["end_split"]["one_dim"] == pytest.approx(
             res["sq_norm"][-1]
         )
-    assert wd.run(cfg, ctx, n_procs=1) == records  # read back from the store
+    assert claims.run("weight_decay", cfg, ctx) == records  # read back from the store
     (group,) = wd.collect(records, cfg).values()
     res = {arm: runs[0] for arm, runs in group.items()}
     assert res["nb_below"]["sq_norm"] == res["wd_strong"]["sq_norm"]
@@ -332,7 +334,7 @@ def test_summarize_synthetic_records_equivalent():
     arms = s.tables["arms cifar10_small"][1]
     assert arms[0][3] == "50.88 ± 0.85 (n=4)" and arms[2][6] == "40 ± 0 (n=4)"
     assert all(r[7] == "—" for r in arms)  # the paper has no cifar10_small column
-    assert len(s.tables["differences"][1]) == 2 * len(wd.COMPARISONS)
+    assert len(s.tables["differences"][1]) == 2 * len(report.COMPARISONS)
     assert s.tables["paper"][1][-1][:5] == ["MLP", "3", "58.88", "58.95", "59.13"]
 
 
@@ -346,7 +348,7 @@ def test_summarize_synthetic_records_supports_belief_and_no_effect():
     rows = wd.summarize(_synthetic_records(_cfg(), acc), _cfg()).tables["verdict"][1]
     assert rows[0][6].startswith("cannot be tested at this scale: weight decay does not")
     assert "smallest detectable effect" in rows[0][6]
-    assert rows[1][6] == rows[2][6] == wd.NOT_TESTED
+    assert rows[1][6] == rows[2][6] == report.NOT_TESTED
 
 
 def test_gate_leaves_out_runs_and_their_pairs():
@@ -358,20 +360,20 @@ def test_gate_leaves_out_runs_and_their_pairs():
     effect, _, above = s.tables["verdict"][1][:3]
     assert effect[3].endswith("(n=3)") and above[3].endswith("(n=3)")
     assert s.tables["arms cifar10_small"][1][0][3].endswith("; 1/4 below gate")
-    lines = wd.gate_lines(wd.collect(records, cfg), cfg)
+    lines = report.gate_lines(wd.collect(records, cfg), cfg)
     assert lines == [
         "ResNet-18 (width 0.0625), none, seed 3: left out (train acc 10.0%)",
         "ResNet-18 (width 0.0625), norm-bias, μ² > init, seed 0: left out (train acc 10.0%)",
     ]
-    panel = wd.norm_panels(records, cfg)[0]
+    panel = report.norm_panels(wd.collect(records, cfg), cfg)[0]
     assert panel["mu2"] == {"norm-bias, μ² < init": 160.0, "norm-bias, μ² > init": 800.0}
     assert panel["curves"]["none"] == ([0, 1, 2], [100.0, 110.0, 110.0])
 
 
 def test_norms_that_do_not_separate_are_no_test():
     d = {"mean": 0.1, "low": -0.3, "high": 0.5, "n": 4}
-    assert wd.reading(d, 1.0, norm_ratio=1.2).startswith("no test: the norms did not separate")
-    assert wd.reading(d, 1.0, norm_ratio=3.0).startswith("equivalent")
+    assert report.reading(d, 1.0, norm_ratio=1.2).startswith("no test: the norms did not separate")
+    assert report.reading(d, 1.0, norm_ratio=3.0).startswith("equivalent")
 
 
 def test_committed_cpu_records():
@@ -402,6 +404,7 @@ def test_pilot_is_part_of_the_cpu_design_and_cannot_decide():
 
 def test_pilot_is_read_from_the_committed_cpu_records(tmp_path):
     from bplib.claims import weight_decay as wd
+from bplib.claims.weight_decay import report
 
     cfg, records = wd.pilot()
     assert len(records) == len(wd.PILOT_ARMS) * len(wd.PILOT_SEEDS) == len(wd.jobs(cfg))
