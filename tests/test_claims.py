@@ -34,6 +34,14 @@ def test_every_registered_claim_has_the_template(name):
         assert all(mod.cost(j) >= 0 for j in jobs)
 
 
+def test_results_page_explains_every_registered_claim():
+    """The page's table loops over the registry; its prose on where each verdict comes from is
+    written by hand (it links the chapters' Verdict sections), so a new claim must add its line."""
+    text = (REPO_ROOT / "chapters" / "results.md").read_text()
+    missing = [c for c in claims.CLAIMS if f"/chapters/{claims.claim(c).CHAPTER}`" not in text]
+    assert not missing, f"chapters/results.md does not explain {missing}"
+
+
 def toy_claim(calls: list) -> tuple[types.ModuleType, types.ModuleType]:
     """A claim and its profiles, with the template and nothing else: a record is ``scale`` x
     (seed + 1) for each of two rows; the verdict says whether the mean exceeds the paper's 2."""

@@ -261,7 +261,7 @@ def test_paper_models_count_and_backward(key):
 
 
 def test_init_norm_rows_paper_regimes():
-    rows = {r[0]: r for r in wd.init_norm_rows(get_profile("weight_decay", "paper"))}
+    rows = {r[0]: r for r in report.init_norm_rows(get_profile("weight_decay", "paper"))}
     assert rows["ResNet-18"][2] == "6,403" and rows["ResNet-18"][6].startswith("2500 (below")
     assert rows["ResNet-20 Fixup"][6].startswith("1000 (above")
     assert rows["MLP (2048-2048-2048)"][3] == "0%"  # no batch norm, biases start at 0
@@ -404,7 +404,6 @@ def test_pilot_is_part_of_the_cpu_design_and_cannot_decide():
 
 def test_pilot_is_read_from_the_committed_cpu_records(tmp_path):
     from bplib.claims import weight_decay as wd
-from bplib.claims.weight_decay import report
 
     cfg, records = wd.pilot()
     assert len(records) == len(wd.PILOT_ARMS) * len(wd.PILOT_SEEDS) == len(wd.jobs(cfg))

@@ -36,6 +36,18 @@ EXPERIMENT = CHAPTER = "weight_decay"  # chapters/weight_decay.md
 TITLE = "2. Small-norm solutions generalize better"
 PARAMS = ("n_train", "n_holdout", "form", "scope")  # profile keys in every record's params
 PILOT_ARMS, PILOT_SEEDS = ["none", "weight_decay", "wd_strong"], [0, 1, 2, 3]  # sized cpu
+# The pilot's glue values that the chapter quotes, under names of their own.
+PILOT_GLUE = {
+    "wd_weight_decay_minus_none_mean": "pilot_wd_weight_decay_minus_none_mean",
+    "wd_weight_decay_minus_none_low": "pilot_wd_weight_decay_minus_none_low",
+    "wd_weight_decay_minus_none_high": "pilot_wd_weight_decay_minus_none_high",
+    "wd_weight_decay_minus_none_detectable": "pilot_wd_weight_decay_minus_none_detectable",
+    "wd_wd_strong_minus_none_mean": "pilot_wd_wd_strong_minus_none_mean",
+    "wd_wd_strong_minus_none_low": "pilot_wd_wd_strong_minus_none_low",
+    "wd_wd_strong_minus_none_high": "pilot_wd_wd_strong_minus_none_high",
+    "wd_wd_strong_minus_none_n": "pilot_wd_wd_strong_minus_none_n",
+    "wd_wd_strong_minus_none_detectable": "pilot_wd_wd_strong_minus_none_detectable",
+}
 
 
 # ----------------------------------------------------------------------- the runs
