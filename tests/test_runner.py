@@ -26,6 +26,16 @@ def test_job_refuses_place_and_runner_settings(name):
         runner.job(EXPERIMENT, {"x": 1, name: "cpu"}, 0)
 
 
+def test_params_are_the_claims_profile_keys_then_the_place_in_the_grid():
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(lr=0.1, epochs=3, seeds=[0, 1], width=8)
+    p = runner.params(cfg, ("lr", "epochs"), row="default", epochs=5)
+    assert p == {"lr": 0.1, "epochs": 5, "row": "default"}  # the place wins; seeds stay out
+    with pytest.raises(AttributeError):
+        runner.params(cfg, ("momentum",))  # a key the profile lacks is an error, not a default
+
+
 def test_key_depends_on_params_and_seed_only(records_dir):
     a, b = (
         runner.job(EXPERIMENT, {"x": 1, "y": [1, 2]}, 0),
