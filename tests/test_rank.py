@@ -21,6 +21,7 @@ from bplib.measures.rank import (
 )
 from bplib.models import make_model
 from bplib.profiles import get_profile
+from bplib.stats import detectable
 
 
 def unrolled_circular_conv(weight: torch.Tensor, n: int) -> torch.Tensor:
@@ -267,8 +268,8 @@ def test_synthetic_noisy_differences_are_not_decided_and_say_what_was_detectable
         return (80 if kind == "natural" else 60) + (0 if arm == rr.NONE else (3, -2, 4)[seed])
 
     stats = rr.comparisons(_records(cfg, acc), cfg)
-    mde = rr.detectable([3, -2, 4])
-    assert mde == pytest.approx((4.303 + 1.061) * math.sqrt(31 / 3) / math.sqrt(3), rel=1e-3)
+    mde = detectable(math.sqrt(31 / 3), 3)  # the sd of (3, -2, 4) over 3 seeds, exact power
+    assert stats[0]["diffs"] == [3, -2, 4] and stats[0]["mde"] == pytest.approx(mde)
     text = rr.verdict_text(stats, cfg.margin)
     assert text.startswith("Not decided at this scale for 10 of 10 comparisons")
     assert f"about {mde:.1f} points (80% power" in text

@@ -2,7 +2,7 @@
 
 Each model row is trained with the five :data:`ARMS` from the same initialization and batch
 order per seed (:func:`jobs`, :func:`work`). The verdict (:func:`comparison_rows`) comes from
-seed-paired held-out accuracy differences (:mod:`bplib.measures.equivalence`): first whether
+seed-paired held-out accuracy differences (:func:`bplib.stats.paired_interval`): first whether
 weight decay helps at all (:data:`EFFECT`; if not, there is nothing to explain), then each
 norm-bias arm minus the weight decay of the same coefficient (:data:`DECIDING`), read against 0
 and against the profile's margin ``delta`` (fixed before the run). The regularizer is
@@ -25,12 +25,11 @@ import torch
 from bplib import paper, runner
 from bplib.checks import check_choice
 from bplib.data import CIFAR100_MEAN, CIFAR100_STD, Normalize, holdout_split, load_cifar, subset
-from bplib.measures.equivalence import decide, paired_interval
 from bplib.measures.norm_bias import make_regularizer, norm_split
 from bplib.models import count_parameters, make_model
 from bplib.profiles import get_profile
 from bplib.results import COMMITTED
-from bplib.stats import Summary, fmt_mean_std
+from bplib.stats import Summary, decide, fmt_mean_std, paired_interval
 from bplib.train import TrainConfig, TrainingDiverged, fit, resolve_device, squared_norm
 
 NAME = CHAPTER = "weight_decay"  # chapters/weight_decay.md
@@ -150,7 +149,7 @@ def passes(result: dict, gate: float) -> bool:
 
 
 def difference_summary(group: dict, a: str, b: str, name: str, gate: float = 0.0) -> dict:
-    """:func:`~bplib.measures.equivalence.paired_interval` of the per-seed ``name(a) - name(b)``
+    """:func:`~bplib.stats.paired_interval` of the per-seed ``name(a) - name(b)``
     over the seeds where both runs pass the gate."""
     ra, rb = group.get(a, {}), group.get(b, {})
     seeds = sorted(s for s in set(ra) & set(rb) if passes(ra[s], gate) and passes(rb[s], gate))
