@@ -50,7 +50,6 @@ DRYRUN_BUDGETS = {
     "finetune_milestones", "rank_epochs", "n_robust", "max_elems",
     "batch_size", "batch_size_cifar100",  # 2 batches of 16: a size, no code path depends on it
     "samples",  # the NTK's image samples measured: the official one differs in images only
-    "jobs",  # worker processes: 2 on the dry run's 2-core CPU; in no record key
 }  # fmt: skip
 STANDIN_KEYS = {"datasets", "extra_datasets", "bases"}  # CIFAR-100 -> its offline stand-in
 

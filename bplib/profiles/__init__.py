@@ -34,7 +34,7 @@ POSITIVE = frozenset({
     "epochs", "batch_size", "batch_size_cifar100", "n_train", "n_images", "n_robust",
     "linear_epochs", "n_test", "train_steps", "eval_steps", "power_iters",
     "lanczos_ncv", "lanczos_max_hvp", "hessian_images", "explorer_images", "num_quantiles",
-    "max_elems", "jobs", "width", "widths", "trajectory_width",
+    "max_elems", "width", "widths", "trajectory_width",
 })  # fmt: skip
 
 # What a value of each kind must be, in the words of an error message.
