@@ -115,7 +115,7 @@ def test_synthetic_local_batch_reports_failure_and_skips_completed_on_rerun(tiny
     err = capsys.readouterr().err
     assert code == 1
     assert "2 notebooks: 1 ran ok, 0 skipped (already complete), 1 failed" in err
-    failure = "FAILED tiny profile=cpu seeds=[0, 1] in code cell 3 `if fail_seed in seeds:`: "
+    failure = "FAILED tiny profile=cpu seeds=[0, 1] in cell `if fail_seed in seeds:`: "
     assert failure + "RuntimeError: synthetic failure for seed 1" in err
     out = {c: runs / c / "cpu" / "seeds-0-1.ipynb" for c in ("tiny", "other")}
     # parameters injected by papermill, executed in the chapters folder

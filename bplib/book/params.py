@@ -1,13 +1,7 @@
-"""Chapter parameters for ``bplib-run``, checked in the parent before any notebook starts
-(torch-free, as all of ``bplib.book``).
+"""A chapter's parameters, checked by ``bplib-run`` before any notebook starts (torch-free).
 
-- :func:`chapter_parameters`: the names a chapter's ``parameters`` cell assigns.
-- :func:`parse_value`: a ``-p`` value; a malformed Python literal is an error, not a string.
-- :func:`split_parameters`: ``-p`` names into the chapter's own parameters and its ``overrides``
-  (profile keys), the latter checked by :func:`bplib.profiles.check_overrides`, the validator
-  that the chapter's ``get_profile`` call uses when it runs alone.
-- :func:`job_places`: the records store and data folder a job's kernel will use, so that
-  ``bplib-run`` never counts a run into another store, or on other data, as complete.
+Profile keys go to the chapter's ``overrides`` through :func:`bplib.profiles.check_overrides`,
+the validator that the chapter's ``get_profile`` call uses when it runs alone.
 """
 
 import ast
@@ -22,27 +16,23 @@ from bplib.profiles import CHAPTERS, chapter_profiles, check_overrides
 # because those modules import torch; tests/test_reliability_batch.py checks they agree.
 DEFAULT_OFFLINE_DIR = REPO_ROOT.parent / "shared" / "data" / "cifar"
 DEFAULT_RECORDS_DIR = REPO_ROOT / "data" / "records"
-# Set by bplib-run's --profile, --seeds and --jobs, or key by key with -p: never a -p name.
+# Set by bplib-run's options, never by -p.
 RESERVED = {"profile": "--profile", "seeds": "--seeds", "jobs": "--jobs",
             "overrides": "-p KEY VALUE, one profile key at a time"}  # fmt: skip
-
 # A -p value that starts like a number or a container, or ends like a container, was meant as a
 # Python literal: if it does not parse, passing it on as a string would fail much later.
 _LITERAL_LIKE = re.compile(r"""^\s*([-+]?\.?\d|[\[({'"])|[\])}]\s*$""")
 
 
 def chapter_parameters(notebook) -> list[str]:
-    """Names assigned at the top level of the cell tagged ``parameters``, in order.
-
-    Parsed with :mod:`ast` rather than papermill's ``inspect_notebook``: papermill's line parser
-    drops an assignment whose comment holds a quote (``seeds = None  # the profile's seeds``).
-    """
+    """Names assigned at the top level of the cell tagged ``parameters``, in order (by :mod:`ast`:
+    papermill's line parser drops an assignment whose comment holds a quote)."""
     cells = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
     names = []
     for node in ast.parse(cells[0].source).body if cells else []:
         targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
         for name in (n for t in targets if t for n in ast.walk(t) if isinstance(n, ast.Name)):
-            names += [name.id] if name.id not in names else []
+            names += [] if name.id in names else [name.id]
     return names
 
 
@@ -53,7 +43,7 @@ def parse_value(text: str, name: str = "value"):
         return ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError) as err:
         if not _LITERAL_LIKE.search(text):
-            return text  # a plain word or path: a string, as before
+            return text  # a plain word or path: a string
         why = err.msg if isinstance(err, SyntaxError) else "an expression is not computed"
         raise ValueError(
             f"parameter {name!r}: {text!r} is not a valid Python literal ({why}); write one "
@@ -63,24 +53,26 @@ def parse_value(text: str, name: str = "value"):
 
 
 def split_parameters(chapter: str, allowed: list[str], params: dict) -> tuple[dict, dict]:
-    """``(parameters, overrides)``: the ``-p`` names the chapter's parameters cell assigns
-    (``allowed``), and the others, which must be keys of its profile (checked values).
-    ``ValueError`` naming the first bad name or value and what is allowed."""
-    for name in RESERVED.keys() & params.keys():
+    """``(parameters, overrides)``: the ``-p`` names the parameters cell assigns (``allowed``),
+    and the others, which must be keys of the chapter's profile (values checked). One
+    ``ValueError`` names the first bad name or value and what is allowed."""
+    reserved = sorted(RESERVED.keys() & params.keys())
+    if reserved:
+        name = reserved[0]
         raise ValueError(f"parameter {name!r} is set with {RESERVED[name]}, not with -p {name}")
     own = {k: v for k, v in params.items() if k in allowed}
     keys = list(chapter_profiles(chapter)["smoke"]) if chapter in CHAPTERS else []
-    for name in params.keys() - own.keys():
+    for name in [k for k in params if k not in own]:
         if name not in keys or "overrides" not in allowed:
-            choices = ", ".join(n for n in allowed if n not in RESERVED)
-            profile_keys = f", or a key of its profile: {', '.join(keys)}" if keys else ""
+            also = f", or a key of its profile: {', '.join(keys)}" if keys else ""
+            choices = ", ".join(n for n in allowed if n not in RESERVED) + also
             raise ValueError(
                 f"unknown parameter {name!r} for chapter {chapter!r}; choose from {choices}"
-                + profile_keys
             )
-    data_dir = own.get("data_dir")
-    if data_dir is not None and not isinstance(data_dir, str):
-        raise ValueError(f"parameter data_dir={data_dir!r} must be a folder (a string) or None")
+    if not isinstance(own.get("data_dir", ""), str | None):
+        raise ValueError(
+            f"parameter data_dir={own['data_dir']!r} must be a folder (a string) or None"
+        )
     overrides = {k: v for k, v in params.items() if k not in own}
     return own, check_overrides(chapter, overrides) if overrides else {}
 
@@ -92,12 +84,9 @@ def job_places(params: dict, cwd: Path) -> dict:
     ``data_dir`` parameter, else ``BPLIB_DATA``, else the default folder if it exists). ``data``
     None: no offline folder, torchvision's download. Dask workers must share this environment.
     """
-    cwd = Path(cwd)
     records = os.environ.get("BPLIB_RECORDS") or DEFAULT_RECORDS_DIR
     data = params.get("data_dir") or os.environ.get("BPLIB_DATA")
     if not data and DEFAULT_OFFLINE_DIR.is_dir():
         data = DEFAULT_OFFLINE_DIR
-    return {
-        "records": str((cwd / records).resolve()),
-        "data": str((cwd / data).resolve()) if data else None,
-    }
+    resolved = {"records": records, "data": data}
+    return {k: str((Path(cwd) / v).resolve()) if v else None for k, v in resolved.items()}
