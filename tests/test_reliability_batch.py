@@ -221,12 +221,12 @@ def _ours_alive(marker: str) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
-def test_sigkill_of_bplib_run_leaves_no_worker_or_kernel(tmp_path):
+@pytest.mark.parametrize("signum", ["SIGKILL", "SIGINT"])
+def test_kill_or_interrupt_of_bplib_run_leaves_no_kernel(tmp_path, signum):
     """kill -9 of bplib-run while a chapter's kernel runs: the kernel, which polls its parent,
-    follows (and takes its runner's workers, which die with it: bplib.parallel)."""
+    follows; an interrupt (Ctrl-C) stops bplib-run, and papermill shuts the kernel down. Either
+    way the kernel takes its runner's workers along (they die with it: bplib.parallel)."""
     import signal
-    import subprocess
-    import sys
     import time
     import uuid
 
@@ -244,8 +244,8 @@ def test_sigkill_of_bplib_run_leaves_no_worker_or_kernel(tmp_path):
         time.sleep(0.2)
     assert mark.exists(), proc.communicate()[0].decode()[-2000:]
     assert len(_ours_alive(marker)) >= 2  # bplib-run and the kernel
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.kill(proc.pid, getattr(signal, signum))
+    assert proc.wait(timeout=60) != 0
     deadline = time.time() + 20
     while _ours_alive(marker) and time.time() < deadline:
         time.sleep(0.2)

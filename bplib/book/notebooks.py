@@ -1,14 +1,11 @@
-"""The Colab notebooks: a paired, output-free ``chapters/<name>.ipynb`` for each chapter source.
+"""The Colab notebooks: a paired, output-free ``chapters/<name>.ipynb`` for each chapter source
+(``chapters/<name>.md``, Jupytext MyST), opened by the book's Colab launch buttons.
 
-The chapters are written as Jupytext MyST markdown (``chapters/<name>.md``); the book's Colab
-launch buttons open the ``.ipynb`` beside each one (excluded from the Sphinx build in
-``_config.yml``). Regeneration follows ``jupytext --to ipynb --update``: a cell whose source is
-unchanged keeps its id and metadata, so the notebooks' diffs stay small. A new cell gets an id
-derived from its source (not a random one), so regenerating is deterministic and ``--check``
-can tell drift from noise. Each notebook gets one cell the chapter sources do not have:
-:func:`colab_setup`, which clones and installs the book in Colab before the first cell that
-imports ``bplib`` (Colab runs the ``.ipynb``; the book, papermill and ``bplib-run`` run the
-``.md`` in a checkout where ``bplib`` is installed).
+As ``jupytext --to ipynb --update``, an unchanged cell keeps its id and a new one gets an id
+from its source, so regenerating is deterministic and ``--check`` tells drift from noise. Each
+notebook has one cell its source lacks, :func:`colab_setup`, before the first code cell that
+imports ``bplib``: only Colab runs the ``.ipynb``; the book, papermill and ``bplib-run`` run the
+``.md`` where ``bplib`` is installed.
 
     python -m bplib.book.notebooks          # write chapters/*.ipynb (or: bplib-sync-notebooks)
     python -m bplib.book.notebooks --check  # exit 1 if any .ipynb is missing, stale or orphaned
@@ -54,9 +51,9 @@ def render(source: Path) -> str:
     unchanged cells from the existing ``.ipynb`` (``jupytext --update``)."""
     nb = jupytext.read(source)
     imports = re.compile(r"^(from|import) bplib\b", re.M)
-    first = next((i for i, c in enumerate(nb.cells) if imports.search(c.source)), None)
-    if first is not None and nb.cells[first].cell_type == "code":
-        nb.cells.insert(first, nbformat.v4.new_code_cell(colab_setup()))
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and imports.search(c.source)]
+    if code:
+        nb.cells.insert(code[0], nbformat.v4.new_code_cell(colab_setup()))
     target = source.with_suffix(".ipynb")
     old_ids = set()
     if target.exists():
