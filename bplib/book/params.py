@@ -65,7 +65,7 @@ def split_parameters(chapter: str, allowed: list[str], params: dict) -> tuple[di
     for name in [k for k in params if k not in own]:
         if name not in keys or "overrides" not in allowed:
             also = f", or a key of its profile: {', '.join(keys)}" if keys else ""
-            choices = ", ".join(n for n in allowed if n not in RESERVED) + also
+            choices = (", ".join(n for n in allowed if n not in RESERVED) or "(none)") + also
             raise ValueError(
                 f"unknown parameter {name!r} for chapter {chapter!r}; choose from {choices}"
             )
