@@ -163,7 +163,7 @@ class Check:
             jobs = plan(chapters, "smoke", [0], {"device": str(self.device)}, runs_dir=runs)
             return {"executed": False, "planned_jobs": len(jobs), "chapters": chapters}
         cmd = [sys.executable, "-m", "bplib.book.batch", *chapters, "--profile", "smoke",
-               "--seeds", "0", "--jobs", str(len(chapters)), "--runs-dir", str(runs),
+               "--seeds", "0", "--runs-dir", str(runs),
                "-p", "device", str(self.device), "--no-progress", "--recompute"]  # fmt: skip
         env = {**os.environ, "BPLIB_RECORDS": str(runs / "records")}
         if self.args.data_dir:
@@ -173,7 +173,7 @@ class Check:
                                   timeout=self.deadline - time.monotonic())  # fmt: skip
         per_chapter = {}
         for chapter in chapters:
-            nb = runs / chapter / "smoke" / "seed-0.ipynb"
+            nb = runs / chapter / "smoke" / "seeds-0.ipynb"
             meta = json.loads(nb.read_text())["metadata"]["papermill"] if nb.exists() else {}
             failed = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"FAILED {chapter} ")]
             per_chapter[chapter] = {

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bplib.checks import check_choice
+from bplib.checks import check_choice, check_int
 from bplib.data import REPO_ROOT, data_identity
 from bplib.parallel import map_jobs
 from bplib.results import (
@@ -78,9 +78,14 @@ class Context:
     data_dir: str | Path | None = None
     root: Path | None = None  # records store; None: ``results.records_root()``
     checkpoints: str | Path | None = None  # None: $BPLIB_CHECKPOINTS, else ./checkpoints
+    # worker processes of :func:`run` (bplib-run's --jobs); None: 2 one-thread processes on a
+    # CPU with 2+ cores, 1 (in-process) on a GPU
+    jobs: int | None = None
 
     def __post_init__(self):
         check_choice("profile", self.profile, PROFILES)
+        if self.jobs is not None:  # a chapter parameter: one clear error before any work
+            check_int("jobs", self.jobs, low=1)
         for name in ("root", "checkpoints"):  # accept str paths (papermill parameters are str)
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
@@ -159,8 +164,9 @@ def run(
     desc: str = "jobs",
 ) -> list[dict]:
     """The records of ``jobs`` (in order): stored ones are read, missing ones computed by
-    ``work(job, ctx)`` in ``n_procs`` one-thread processes (default: 2 on a 2+ core CPU, 1 on a
-    GPU). No worker process starts when nothing is missing. ``force`` recomputes every job.
+    ``work(job, ctx)`` in ``n_procs`` one-thread processes (default: ``ctx.jobs``, whose default
+    is 2 on a 2+ core CPU, 1 on a GPU). No worker process starts when nothing is missing.
+    ``force`` recomputes every job.
     Raises :class:`bplib.results.StoreNotWritable` before computing anything when a missing
     job's store folder cannot be written (the work would be lost at the end), and
     :class:`DataMismatch` when a stored record was made from other data (records carry the
@@ -176,6 +182,7 @@ def run(
     for folder in sorted({j.path(ctx.profile, ctx.root).parent for j in todo}):
         check_writable(folder, ctx.root)  # arrays go beside the record: the same folder
     if todo:
+        n_procs = ctx.jobs if n_procs is None else n_procs
         if resolve_device(ctx.device).type == "cuda":
             n_procs = 1  # one GPU: run in-process
         todo.sort(key=lambda j: -j.cost)

@@ -12,7 +12,14 @@ import pytest
 import yaml
 
 from bplib.book import REPO_ROOT
-from bplib.book.notebooks import DEFAULT_CHAPTERS_DIR, chapter_sources, main, render, sync
+from bplib.book.notebooks import (
+    DEFAULT_CHAPTERS_DIR,
+    chapter_sources,
+    colab_setup,
+    main,
+    render,
+    sync,
+)
 
 CHAPTERS = [p.stem for p in chapter_sources(DEFAULT_CHAPTERS_DIR)]
 
@@ -65,10 +72,16 @@ def test_every_toc_chapter_has_a_source_and_a_notebook():
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_notebook_installs_the_package_in_colab_before_importing_it(chapter):
+    """Colab's setup comes from one place (notebooks.colab_setup, cloning _config.yml's
+    repository), right before the first cell that imports bplib; the chapter sources lack it."""
     nb = nbformat.read(DEFAULT_CHAPTERS_DIR / f"{chapter}.ipynb", as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    first = next(i for i, c in enumerate(code) if "bplib" in c.source)
-    assert "google.colab" in code[first].source and "pip install" in code[first].source
+    first = next(i for i, c in enumerate(code) if "from bplib" in c.source)
+    assert code[first - 1].source == colab_setup()
+    url = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())["repository"]["url"]
+    assert f"git clone -q --depth 1 {url} " in colab_setup() and "pip install" in colab_setup()
+    assert sum("google.colab" in c.source for c in code) == 1
+    assert "git clone" not in (DEFAULT_CHAPTERS_DIR / f"{chapter}.md").read_text()
     assert all(not c.outputs for c in code), "the Colab notebooks are output-free"
 
 

@@ -1,5 +1,5 @@
-"""Publishing tools: ``batch`` (``bplib-run``: chapters under papermill, one job per chapter,
-profile and seed) and ``notebooks`` (``bplib-sync-notebooks``: the paired Colab notebooks).
+"""Publishing tools: ``batch`` (``bplib-run``: chapters under papermill, one notebook per
+chapter and profile) and ``notebooks`` (``bplib-sync-notebooks``: the paired Colab notebooks).
 
 They read chapters as notebooks and never import a claim or a measure. ``REPO_ROOT`` is defined
 here, not taken from ``bplib.data``, so that ``notebooks`` does not import torch.

@@ -301,5 +301,5 @@ def design(cfg) -> tuple[list[str], list[list]]:
 def run(cfg, ctx: runner.Context, n_procs: int | None = None, force: bool = False) -> list[dict]:
     """The records of :func:`jobs` (in order), computing the missing ones in ``n_procs``
     one-thread processes (default: the profile's ``jobs``)."""
-    n_procs = cfg.jobs if n_procs is None else n_procs
+    n_procs = getattr(cfg, "jobs", None) if n_procs is None else n_procs  # h-template: drop
     return runner.run(jobs(cfg), work, ctx, n_procs, force, desc="NTK runs")

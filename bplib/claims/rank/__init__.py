@@ -122,7 +122,7 @@ def run(cfg, ctx: runner.Context, n_procs: int | None = None, force: bool = Fals
     then what loads them; ...), each in ``n_procs`` one-thread processes (default: the
     profile's ``jobs``). A stored base whose weights file is gone is retrained first when a
     job that loads it has no record."""
-    n_procs = cfg.jobs if n_procs is None else n_procs
+    n_procs = getattr(cfg, "jobs", None) if n_procs is None else n_procs  # h-template: drop
     bases, records = base_jobs(cfg), {}
     for wave in waves(cfg):
         _restore_weights(wave, bases, ctx, n_procs, force)
