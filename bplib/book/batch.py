@@ -40,6 +40,7 @@ from bplib.book import DEFAULT_CHAPTERS_DIR, REPO_ROOT
 from bplib.book.notebooks import chapter_sources
 from bplib.book.params import chapter_parameters, check_values, job_places, parse_value
 from bplib.checks import check_seeds
+from bplib.files import write_file
 from bplib.parallel import spawn_pool, stop
 from bplib.profiles import CHAPTERS, PROFILE_NAMES, chapter_profiles
 
@@ -242,10 +243,8 @@ def _keep(job: Job, result: dict) -> nbformat.NotebookNode | None:
         source_sha256=job.source_sha256, places=job.places, wall_s=round(result["wall_s"], 3)
     )
     nb.metadata["bplib_run"] = {**run, "worker": result["worker"]}
-    job.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = job.output.with_suffix(".ipynb.part")
-    nbformat.write(nb, tmp)
-    os.replace(tmp, job.output)
+    # A unique temporary name: two runs keeping the same notebook at once never share one.
+    write_file(job.output, lambda tmp: nbformat.write(nb, tmp), "executed notebook")
     return nb
 
 
