@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,11 @@ from bplib.results import (
     record_path,
 )
 from bplib.train import resolve_device
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; two runs of one job at once are not guarded there
+    fcntl = None
 
 CHECKPOINTS = REPO_ROOT / "checkpoints"  # git-ignored default for training checkpoints
 # Names that say where or how a job runs, not what it computes: never in a record key.
@@ -137,21 +143,60 @@ def _check_same_data(record: dict, path: Path, identities: dict[str, str]) -> No
         )
 
 
+@contextmanager
+def _owning(folder: Path):
+    """Own a job's checkpoint ``folder``: an exclusive flock on ``<folder>.lock`` beside it,
+    held until the block ends, when the lock file is removed. Another process running the same
+    job with the same checkpoints waits here; each owner checks that the file it locked is still
+    the one at that path (a waiter can hold one its owner has just removed, and then retries).
+    Where no lock file can be made, the job runs unguarded: it cannot checkpoint there either."""
+    lock, fd = folder.with_name(folder.name + ".lock"), None
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        while fcntl is not None and fd is None:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(lock)
+            except FileNotFoundError:
+                current = None
+            if current is None or not os.path.samestat(os.fstat(fd), current):
+                os.close(fd)  # a removed lock file: lock the one now at that path
+                fd = None
+    except BaseException as err:
+        if fd is not None:
+            os.close(fd)
+            fd = None
+        if not isinstance(err, OSError):
+            raise
+    try:
+        yield
+    finally:
+        if fd is not None:
+            with suppress(OSError):  # before the unlock: a waiter then sees it is stale
+                lock.unlink()
+            os.close(fd)
+
+
 def _run_one(work, job: Job, ctx: Context, force: bool, data: str | None = None) -> dict:
     """Compute one job's record and store it (module level: worker processes run it); its
-    checkpoints are removed once the record is written."""
-    record = load_or_run(
-        job.experiment,
-        job.params,
-        lambda: work(job, ctx),
-        profile=ctx.profile,
-        seed=job.seed,
-        device=str(resolve_device(ctx.device)),
-        force=force,
-        root=ctx.root,
-        data=data,
-    )
-    shutil.rmtree(ctx.run_dir(job).parent, ignore_errors=True)  # only a cache of this job
+    checkpoints are removed once the record is written. Only the owner of the job's checkpoint
+    folder trains into it and removes it: a second run of the same job at once waits, then
+    reads the record the first one stored."""
+    folder = ctx.run_dir(job).parent
+    with _owning(folder):
+        record = load_or_run(
+            job.experiment,
+            job.params,
+            lambda: work(job, ctx),
+            profile=ctx.profile,
+            seed=job.seed,
+            device=str(resolve_device(ctx.device)),
+            force=force,
+            root=ctx.root,
+            data=data,
+        )
+        shutil.rmtree(folder, ignore_errors=True)  # only a cache of this job
     return record
 
 

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from bplib.checks import check_choice, check_float, check_int
 from bplib.data import augment, batches, to_float
-from bplib.results import CorruptFile, publish
+from bplib.files import write_file
+from bplib.results import CorruptFile
 
 
 class TrainingDiverged(RuntimeError):
@@ -200,9 +201,9 @@ def correct(model, x, y, adversary=None, batch_size: int | None = None) -> torch
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    publish(tmp, path)  # atomic (an interrupted save leaves the previous one); umask-respecting
+    # Atomic and umask-respecting; a unique temporary name (two runs never share one), removed
+    # on error, which names the checkpoint (torch's own full-disk error names no file).
+    write_file(path, lambda tmp: torch.save(state, tmp), "checkpoint")
 
 
 def fit(

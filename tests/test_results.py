@@ -28,6 +28,22 @@ def test_load_or_run_stores_provenance_and_hits_cache(records_dir):
     assert len(calls) == 2  # another seed is another record
 
 
+def test_provenance_names_the_hardware_and_keys_stay(records_dir, monkeypatch):
+    """CPU records reproduce bit for bit only on the same kind of CPU (issue 27, item 6), so each
+    names the CPU, torch's vector instructions and the GPU (before: only ``host_cpus``)."""
+    prov = load_or_run("exp", {}, dict, profile="smoke", seed=0, device="cpu")["provenance"]
+    assert isinstance(prov["cpu"], str) and prov["cpu"] not in ("", "unknown")
+    assert prov["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and not prov["gpu"]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB")
+    on_gpu = load_or_run("exp", {}, dict, profile="smoke", seed=1, device="cuda:0")
+    assert on_gpu["provenance"]["gpu"] == "NVIDIA H100 80GB"
+    # Keys hash params and seed only, and the committed records (without these fields) still
+    # read: every one sits under the key its parameters give.
+    for path in sorted((results.COMMITTED / "cpu").glob("*/*.json")):
+        rec = results.read_record(path)
+        assert record_path(rec["experiment"], rec["params"], "cpu", results.COMMITTED) == path
+
+
 def test_force_recomputes(records_dir):
     values = iter([1, 2])
     load_or_run("exp", {}, lambda: {"v": next(values)}, profile="smoke")

@@ -34,6 +34,7 @@ from bplib.book import DEFAULT_CHAPTERS_DIR, REPO_ROOT
 from bplib.book.notebooks import chapter_sources
 from bplib.book.params import chapter_parameters, job_places, parse_value, split_parameters
 from bplib.checks import check_seeds
+from bplib.files import write_file
 from bplib.profiles import CHAPTERS, PROFILE_NAMES, chapter_profiles
 
 DEFAULT_RUNS_DIR = REPO_ROOT / "runs"
@@ -207,8 +208,8 @@ def _collect(job: Job, future: Future) -> JobResult:
             wall_s=round(result["wall_s"], 3), worker=result["worker"],
         )  # fmt: skip
         job.output.parent.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, job.output.with_suffix(".ipynb.part"))
-        os.replace(job.output.with_suffix(".ipynb.part"), job.output)
+        # A unique temporary name: two runs keeping the same notebook at once never share one.
+        write_file(job.output, lambda tmp: nbformat.write(nb, tmp), "executed notebook")
     return JobResult(job, result["status"], result["error"], result["cell"])
 
 
