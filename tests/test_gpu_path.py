@@ -17,17 +17,10 @@ from torch import nn
 import bplib.pgd
 import bplib.train
 from bplib.data import Normalize
+from bplib.device import amp_dtype, eval_batch_size, exact_matmul, uses_channels_last
 from bplib.models import make_model
 from bplib.pgd import pgd_attack
-from bplib.train import (
-    TrainConfig,
-    amp_dtype,
-    eval_batch_size,
-    evaluate,
-    exact_matmul,
-    fit,
-    uses_channels_last,
-)
+from bplib.train import TrainConfig, evaluate, fit
 
 REPO = Path(__file__).resolve().parent.parent
 CUDA = torch.cuda.is_available()
@@ -70,13 +63,11 @@ def test_amp_dtype_is_bf16_where_the_gpu_computes_it_else_fp16(monkeypatch):
 
 def test_channels_last_default_is_for_conv_nets_on_cuda_only():
     conv, mlp = make_model("convnet", width=2), small_mlp()
-    auto = TrainConfig(epochs=1, lr=0.1)
-    assert uses_channels_last(auto, conv, torch.device("cuda"))
-    assert not uses_channels_last(auto, mlp, torch.device("cuda"))
-    assert not uses_channels_last(auto, conv, torch.device("cpu"))  # CPU records keep their bits
-    assert uses_channels_last(TrainConfig(epochs=1, lr=0.1, channels_last=True), mlp, "cpu")
-    off = TrainConfig(epochs=1, lr=0.1, channels_last=False)
-    assert not uses_channels_last(off, conv, torch.device("cuda"))
+    assert uses_channels_last(conv, torch.device("cuda"))
+    assert not uses_channels_last(mlp, torch.device("cuda"))
+    assert not uses_channels_last(conv, torch.device("cpu"))  # CPU records keep their bits
+    assert uses_channels_last(mlp, "cpu", given=True)
+    assert not uses_channels_last(conv, torch.device("cuda"), given=False)
 
 
 def test_eval_batch_size_is_large_on_gpus_only():

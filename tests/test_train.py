@@ -10,8 +10,9 @@ from torch import nn
 import bplib.pgd
 import bplib.train
 from bplib.data import Normalize, subset
+from bplib.device import resolve_device
 from bplib.models import make_model
-from bplib.train import TrainConfig, TrainingDiverged, evaluate, fit, resolve_device
+from bplib.train import TrainConfig, TrainingDiverged, evaluate, fit
 
 
 def small_mlp(seed=0):
@@ -229,6 +230,7 @@ def test_cpu_fit_is_bit_identical_to_the_code_before_the_gpu_path(cifar_small, m
     xe, ye = cifar_small.x_test[:600], cifar_small.y_test[:600]  # > 500: two eval batches
     for name, factory, kw, pgd in _cases():
         ref_hist, ref_state = _run(old_train, old_pgd, factory, kw, pgd, x, y, xe, ye)
+        assert ref_hist["config"].pop("extra") == {}  # TrainConfig.extra, never read, is gone
         # New code at its defaults, and with the CUDA-only settings asked for explicitly: on a
         # CPU they are inactive (auto channels_last, default eval batch), so nothing changes.
         for fields_ in ({}, {"channels_last": None, "eval_batch_size": None, "compile": False}):
