@@ -6,20 +6,11 @@ import os
 
 import nbformat
 import pytest
+from chapter_text import chapter
 
 from bplib.book.batch import main, plan
 
-TINY = """\
----
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
+TINY = chapter("""\
 
 # A tiny synthetic chapter
 
@@ -40,7 +31,7 @@ print(f"ran profile={profile} seeds={seeds} cwd={os.path.basename(os.getcwd())}"
 if seeds[0] == fail_seed:
     raise RuntimeError(f"synthetic failure for seed {seeds[0]}")
 ```
-"""
+""")
 
 
 @pytest.fixture
