@@ -17,7 +17,14 @@ from torch import nn
 import bplib.pgd
 import bplib.train
 from bplib.data import Normalize
-from bplib.device import amp_dtype, eval_batch_size, exact_matmul, uses_channels_last
+from bplib.device import (
+    amp_dtype,
+    eval_batch_size,
+    exact_matmul,
+    set_threads,
+    uses_channels_last,
+)
+from bplib.measures.ntk import ntk, ntk_naive
 from bplib.models import make_model
 from bplib.pgd import pgd_attack
 from bplib.train import TrainConfig, evaluate, fit
@@ -90,6 +97,43 @@ def test_exact_matmul_turns_tf32_off_and_restores_it():
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+# ntk's first forward, outside, only reads the number of logits (no gradient, no kernel).
+@pytest.mark.parametrize("kernel, shape_probes", [(ntk, 1), (ntk_naive, 0)])
+def test_ntk_is_computed_without_tf32_and_without_autocast(kernel, shape_probes):
+    seen = []
+
+    class Probe(nn.Linear):  # records the precision settings its forward runs under
+        def forward(self, x):
+            flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+            seen.append((*flags, torch.is_autocast_enabled("cpu")))
+            return super().forward(x)
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with torch.autocast("cpu", torch.bfloat16):
+            kernel(Probe(3, 2), torch.rand(2, 3))
+        assert seen[shape_probes:] and set(seen[shape_probes:]) == {(False, False, False)}
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_set_threads_sets_now_and_restores_as_a_context_manager():
+    before = torch.get_num_threads()
+    try:
+        with set_threads(before + 1):
+            assert torch.get_num_threads() == before + 1
+            with pytest.raises(KeyError), set_threads(None):  # None: as they are
+                assert torch.get_num_threads() == before + 1
+                raise KeyError("restored on errors too")
+        assert torch.get_num_threads() == before
+        set_threads(before + 1)  # a plain call: process-wide, as in a worker process
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_compile_on_a_cpu_is_refused_before_any_training():
