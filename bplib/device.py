@@ -1,11 +1,6 @@
-"""Where and how tensors are computed, each rule stated once: the device a job runs on
-(:func:`resolve_device`), the precision of training (:func:`amp_dtype`) and of measurements
-(:func:`exact_matmul`), the evaluation batch (:func:`eval_batch_size`), the memory layout of
-conv nets (:func:`uses_channels_last`) and torch's CPU threads (:func:`set_threads`).
-
-Every GPU-only choice here leaves a CPU alone, so CPU results stay bit-identical to the records
-made before the GPU path existed.
-"""
+"""Where and how tensors are computed, each rule stated once: device, training and measurement
+precision, evaluation batch, conv memory layout, CPU threads. Every GPU-only choice here leaves a
+CPU alone, so CPU results stay bit-identical to the records made before the GPU path existed."""
 
 from __future__ import annotations
 
@@ -76,13 +71,9 @@ def exact_matmul():
 
 
 class set_threads:  # lower case: a call to its callers, like torch.set_grad_enabled
-    """Set torch's CPU threads to ``n`` now (None: leave them); used as a context manager, the
-    previous number comes back on exit.
-
-    One thread per process is the project's rule for CPU work: on a shared 2-core machine two
-    threads per process oversubscribe the cores, and narrow nets lose more to contention than
-    they gain. Process-wide as a call (worker processes, the test session), scoped as
-    ``with set_threads(1):`` (a job run in the caller's process)."""
+    """Set torch's CPU threads to ``n`` now (None: leave them); as a context manager, restore
+    them on exit. The project runs CPU work on one thread per process: on a shared 2-core
+    machine more threads oversubscribe the cores, and narrow nets lose more than they gain."""
 
     def __init__(self, n: int | None):
         self.previous = torch.get_num_threads()
