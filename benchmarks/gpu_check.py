@@ -46,13 +46,14 @@ import torch
 
 from bplib.claims.ntk import FAMILIES, build_family
 from bplib.data import NPZ_FILES, load_cifar, offline_dir
+from bplib.device import amp_dtype, exact_matmul, set_threads
 from bplib.measures.hessian import HessianOperator
 from bplib.measures.ntk import ntk
 from bplib.models import count_parameters, make_model
 from bplib.pgd import pgd_adversary
 from bplib.profiles import CHAPTERS, chapter_profiles
 from bplib.results import provenance, write_atomic
-from bplib.train import TrainConfig, amp_dtype, exact_matmul, fit
+from bplib.train import TrainConfig, fit
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "records" / "gpu_check.json"
@@ -363,7 +364,7 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: CUDA is not available here; use --device cpu --tiny")
     if args.threads or args.device == "cpu":  # 2 threads on 2 busy cores ran 10-50x slower
-        torch.set_num_threads(args.threads or 1)
+        set_threads(args.threads or 1)
     t0 = time.monotonic()
     check = Check(args)
     results = run_items(check, args.budget_s - (time.monotonic() - t0))

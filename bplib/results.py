@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bplib import REPO_ROOT
 from bplib.checks import check_choice
-from bplib.data import REPO_ROOT
 from bplib.files import TMP_PREFIX, write_file
 
 PROFILES = ("smoke", "cpu", "paper")
@@ -250,21 +250,6 @@ def load_or_run(
     }
     write_atomic(path, record)
     return record
-
-
-def find_records(experiment: str, profile: str | None = None, root: Path | None = None):
-    """All stored records of an experiment (optionally of one profile), sorted by path.
-
-    Temporary files of interrupted writes (``.tmp-*``) are skipped; a corrupt record raises
-    :class:`CorruptFile` naming it."""
-    base = root or records_root()
-    profiles = PROFILES if profile is None else (check_choice("profile", profile, PROFILES),)
-    out = []
-    for p in profiles:
-        for path in sorted((base / p / experiment).glob("*.json")):
-            if not path.name.startswith("."):  # pathlib's glob matches dotfiles
-                out.append(read_record(path))
-    return out
 
 
 def describe(records: list[dict]) -> str:

@@ -22,10 +22,10 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
+from bplib import REPO_ROOT
 from bplib.checks import check_choice, check_int
-from bplib.data import REPO_ROOT, data_identity
+from bplib.data import data_identity
+from bplib.device import resolve_device, set_threads
 from bplib.parallel import map_jobs
 from bplib.results import (
     PROFILES,
@@ -35,7 +35,6 @@ from bplib.results import (
     read_record,
     record_path,
 )
-from bplib.train import resolve_device
 
 try:
     import fcntl
@@ -237,13 +236,9 @@ def run(
             )
             for j in todo
         ]
-        threads = torch.get_num_threads()
-        try:  # in-process CPU jobs on one thread too: narrow nets lose time to contention
-            if n_procs == 1 and resolve_device(ctx.device).type == "cpu":
-                torch.set_num_threads(1)
+        in_process_cpu = n_procs == 1 and resolve_device(ctx.device).type == "cpu"
+        with set_threads(1 if in_process_cpu else None):  # as in worker processes
             map_jobs(_run_one, kwargs, jobs=n_procs, desc=desc)
-        finally:
-            torch.set_num_threads(threads)
     records = stored(jobs, ctx.profile, ctx.root)
     missing = [j for j, r in zip(jobs, records) if r is None]
     if missing:  # only a job that wrote nothing gets here; never return a partial set silently

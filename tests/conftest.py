@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from bplib.data import offline_dir
+from bplib.device import set_threads
 
-torch.set_num_threads(1)  # CI has 2 cores; one thread per test process is fastest for tiny nets
+set_threads(1)  # CI has 2 cores; one thread per test process is fastest for tiny nets
 
 
 def pytest_configure(config):

@@ -7,20 +7,11 @@ import os
 
 import nbformat
 import pytest
+from chapter_text import chapter
 
 from bplib.book.batch import main, plan
 
-TINY = """\
----
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
+TINY = chapter("""\
 
 # A tiny synthetic chapter
 
@@ -42,7 +33,7 @@ print(f"ran profile={profile} seeds={seeds} jobs={jobs} cwd={os.path.basename(os
 if fail_seed in seeds:
     raise RuntimeError(f"synthetic failure for seed {fail_seed}")
 ```
-"""
+""")
 
 
 @pytest.fixture

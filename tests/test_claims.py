@@ -6,8 +6,7 @@ import shutil
 
 import pytest
 
-from bplib import claims, runner
-from bplib.data import REPO_ROOT
+from bplib import REPO_ROOT, claims, runner
 from bplib.profiles import get_profile
 from bplib.results import record_path, write_atomic
 

@@ -1,9 +1,8 @@
 import pytest
 import torch
 
-from bplib import runner
+from bplib import REPO_ROOT, runner
 from bplib.claims import minima as claim
-from bplib.data import REPO_ROOT
 from bplib.measures.hessian import full_loss_grad, relu_activity
 from bplib.measures.lemma1 import (
     INITS,

@@ -10,6 +10,7 @@ import sys
 import nbformat
 import pytest
 import yaml
+from chapter_text import chapter
 
 from bplib.book import REPO_ROOT
 from bplib.book.notebooks import (
@@ -23,17 +24,7 @@ from bplib.book.notebooks import (
 
 CHAPTERS = [p.stem for p in chapter_sources(DEFAULT_CHAPTERS_DIR)]
 
-TINY = """\
----
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
+TINY = chapter("""\
 
 # Tiny
 
@@ -49,7 +40,7 @@ print(x)
 ```{code-cell} ipython3
 print(x)
 ```
-"""
+""")
 
 
 def test_committed_notebooks_are_in_sync():

@@ -4,10 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from bplib import paper, runner
+from bplib import REPO_ROOT, paper, runner
 from bplib.claims import rank
 from bplib.claims.rank import report as rr
-from bplib.data import REPO_ROOT
 from bplib.measures.rank import (
     RankProjection,
     conjugate_pairs,

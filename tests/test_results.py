@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bplib import results
-from bplib.results import describe, find_records, load_or_run, record_path
+from bplib.results import describe, load_or_run, record_path
 
 
 def test_load_or_run_stores_provenance_and_hits_cache(records_dir):
@@ -49,7 +49,8 @@ def test_force_recomputes(records_dir):
     load_or_run("exp", {}, lambda: {"v": next(values)}, profile="smoke")
     rec = load_or_run("exp", {}, lambda: {"v": next(values)}, profile="smoke", force=True)
     assert rec["result"]["v"] == 2
-    assert len(find_records("exp", "smoke")) == 1
+    path = record_path("exp", {}, "smoke")
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # replaced, not added
 
 
 def test_failed_run_keeps_the_old_record(records_dir):
@@ -91,9 +92,8 @@ def test_unknown_profile_is_a_clear_error(records_dir):
 
 
 def test_describe_names_profile_seeds_commit(records_dir):
-    for s in (0, 1):
-        load_or_run("exp", {}, lambda: {"v": 0}, profile="smoke", seed=s)
-    text = describe(find_records("exp"))
+    records = [load_or_run("exp", {}, lambda: {"v": 0}, profile="smoke", seed=s) for s in (0, 1)]
+    text = describe(records)
     assert "profile smoke" in text and "2 seed(s) [0, 1]" in text and "commit" in text
 
 

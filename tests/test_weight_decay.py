@@ -8,9 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from bplib import runner
+from bplib import REPO_ROOT, runner
 from bplib.claims import weight_decay as wd
-from bplib.data import REPO_ROOT
 from bplib.measures.norm_bias import (
     NormBiasGradient,
     NormBiasLoss,

@@ -25,12 +25,13 @@ import torch
 from bplib import paper, runner
 from bplib.checks import check_choice
 from bplib.data import CIFAR100_MEAN, CIFAR100_STD, Normalize, holdout_split, load_cifar, subset
+from bplib.device import resolve_device
 from bplib.measures.norm_bias import make_regularizer, norm_split
 from bplib.models import count_parameters, make_model
 from bplib.profiles import get_profile
 from bplib.results import COMMITTED
 from bplib.stats import Summary, decide, fmt_mean_std, paired_interval
-from bplib.train import TrainConfig, TrainingDiverged, fit, resolve_device, squared_norm
+from bplib.train import TrainConfig, TrainingDiverged, fit, squared_norm
 
 NAME = CHAPTER = "weight_decay"  # chapters/weight_decay.md
 TITLE = "2. Small-norm solutions generalize better"

@@ -38,6 +38,7 @@ from bplib.claims.ntk.report import (  # noqa: F401  (the claim's interface and 
     width_trend,
 )
 from bplib.data import DATASETS, load_cifar, to_float
+from bplib.device import resolve_device, set_threads
 from bplib.measures.ntk import (
     SAMPLES,
     Linearized,
@@ -53,7 +54,7 @@ from bplib.memory import keep_freed_memory
 from bplib.models import count_parameters, make_model
 from bplib.models.resnet import INITS
 from bplib.results import save_arrays
-from bplib.train import TrainConfig, TrainingDiverged, evaluate, fit, resolve_device
+from bplib.train import TrainConfig, TrainingDiverged, evaluate, fit
 
 NAME = "ntk"
 TITLE = "3. Wide networks stay in the kernel regime"
@@ -160,12 +161,8 @@ def work(job: runner.Job, ctx: runner.Context) -> dict:
     measurement) or "recalibrated" on the training images (the control); ``"stats_only"`` and
     ``"stats_only_trained"`` compare default with recalibrated ``Phi_0`` and ``Phi_1`` (None
     without batch norm). A diverged run records only that."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with set_threads(1):
         return _measure(job, ctx)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _measure(job: runner.Job, ctx: runner.Context) -> dict:
