@@ -29,8 +29,8 @@ from torch import nn
 from torchvision import transforms
 
 from bplib.data import CIFAR10_MEAN, CIFAR10_STD, augment, batches, load_cifar, to_float
+from bplib.device import amp_dtype, set_threads
 from bplib.models import make_model
-from bplib.train import amp_dtype
 
 MODELS = {"mlp": ("MLP 3072-1024-10", {"widths": (1024,)}),
           "resnet18": ("ResNet-18, width 1/8", {"width": 0.125})}  # fmt: skip
@@ -154,7 +154,7 @@ def main(argv=None):
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--dataset", default="cifar10", choices=("cifar10", "cifar10_small"))
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     devices = [args.device] if args.device else ["cpu"] + ["cuda"] * torch.cuda.is_available()
     d = load_cifar(args.dataset)
     print(

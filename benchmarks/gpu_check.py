@@ -46,13 +46,14 @@ import torch
 
 from bplib.claims.ntk import FAMILIES, build_family
 from bplib.data import NPZ_FILES, load_cifar, offline_dir
+from bplib.device import amp_dtype, exact_matmul, set_threads
 from bplib.measures.hessian import HessianOperator
 from bplib.measures.ntk import ntk
 from bplib.models import count_parameters, make_model
 from bplib.pgd import pgd_adversary
 from bplib.profiles import CHAPTERS, chapter_profiles
 from bplib.results import provenance, write_atomic
-from bplib.train import TrainConfig, amp_dtype, exact_matmul, fit
+from bplib.train import TrainConfig, fit
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "records" / "gpu_check.json"
@@ -163,7 +164,7 @@ class Check:
             jobs = plan(chapters, "smoke", [0], {"device": str(self.device)}, runs_dir=runs)
             return {"executed": False, "planned_jobs": len(jobs), "chapters": chapters}
         cmd = [sys.executable, "-m", "bplib.book.batch", *chapters, "--profile", "smoke",
-               "--seeds", "0", "--jobs", str(len(chapters)), "--runs-dir", str(runs),
+               "--seeds", "0", "--runs-dir", str(runs),
                "-p", "device", str(self.device), "--no-progress", "--recompute"]  # fmt: skip
         env = {**os.environ, "BPLIB_RECORDS": str(runs / "records")}
         if self.args.data_dir:
@@ -173,7 +174,7 @@ class Check:
                                   timeout=self.deadline - time.monotonic())  # fmt: skip
         per_chapter = {}
         for chapter in chapters:
-            nb = runs / chapter / "smoke" / "seed-0.ipynb"
+            nb = runs / chapter / "smoke" / "seeds-0.ipynb"
             meta = json.loads(nb.read_text())["metadata"]["papermill"] if nb.exists() else {}
             failed = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"FAILED {chapter} ")]
             per_chapter[chapter] = {
@@ -363,7 +364,7 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: CUDA is not available here; use --device cpu --tiny")
     if args.threads or args.device == "cpu":  # 2 threads on 2 busy cores ran 10-50x slower
-        torch.set_num_threads(args.threads or 1)
+        set_threads(args.threads or 1)
     t0 = time.monotonic()
     check = Check(args)
     results = run_items(check, args.budget_s - (time.monotonic() - t0))

@@ -17,6 +17,7 @@ import time
 import torch
 
 from bplib.claims.ntk import FAMILIES, build_family
+from bplib.device import set_threads
 from bplib.measures.ntk import ntk, ntk_naive
 from bplib.memory import keep_freed_memory
 from bplib.models import count_parameters
@@ -30,7 +31,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.device == "cpu":
         keep_freed_memory()
     width = int(args.width) if args.width.is_integer() else args.width

@@ -108,9 +108,10 @@ def time_step(spec_json: str, batch: int, timed: int = 3) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from bplib.device import set_threads
     from bplib.models import count_parameters, make_model
 
-    torch.set_num_threads(1)
+    set_threads(1)
     name, kw = json.loads(spec_json)
     model = make_model(name, **kw)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)

@@ -17,8 +17,6 @@ TABLE1 = {
     "bias_uniform50": (51.445, 378.36, -430.49, 2.3153, 0.0048, 0.0000),
     "bias_uniform10": (12.209, 42.454, -47.733, 0.2198, 0.0564, 0.0013),
 }
-# The linear classifier that Lemma 1 embeds (text of section 2).
-LINEAR_CLASSIFIER = {"test_acc": 40.53, "loss": 1.57, "grad_norm": 0.00375}
 
 # ------------------------------------------------------------- section 3: weight decay, norm-bias
 # The learning-rate factor at each milestone of the Tables 2-3 recipe (divided by 10).

@@ -88,9 +88,9 @@ def _init_worker(threads: int | None, parent_pid: int, mechanism: str) -> None:
     # the whole process group; a worker that took it would abort its job and start the next.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if threads is not None:
-        import torch  # here, not at module level: see above
+        from bplib.device import set_threads  # here, not at module level: it imports torch
 
-        torch.set_num_threads(threads)
+        set_threads(threads)
 
 
 def default_jobs() -> int:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from bplib.checks import check_choice, check_float, check_int
-from bplib.train import amp_dtype
+from bplib.device import amp_dtype
 
 MODES = ("current", "train", "eval")
 

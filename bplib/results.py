@@ -5,7 +5,8 @@ experiment's parameters. It holds::
 
     {"experiment": str, "profile": str, "seed": int | None, "params": {...},
      "result": {...}, "provenance": {"commit", "dirty", "torch", "bplib", "python",
-                                     "device", "wall_time_s", "date", "host_cpus", "data"}}
+                                     "device", "wall_time_s", "date", "host_cpus", "cpu",
+                                     "cpu_capability", "gpu", "data"}}
 
 Records are written atomically (temporary file + ``os.replace``), so a killed run leaves either
 the old record or the new one, never half a file; a temporary file a kill leaves behind
@@ -33,12 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bplib import REPO_ROOT
 from bplib.checks import check_choice
-from bplib.data import REPO_ROOT
+from bplib.files import TMP_PREFIX, write_file
 
 PROFILES = ("smoke", "cpu", "paper")
 RECORD_KEYS = ("experiment", "profile", "seed", "params", "result", "provenance")
-TMP_PREFIX = ".tmp-"  # temporary files of atomic writes; never read as records or arrays
 
 
 class CorruptFile(ValueError):
@@ -56,26 +57,6 @@ class CorruptFile(ValueError):
 
 class StoreNotWritable(OSError):
     """The records store folder cannot be created or written (found before any work starts)."""
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it for good (Linux: /proc/self/status)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    old = os.umask(0o022)  # no read-only call elsewhere: set and restore at once
-    os.umask(old)
-    return old
-
-
-def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Give a finished temporary file the mode a plain ``open`` would (mkstemp makes 0600,
-    unreadable to a group sharing the store), then move it into place atomically."""
-    os.chmod(tmp, 0o666 & ~current_umask())
-    os.replace(tmp, path)
 
 
 def check_writable(folder: Path, root: Path | None = None) -> None:
@@ -163,10 +144,40 @@ def git_commit() -> tuple[str, bool]:
         return "unknown", True
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo; elsewhere what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() in ("model name", "Model", "Hardware") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def hardware(device: str) -> dict:
+    """``{"cpu", "cpu_capability", "gpu"}``: the CPU model, the vector instructions torch's CPU
+    kernels use (e.g. "AVX2", "AVX512"; they change float rounding) and the GPU's name on CUDA."""
+    gpu = None
+    if str(device).startswith("cuda"):
+        try:  # a record must never be lost to a name lookup after hours of training
+            gpu = torch.cuda.get_device_name(device)
+        except (RuntimeError, AssertionError, ValueError):
+            gpu = "unknown"
+    return {
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "gpu": gpu,
+    }
+
+
 def provenance(device: str, wall_time_s: float, data: str | None = None) -> dict:
     """Where and with what a record was made. ``data`` names the data it was computed from
     (``bplib.data.data_identity``: a verified checksum or torchvision's version); None when the
-    caller does not say."""
+    caller does not say. ``cpu``, ``cpu_capability`` (the vector instructions torch uses) and
+    ``gpu`` say what hardware made it: CPU records reproduce bit for bit only on the same kind of
+    CPU with the same torch (older records lack these fields; nothing reads them)."""
     from bplib import __version__
 
     commit, dirty = git_commit()
@@ -179,23 +190,20 @@ def provenance(device: str, wall_time_s: float, data: str | None = None) -> dict
         "python": platform.python_version(),
         "device": device,
         "host_cpus": os.cpu_count(),
+        **hardware(device),
         "wall_time_s": round(wall_time_s, 3),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
 def write_atomic(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
+    def dump(tmp):
+        with open(tmp, "w") as f:
             json.dump(record, f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    write_file(path, dump, "record")
 
 
 def record_path(experiment: str, params: dict, profile: str, root: Path | None = None) -> Path:
@@ -244,21 +252,6 @@ def load_or_run(
     return record
 
 
-def find_records(experiment: str, profile: str | None = None, root: Path | None = None):
-    """All stored records of an experiment (optionally of one profile), sorted by path.
-
-    Temporary files of interrupted writes (``.tmp-*``) are skipped; a corrupt record raises
-    :class:`CorruptFile` naming it."""
-    base = root or records_root()
-    profiles = PROFILES if profile is None else (check_choice("profile", profile, PROFILES),)
-    out = []
-    for p in profiles:
-        for path in sorted((base / p / experiment).glob("*.json")):
-            if not path.name.startswith("."):  # pathlib's glob matches dotfiles
-                out.append(read_record(path))
-    return out
-
-
 def describe(records: list[dict]) -> str:
     """One line of provenance for a set of records: profile(s), seeds, commit(s), device(s)."""
     if not records:
@@ -292,16 +285,12 @@ def arrays_path(
 
 def save_arrays(path: Path, **arrays) -> None:
     """Write named arrays to a compressed ``.npz`` atomically (temporary file + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    def save(tmp):
+        with open(tmp, "wb") as f:  # a file object: numpy appends no ".npz" to the name
+            np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
+
+    write_file(path, save, "arrays file")
 
 
 def load_arrays(path: Path) -> dict:

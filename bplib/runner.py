@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from bplib.checks import check_choice
-from bplib.data import REPO_ROOT, data_identity
+from bplib import REPO_ROOT
+from bplib.checks import check_choice, check_int
+from bplib.data import data_identity
+from bplib.device import resolve_device, set_threads
 from bplib.parallel import map_jobs
 from bplib.results import (
     PROFILES,
@@ -34,7 +35,11 @@ from bplib.results import (
     read_record,
     record_path,
 )
-from bplib.train import resolve_device
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; two runs of one job at once are not guarded there
+    fcntl = None
 
 CHECKPOINTS = REPO_ROOT / "checkpoints"  # git-ignored default for training checkpoints
 # Names that say where or how a job runs, not what it computes: never in a record key.
@@ -85,9 +90,14 @@ class Context:
     data_dir: str | Path | None = None
     root: Path | None = None  # records store; None: ``results.records_root()``
     checkpoints: str | Path | None = None  # None: $BPLIB_CHECKPOINTS, else ./checkpoints
+    # worker processes of :func:`run` (bplib-run's --jobs); None: 2 one-thread processes on a
+    # CPU with 2+ cores, 1 (in-process) on a GPU
+    jobs: int | None = None
 
     def __post_init__(self):
         check_choice("profile", self.profile, PROFILES)
+        if self.jobs is not None:  # a chapter parameter: one clear error before any work
+            check_int("jobs", self.jobs, low=1)
         for name in ("root", "checkpoints"):  # accept str paths (papermill parameters are str)
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
@@ -139,21 +149,60 @@ def _check_same_data(record: dict, path: Path, identities: dict[str, str]) -> No
         )
 
 
+@contextmanager
+def _owning(folder: Path):
+    """Own a job's checkpoint ``folder``: an exclusive flock on ``<folder>.lock`` beside it,
+    held until the block ends, when the lock file is removed. Another process running the same
+    job with the same checkpoints waits here; each owner checks that the file it locked is still
+    the one at that path (a waiter can hold one its owner has just removed, and then retries).
+    Where no lock file can be made, the job runs unguarded: it cannot checkpoint there either."""
+    lock, fd = folder.with_name(folder.name + ".lock"), None
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        while fcntl is not None and fd is None:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(lock)
+            except FileNotFoundError:
+                current = None
+            if current is None or not os.path.samestat(os.fstat(fd), current):
+                os.close(fd)  # a removed lock file: lock the one now at that path
+                fd = None
+    except BaseException as err:
+        if fd is not None:
+            os.close(fd)
+            fd = None
+        if not isinstance(err, OSError):
+            raise
+    try:
+        yield
+    finally:
+        if fd is not None:
+            with suppress(OSError):  # before the unlock: a waiter then sees it is stale
+                lock.unlink()
+            os.close(fd)
+
+
 def _run_one(work, job: Job, ctx: Context, force: bool, data: str | None = None) -> dict:
     """Compute one job's record and store it (module level: worker processes run it); its
-    checkpoints are removed once the record is written."""
-    record = load_or_run(
-        job.experiment,
-        job.params,
-        lambda: work(job, ctx),
-        profile=ctx.profile,
-        seed=job.seed,
-        device=str(resolve_device(ctx.device)),
-        force=force,
-        root=ctx.root,
-        data=data,
-    )
-    shutil.rmtree(ctx.run_dir(job).parent, ignore_errors=True)  # only a cache of this job
+    checkpoints are removed once the record is written. Only the owner of the job's checkpoint
+    folder trains into it and removes it: a second run of the same job at once waits, then
+    reads the record the first one stored."""
+    folder = ctx.run_dir(job).parent
+    with _owning(folder):
+        record = load_or_run(
+            job.experiment,
+            job.params,
+            lambda: work(job, ctx),
+            profile=ctx.profile,
+            seed=job.seed,
+            device=str(resolve_device(ctx.device)),
+            force=force,
+            root=ctx.root,
+            data=data,
+        )
+        shutil.rmtree(folder, ignore_errors=True)  # only a cache of this job
     return record
 
 
@@ -166,8 +215,9 @@ def run(
     desc: str = "jobs",
 ) -> list[dict]:
     """The records of ``jobs`` (in order): stored ones are read, missing ones computed by
-    ``work(job, ctx)`` in ``n_procs`` one-thread processes (default: 2 on a 2+ core CPU, 1 on a
-    GPU). No worker process starts when nothing is missing. ``force`` recomputes every job.
+    ``work(job, ctx)`` in ``n_procs`` one-thread processes (default: ``ctx.jobs``, whose default
+    is 2 on a 2+ core CPU, 1 on a GPU). No worker process starts when nothing is missing.
+    ``force`` recomputes every job.
     Raises :class:`bplib.results.StoreNotWritable` before computing anything when a missing
     job's store folder cannot be written (the work would be lost at the end), and
     :class:`DataMismatch` when a stored record was made from other data (records carry the
@@ -183,6 +233,7 @@ def run(
     for folder in sorted({j.path(ctx.profile, ctx.root).parent for j in todo}):
         check_writable(folder, ctx.root)  # arrays go beside the record: the same folder
     if todo:
+        n_procs = ctx.jobs if n_procs is None else n_procs
         if resolve_device(ctx.device).type == "cuda":
             n_procs = 1  # one GPU: run in-process
         todo.sort(key=lambda j: -j.cost)
@@ -192,13 +243,9 @@ def run(
             )
             for j in todo
         ]
-        threads = torch.get_num_threads()
-        try:  # in-process CPU jobs on one thread too: narrow nets lose time to contention
-            if n_procs == 1 and resolve_device(ctx.device).type == "cpu":
-                torch.set_num_threads(1)
+        in_process_cpu = n_procs == 1 and resolve_device(ctx.device).type == "cpu"
+        with set_threads(1 if in_process_cpu else None):  # as in worker processes
             map_jobs(_run_one, kwargs, jobs=n_procs, desc=desc)
-        finally:
-            torch.set_num_threads(threads)
     records = stored(jobs, ctx.profile, ctx.root)
     missing = [j for j, r in zip(jobs, records) if r is None]
     if missing:  # only a job that wrote nothing gets here; never return a partial set silently

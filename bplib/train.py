@@ -4,7 +4,7 @@ regularizer, optional adversarial examples, checkpoint/resume, divergence check)
 Conventions: images arrive as uint8 ``[N,3,32,32]`` and become [0, 1] floats per batch; the
 model normalizes inside (``make_model(..., normalize=True)``). Training may use mixed precision
 (``TrainConfig.bf16``: bf16 autocast, fp16 + gradient scaler on GPUs without bf16); measurements
-elsewhere in ``bplib`` run in float32, with TF32 off on GPUs (:func:`exact_matmul`).
+elsewhere in ``bplib`` run in float32 (the NTK with TF32 off on GPUs: ``bplib.device``).
 
 On CUDA, ``fit`` holds the uint8 data on the GPU and augments it there (offsets drawn on the CPU
 generator: a seed gives the same batches on every device), runs conv nets in channels_last,
@@ -14,12 +14,11 @@ active on a CPU, where results stay bit-identical to the code before the GPU pat
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -28,7 +27,9 @@ from tqdm.auto import tqdm
 
 from bplib.checks import check_choice, check_float, check_int
 from bplib.data import augment, batches, to_float
-from bplib.results import CorruptFile, publish
+from bplib.device import amp_dtype, eval_batch_size, uses_channels_last
+from bplib.files import write_file
+from bplib.results import CorruptFile
 
 
 class TrainingDiverged(RuntimeError):
@@ -49,7 +50,6 @@ class TrainConfig:
     bf16: bool = False  # mixed precision: bf16 autocast (fp16 + GradScaler on GPUs without bf16)
     grad_clip_value: float | None = None  # clamp each gradient entry (official rank code: 0.1)
     max_loss: float = 1e4  # a batch loss above this counts as divergence
-    extra: dict = field(default_factory=dict)  # free-form, recorded with the history
     # Speed, not results (RUNTIME_FIELDS: not recorded, see recorded_config):
     channels_last: bool | None = None  # NHWC conv activations; None: on for conv nets on CUDA
     compile: bool = False  # torch.compile the training forward; CUDA only
@@ -74,7 +74,7 @@ class TrainConfig:
     def from_params(cls, params: dict, **overrides) -> TrainConfig:
         """A config from a chapter's parameter dict: the keys that name a field are taken,
         other keys are ignored; ``overrides`` win over ``params``."""
-        names = {f.name for f in fields(cls)} - {"extra"}
+        names = {f.name for f in fields(cls)}
         return cls(**{**{k: v for k, v in params.items() if k in names}, **overrides})
 
     def lr_at(self, epoch: int) -> float:
@@ -89,64 +89,6 @@ def recorded_config(cfg: TrainConfig) -> dict:
     """The config as histories and checkpoints record it: without :data:`RUNTIME_FIELDS`, which
     change speed, not results (records stay as before them; a resume may change them)."""
     return {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_FIELDS}
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when present, else CPU; ``"cpu"``/``"cuda"``/``"cuda:N"`` as given; and
-    an out-of-tree (PrivateUse1) backend by the name it registered, such as the tests' device
-    stand-in (``tests/device_standin.py``)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    registered = torch._C._get_privateuse1_backend_name()
-    if registered != "privateuseone" and device.split(":")[0] == registered:
-        return torch.device(device)
-    if not (device == "cpu" or device.startswith("cuda")):
-        check_choice("device", device, ("auto", "cpu", "cuda", "cuda:N"))
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available; use 'auto' or 'cpu'")
-    return torch.device(device)
-
-
-def amp_dtype(device) -> torch.dtype:
-    """The autocast dtype of mixed precision on ``device``: bfloat16 on CPUs and on GPUs that
-    compute it natively, float16 on older GPUs (e.g. a T4, where bf16 is only emulated)."""
-    if torch.device(device).type != "cuda":
-        return torch.bfloat16
-    try:
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # torch < 2.3: no emulation argument, and no emulation either
-        native = torch.cuda.is_bf16_supported()
-    return torch.bfloat16 if native else torch.float16
-
-
-def eval_batch_size(device, adversarial: bool = False, given: int | None = None) -> int:
-    """``given``, else the default evaluation batch: 500 on CPUs (as CPU records were made: the
-    batch size changes float32 sums in the last bits) and under an attack (its gradient keeps
-    every activation alive); 2,048 on GPUs, where fewer, larger launches are faster."""
-    large = torch.device(device).type == "cuda" and not adversarial
-    return given if given is not None else 2048 if large else 500  # given: checked by batches
-
-
-def uses_channels_last(cfg: TrainConfig, model: nn.Module, device) -> bool:
-    """``cfg.channels_last``; None: on for models with a Conv2d on CUDA (cuDNN's NHWC kernels
-    are faster), off on CPUs (CPU records keep their bits)."""
-    if cfg.channels_last is not None:
-        return cfg.channels_last
-    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    return has_conv and torch.device(device).type == "cuda"
-
-
-@contextlib.contextmanager
-def exact_matmul():
-    """No TF32 inside (measurements: Hessian, NTK, singular values): float32 GPU matmuls and
-    convolutions in full precision, not TF32's ~1e-3. Restored on exit; no-op on CPUs."""
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def squared_norm(model: nn.Module) -> float:
@@ -200,9 +142,9 @@ def correct(model, x, y, adversary=None, batch_size: int | None = None) -> torch
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    publish(tmp, path)  # atomic (an interrupted save leaves the previous one); umask-respecting
+    # Atomic and umask-respecting; a unique temporary name (two runs never share one), removed
+    # on error, which names the checkpoint (torch's own full-disk error names no file).
+    write_file(path, lambda tmp: torch.save(state, tmp), "checkpoint")
 
 
 def fit(
@@ -330,7 +272,7 @@ class _Step:
             msg = f"TrainConfig.compile=True is for CUDA models only (this one is on {device})"
             raise ValueError(msg + "; set compile=False, or move the model to a GPU")
         self.dtype = amp_dtype(device)  # once: on CUDA it asks the driver
-        self.channels_last = uses_channels_last(cfg, model, device)
+        self.channels_last = uses_channels_last(model, device, cfg.channels_last)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)  # in place, like .to(device)
         fp16 = cfg.bf16 and self.dtype == torch.float16  # fp16 needs scaling against underflow

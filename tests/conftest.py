@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from bplib.data import offline_dir
+from bplib.device import set_threads
 
-torch.set_num_threads(1)  # CI has 2 cores; one thread per test process is fastest for tiny nets
+set_threads(1)  # CI has 2 cores; one thread per test process is fastest for tiny nets
 
 
 def pytest_configure(config):
@@ -36,8 +36,10 @@ def cifar_small():
 
 @pytest.fixture
 def records_dir(tmp_path, monkeypatch):
-    """A private record store so tests never touch data/records."""
+    """A private record store (and checkpoints folder) so tests never touch data/records
+    (or ./checkpoints, where the runner keeps each job's lock file)."""
     monkeypatch.setenv("BPLIB_RECORDS", str(tmp_path / "records"))
+    monkeypatch.setenv("BPLIB_CHECKPOINTS", str(tmp_path / "checkpoints"))
     return tmp_path / "records"
 
 

@@ -1,25 +1,17 @@
 """bplib-run (bplib.book.batch): validation before anything runs, a real local batch with one
-failing job and the skip on re-run, and the same notebook on a real Dask LocalCluster. The chapter
-is a tiny synthetic MyST notebook written into tmp_path (kernel start-up dominates: ~2 s a job)."""
+failing notebook and the skip on re-run, and the same notebook on a real Dask LocalCluster. The
+chapters are tiny synthetic MyST notebooks written into tmp_path (kernel start-up dominates: ~2 s
+a notebook)."""
 
 import os
 
 import nbformat
 import pytest
+from chapter_text import chapter
 
 from bplib.book.batch import main, plan
 
-TINY = """\
----
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
+TINY = chapter("""\
 
 # A tiny synthetic chapter
 
@@ -29,18 +21,19 @@ import os
 
 profile = os.environ.get("BPLIB_PROFILE", "smoke")  # smoke | cpu | paper
 seeds = None  # None = the profile's seeds
-fail_seed = -1  # this seed's job raises (a quote in a comment: papermill's parser skips it)
+jobs = None  # worker processes of its runner
+fail_seed = -1  # a run with this seed raises (a quote in a comment: papermill's parser skips it)
 ```
 
 ```{code-cell} ipython3
-print(f"ran profile={profile} seeds={seeds} cwd={os.path.basename(os.getcwd())}")
+print(f"ran profile={profile} seeds={seeds} jobs={jobs} cwd={os.path.basename(os.getcwd())}")
 ```
 
 ```{code-cell} ipython3
-if seeds[0] == fail_seed:
-    raise RuntimeError(f"synthetic failure for seed {seeds[0]}")
+if fail_seed in seeds:
+    raise RuntimeError(f"synthetic failure for seed {fail_seed}")
 ```
-"""
+""")
 
 
 @pytest.fixture
@@ -90,43 +83,49 @@ def test_synthetic_unknown_parameter_lists_allowed_names(tiny):
         plan(["tiny"], "smoke", [0], {"width": 4}, chapters_dir=tiny[0], runs_dir=tiny[1])
 
 
-def test_synthetic_plan_one_job_per_seed(tiny):
+def test_synthetic_plan_one_notebook_per_chapter_with_all_seeds(tiny):
     chapters, runs = tiny
     (job,) = plan(["tiny"], "cpu", None, {}, chapters_dir=chapters, runs_dir=runs)  # no profile
-    assert (job.seed, job.parameters) == (0, {"profile": "cpu", "seeds": [0]})  # module: seed 0
-    jobs = plan(["tiny"], "paper", [2, 5], {"fail_seed": 5}, chapters_dir=chapters, runs_dir=runs)
-    assert [j.output for j in jobs] == [runs / "tiny" / "paper" / f"seed-{s}.ipynb" for s in (2, 5)]
-    assert jobs[1].parameters == {"profile": "paper", "seeds": [5], "fail_seed": 5}
+    assert (job.seeds, job.parameters) == ([0], {"profile": "cpu", "seeds": [0]})  # module: 0
+    (job,) = plan(["tiny"], "paper", [2, 5], {"fail_seed": 5}, chapters_dir=chapters,
+                  runs_dir=runs, jobs=3)  # fmt: skip
+    assert job.output == runs / "tiny" / "paper" / "seeds-2-5.ipynb"
+    assert job.parameters == {"profile": "paper", "seeds": [2, 5], "jobs": 3, "fail_seed": 5}
+    split = plan(["tiny"], "paper", [2, 5], {}, chapters_dir=chapters, runs_dir=runs,
+                 split_seeds=True)  # fmt: skip
+    assert [j.parameters["seeds"] for j in split] == [[2], [5]]  # Dask: one notebook per seed
     assert not runs.exists()
 
 
 def test_synthetic_local_batch_reports_failure_and_skips_completed_on_rerun(tiny, capsys):
+    """One notebook after another, each given --jobs; one fails, the other still runs."""
     chapters, runs = tiny
-    code = run(tiny, "tiny", "--profile", "cpu", "--seeds", "0", "1", "2", "--jobs", "2",
+    (chapters / "other.md").write_text(TINY.replace("fail_seed in seeds", "False"))
+    code = run(tiny, "tiny", "other", "--profile", "cpu", "--seeds", "0", "1", "--jobs", "2",
                "-p", "fail_seed", "1")  # fmt: skip
     err = capsys.readouterr().err
     assert code == 1
-    assert "3 jobs: 2 ran ok, 0 skipped (already complete), 1 failed" in err
-    failure = "FAILED tiny profile=cpu seed=1 in code cell 3 `if seeds[0] == fail_seed:`: "
+    assert "2 notebooks: 1 ran ok, 0 skipped (already complete), 1 failed" in err
+    failure = "FAILED tiny profile=cpu seeds=[0, 1] in cell `if fail_seed in seeds:`: "
     assert failure + "RuntimeError: synthetic failure for seed 1" in err
-    out = {s: runs / "tiny" / "cpu" / f"seed-{s}.ipynb" for s in (0, 1, 2)}
-    for seed in (0, 2):  # parameters injected by papermill, executed in the chapters folder
-        assert f"ran profile=cpu seeds=[{seed}] cwd=chapters" in stdout_of(out[seed])
-        meta = nbformat.read(out[seed], as_version=4).metadata
-        assert meta.bplib_run.status == "ok" and meta.bplib_run.seed == seed
-    assert nbformat.read(out[1], as_version=4).metadata.bplib_run.status == "failed"
+    out = {c: runs / c / "cpu" / "seeds-0-1.ipynb" for c in ("tiny", "other")}
+    # parameters injected by papermill, executed in the chapters folder
+    assert "ran profile=cpu seeds=[0, 1] jobs=2 cwd=chapters" in stdout_of(out["other"])
+    meta = nbformat.read(out["other"], as_version=4).metadata
+    assert meta.bplib_run.status == "ok" and meta.bplib_run.seeds == [0, 1]
+    assert nbformat.read(out["tiny"], as_version=4).metadata.bplib_run.status == "failed"
 
-    # Completed jobs are skipped: their notebooks are not rewritten.
-    mtimes = {s: out[s].stat().st_mtime_ns for s in (0, 2)}
-    assert run(tiny, "tiny", "--profile", "cpu", "--seeds", "0", "2", "-p", "fail_seed", "1") == 0
-    assert "2 jobs: 0 ran ok, 2 skipped" in capsys.readouterr().err
-    assert {s: out[s].stat().st_mtime_ns for s in (0, 2)} == mtimes
+    # Completed notebooks are skipped, also with another worker count: not rewritten.
+    mtime = out["other"].stat().st_mtime_ns
+    assert run(tiny, "other", "--profile", "cpu", "--seeds", "0", "1", "-p", "fail_seed", "1") == 0
+    assert "1 notebooks: 0 ran ok, 1 skipped" in capsys.readouterr().err
+    assert out["other"].stat().st_mtime_ns == mtime
 
-    # Other parameters or --recompute run the job again.
-    assert run(tiny, "tiny", "--profile", "cpu", "--seeds", "0", "--recompute",
+    # Other parameters or --recompute run the notebook again.
+    assert run(tiny, "other", "--profile", "cpu", "--seeds", "0", "1", "--recompute",
                "-p", "fail_seed", "1") == 0  # fmt: skip
-    assert "1 jobs: 1 ran ok, 0 skipped" in capsys.readouterr().err
-    assert out[0].stat().st_mtime_ns != mtimes[0]
+    assert "1 notebooks: 1 ran ok, 0 skipped" in capsys.readouterr().err
+    assert out["other"].stat().st_mtime_ns != mtime
 
 
 def test_synthetic_batch_on_dask_local_cluster(tiny, capsys):
@@ -142,6 +141,6 @@ def test_synthetic_batch_on_dask_local_cluster(tiny, capsys):
         code = run(tiny, "tiny", "--seeds", "3", "4", "--scheduler", cluster.scheduler_address)
     assert code == 0, capsys.readouterr().err
     for seed in (3, 4):
-        path = tiny[1] / "tiny" / "smoke" / f"seed-{seed}.ipynb"
-        assert f"ran profile=smoke seeds=[{seed}]" in stdout_of(path)
+        path = tiny[1] / "tiny" / "smoke" / f"seeds-{seed}.ipynb"  # one notebook per seed
+        assert f"ran profile=smoke seeds=[{seed}] jobs=1" in stdout_of(path)
         assert nbformat.read(path, as_version=4).metadata.bplib_run.worker.pid in worker_pids

@@ -10,8 +10,7 @@ import types
 
 import pytest
 
-from bplib import claims, parallel, profiles, registry, runner
-from bplib.data import REPO_ROOT
+from bplib import REPO_ROOT, claims, profiles, registry, runner
 from bplib.profiles import get_profile
 from bplib.results import record_path, write_atomic
 from bplib.stats import Summary
@@ -80,9 +79,9 @@ def test_a_claim_defined_here_runs_through_runner_store_and_results_page(tmp_pat
         monkeypatch.setattr(owner, attr, names)
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
     monkeypatch.setitem(sys.modules, prof.__name__, prof)
-    monkeypatch.setattr(parallel, "default_jobs", lambda: 1)  # in-process: the toy is no file
     cfg = get_profile("toy", "smoke")
-    ctx = runner.Context("smoke", device="cpu", root=tmp_path, checkpoints=tmp_path / "ck")
+    # jobs=1: in-process, as the toy module is no file that a worker process could import
+    ctx = runner.Context("smoke", device="cpu", root=tmp_path, checkpoints=tmp_path / "ck", jobs=1)
     records = claims.run("toy", cfg, ctx)
     assert [r["result"]["value"] for r in records] == [1.5, 3.0, 4.5] * 2  # in jobs' order
     assert [j.seed for j in calls] == [2, 2, 1, 1, 0, 0]  # costliest first

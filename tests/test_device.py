@@ -9,7 +9,7 @@ import pytest
 import torch
 from device_standin import watch
 
-from bplib import parallel, runner
+from bplib import runner
 from bplib.claims import CLAIMS, run
 from bplib.data import offline_dir
 from bplib.measures.ntk import Linearized
@@ -43,7 +43,7 @@ def test_the_stand_in_computes_like_the_cpu_and_serves_host_reads():
 
 
 @pytest.mark.parametrize("name", CLAIMS)
-def test_every_smoke_job_of_every_claim_runs_on_the_device_it_is_given(name, tmp_path, monkeypatch):
+def test_every_smoke_job_of_every_claim_runs_on_the_device_it_is_given(name, tmp_path):
     """All smoke jobs (every job kind of the claim), through the runner, on the stand-in: no op
     mixes devices, no matrix product or convolution runs on the CPU, every module call has its
     parameters and inputs on the stand-in, and each record's provenance names it."""
@@ -52,8 +52,7 @@ def test_every_smoke_job_of_every_claim_runs_on_the_device_it_is_given(name, tmp
     # The linearized model runs forward-mode AD, which the stand-in cannot: see the next test.
     cfg = get_profile(name, "smoke", **({"linearize": []} if name == "ntk" else {}))
     ctx = runner.Context("smoke", device="standin", root=tmp_path / "records",
-                         checkpoints=tmp_path / "checkpoints")  # fmt: skip
-    monkeypatch.setattr(parallel, "default_jobs", lambda: 1)  # in-process: watch() sees it
+                         checkpoints=tmp_path / "checkpoints", jobs=1)  # fmt: skip
     with watch() as seen:
         records = run(name, cfg, ctx)
     assert not seen.mixed

@@ -17,17 +17,17 @@ from torch import nn
 import bplib.pgd
 import bplib.train
 from bplib.data import Normalize
-from bplib.models import make_model
-from bplib.pgd import pgd_attack
-from bplib.train import (
-    TrainConfig,
+from bplib.device import (
     amp_dtype,
     eval_batch_size,
-    evaluate,
     exact_matmul,
-    fit,
+    set_threads,
     uses_channels_last,
 )
+from bplib.measures.ntk import ntk, ntk_naive
+from bplib.models import make_model
+from bplib.pgd import pgd_attack
+from bplib.train import TrainConfig, evaluate, fit
 
 REPO = Path(__file__).resolve().parent.parent
 CUDA = torch.cuda.is_available()
@@ -70,13 +70,11 @@ def test_amp_dtype_is_bf16_where_the_gpu_computes_it_else_fp16(monkeypatch):
 
 def test_channels_last_default_is_for_conv_nets_on_cuda_only():
     conv, mlp = make_model("convnet", width=2), small_mlp()
-    auto = TrainConfig(epochs=1, lr=0.1)
-    assert uses_channels_last(auto, conv, torch.device("cuda"))
-    assert not uses_channels_last(auto, mlp, torch.device("cuda"))
-    assert not uses_channels_last(auto, conv, torch.device("cpu"))  # CPU records keep their bits
-    assert uses_channels_last(TrainConfig(epochs=1, lr=0.1, channels_last=True), mlp, "cpu")
-    off = TrainConfig(epochs=1, lr=0.1, channels_last=False)
-    assert not uses_channels_last(off, conv, torch.device("cuda"))
+    assert uses_channels_last(conv, torch.device("cuda"))
+    assert not uses_channels_last(mlp, torch.device("cuda"))
+    assert not uses_channels_last(conv, torch.device("cpu"))  # CPU records keep their bits
+    assert uses_channels_last(mlp, "cpu", given=True)
+    assert not uses_channels_last(conv, torch.device("cuda"), given=False)
 
 
 def test_eval_batch_size_is_large_on_gpus_only():
@@ -99,6 +97,43 @@ def test_exact_matmul_turns_tf32_off_and_restores_it():
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+# ntk's first forward, outside, only reads the number of logits (no gradient, no kernel).
+@pytest.mark.parametrize("kernel, shape_probes", [(ntk, 1), (ntk_naive, 0)])
+def test_ntk_is_computed_without_tf32_and_without_autocast(kernel, shape_probes):
+    seen = []
+
+    class Probe(nn.Linear):  # records the precision settings its forward runs under
+        def forward(self, x):
+            flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+            seen.append((*flags, torch.is_autocast_enabled("cpu")))
+            return super().forward(x)
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with torch.autocast("cpu", torch.bfloat16):
+            kernel(Probe(3, 2), torch.rand(2, 3))
+        assert seen[shape_probes:] and set(seen[shape_probes:]) == {(False, False, False)}
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_set_threads_sets_now_and_restores_as_a_context_manager():
+    before = torch.get_num_threads()
+    try:
+        with set_threads(before + 1):
+            assert torch.get_num_threads() == before + 1
+            with pytest.raises(KeyError), set_threads(None):  # None: as they are
+                assert torch.get_num_threads() == before + 1
+                raise KeyError("restored on errors too")
+        assert torch.get_num_threads() == before
+        set_threads(before + 1)  # a plain call: process-wide, as in a worker process
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_compile_on_a_cpu_is_refused_before_any_training():

@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from bplib import runner
+from bplib import REPO_ROOT, runner
 from bplib.claims import minima as claim
 from bplib.claims.minima import report
-from bplib.data import REPO_ROOT
 from bplib.measures.hessian import full_loss_grad, relu_activity
 from bplib.measures.lemma1 import (
     INITS,

@@ -10,23 +10,21 @@ import sys
 import nbformat
 import pytest
 import yaml
+from chapter_text import chapter
 
 from bplib.book import REPO_ROOT
-from bplib.book.notebooks import DEFAULT_CHAPTERS_DIR, chapter_sources, main, render, sync
+from bplib.book.notebooks import (
+    DEFAULT_CHAPTERS_DIR,
+    chapter_sources,
+    colab_setup,
+    main,
+    render,
+    sync,
+)
 
 CHAPTERS = [p.stem for p in chapter_sources(DEFAULT_CHAPTERS_DIR)]
 
-TINY = """\
----
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
+TINY = chapter("""\
 
 # Tiny
 
@@ -42,7 +40,7 @@ print(x)
 ```{code-cell} ipython3
 print(x)
 ```
-"""
+""")
 
 
 def test_committed_notebooks_are_in_sync():
@@ -65,10 +63,16 @@ def test_every_toc_chapter_has_a_source_and_a_notebook():
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_notebook_installs_the_package_in_colab_before_importing_it(chapter):
+    """Colab's setup comes from one place (notebooks.colab_setup, cloning _config.yml's
+    repository), right before the first cell that imports bplib; the chapter sources lack it."""
     nb = nbformat.read(DEFAULT_CHAPTERS_DIR / f"{chapter}.ipynb", as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    first = next(i for i, c in enumerate(code) if "bplib" in c.source)
-    assert "google.colab" in code[first].source and "pip install" in code[first].source
+    first = next(i for i, c in enumerate(code) if "from bplib" in c.source)
+    assert code[first - 1].source == colab_setup()
+    url = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())["repository"]["url"]
+    assert f"git clone -q --depth 1 {url} " in colab_setup() and "pip install" in colab_setup()
+    assert sum("google.colab" in c.source for c in code) == 1
+    assert "git clone" not in (DEFAULT_CHAPTERS_DIR / f"{chapter}.md").read_text()
     assert all(not c.outputs for c in code), "the Colab notebooks are output-free"
 
 

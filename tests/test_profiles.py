@@ -50,7 +50,6 @@ DRYRUN_BUDGETS = {
     "finetune_milestones", "rank_epochs", "n_robust", "max_elems",
     "batch_size", "batch_size_cifar100",  # 2 batches of 16: a size, no code path depends on it
     "samples",  # the NTK's image samples measured: the official one differs in images only
-    "jobs",  # worker processes: 2 on the dry run's 2-core CPU; in no record key
 }  # fmt: skip
 STANDIN_KEYS = {"datasets", "extra_datasets", "bases"}  # CIFAR-100 -> its offline stand-in
 
@@ -93,3 +92,17 @@ def test_dry_run_is_for_the_paper_profile_only():
     with pytest.raises(ValueError, match="dryrun"):
         get_profile("rank", "paper", dryrun="yes")
     assert not hasattr(get_profile("rank", "paper"), "dryrun")  # other keys unchanged
+
+
+def test_one_overrides_dict_checked_by_one_validator():
+    """A chapter's one ``overrides`` parameter goes through check_overrides (names, kinds, ranges)
+    as keyword overrides do; anything but a dict or None is one clear error."""
+    assert get_profile("rank", "smoke", overrides={"epochs": 3, "width": None}).epochs == 3
+    assert get_profile("rank", "smoke", overrides=None) == get_profile("rank", "smoke")
+    with pytest.raises(ValueError, match=r"overrides='epochs=3' of chapter 'rank' must be a dict"):
+        get_profile("rank", "smoke", overrides="epochs=3")
+    with pytest.raises(ValueError, match="unknown parameter.*epoch .*allowed"):
+        get_profile("rank", "smoke", overrides={"epoch": 3})
+    with pytest.raises(ValueError, match="epochs=0 .*integer >= 1"):
+        get_profile("rank", "smoke", overrides={"epochs": 0})
+    assert not any("jobs" in chapter_profiles(c)["paper"] for c in CHAPTERS)  # a Context field

@@ -4,10 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from bplib import claims, paper, parallel, runner
+from bplib import REPO_ROOT, claims, paper, runner
 from bplib.claims import rank
 from bplib.claims.rank import report as rr
-from bplib.data import REPO_ROOT
 from bplib.measures.rank import (
     RankProjection,
     conjugate_pairs,
@@ -21,6 +20,7 @@ from bplib.measures.rank import (
 )
 from bplib.models import make_model
 from bplib.profiles import get_profile
+from bplib.stats import detectable
 
 
 def unrolled_circular_conv(weight: torch.Tensor, n: int) -> torch.Tensor:
@@ -267,8 +267,8 @@ def test_synthetic_noisy_differences_are_not_decided_and_say_what_was_detectable
         return (80 if kind == "natural" else 60) + (0 if arm == rr.NONE else (3, -2, 4)[seed])
 
     stats = rr.comparisons(_records(cfg, acc), cfg)
-    mde = rr.detectable([3, -2, 4])
-    assert mde == pytest.approx((4.303 + 1.061) * math.sqrt(31 / 3) / math.sqrt(3), rel=1e-3)
+    mde = detectable(math.sqrt(31 / 3), 3)  # the sd of (3, -2, 4) over 3 seeds, exact power
+    assert stats[0]["diffs"] == [3, -2, 4] and stats[0]["mde"] == pytest.approx(mde)
     text = rr.verdict_text(stats, cfg.margin)
     assert text.startswith("Not decided at this scale for 10 of 10 comparisons")
     assert f"about {mde:.1f} points (80% power" in text
@@ -315,8 +315,7 @@ def test_synthetic_run_trains_bases_then_finetunes_from_their_weights(monkeypatc
     cfg = get_profile("rank", "smoke", n_holdout=8, n_test=16, n_robust=8, seeds=[0])
     cfg.base_images = cfg.finetune_images = {"natural": 32, "adversarial": 16}
     cfg.arms = {"natural": [["rankmin", 0.5]], "adversarial": []}
-    ctx = runner.Context("smoke", "cpu", root=tmp_path / "r", checkpoints=tmp_path / "c")
-    monkeypatch.setattr(parallel, "default_jobs", lambda: 1)  # in-process, one job at a time
+    ctx = runner.Context("smoke", "cpu", root=tmp_path / "r", checkpoints=tmp_path / "c", jobs=1)
     records = claims.run("rank", cfg, ctx)
     assert [r["params"]["phase"] for r in records] == [
         "base",

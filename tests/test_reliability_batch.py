@@ -1,8 +1,9 @@
-"""Issue 11, cases 6 and 7 (validation part) and papermill's unknown names: parameter values are
-checked before any work (``get_profile`` and ``bplib-run``), ``bplib-run`` knows the records
-store and data folder when it decides a job is complete and re-runs one whose kept notebook is
-unreadable, and a chapter raises on a name papermill injected that its parameters cell lacks.
-Chapters are tiny synthetic MyST notebooks in tmp_path (the helpers of test_batch.py)."""
+"""Issue 11, cases 6 and 7 (validation part): parameter values are checked before any work, by
+one validator (``bplib.profiles.check_overrides``: in ``bplib-run``'s parent, and through
+``get_profile`` in a chapter run alone), ``bplib-run`` knows the records store and data folder
+when it decides a job is complete and re-runs one whose kept notebook is unreadable, and a kill
+of ``bplib-run`` leaves no process behind. Chapters are tiny synthetic MyST notebooks in
+tmp_path (the helpers of test_batch.py)."""
 
 import os
 import subprocess
@@ -20,17 +21,10 @@ from bplib.profiles import CHAPTERS, get_profile
 
 tiny = test_batch.tiny  # the fixture: (chapters_dir, runs_dir) with chapter tiny
 
-# TINY with the line a chapter's setup cell gets, right after the injected parameters cell.
-CHECK = (
-    'from bplib.book.params import reject_unknown_parameters\n\nreject_unknown_parameters("tiny")'
-)
-SECOND = "```{code-cell} ipython3\nprint("
-TINY_CHECKED = TINY.replace(SECOND, f"```{{code-cell}} ipython3\n{CHECK}\n```\n\n{SECOND}", 1)
-
 
 def executions(capsys) -> str:
-    """The summary line of the last bplib-run ("N jobs: a ran ok, b skipped ...")."""
-    return next(line for line in capsys.readouterr().err.splitlines() if " jobs: " in line)
+    """The summary line of the last bplib-run ("N notebooks: a ran ok, b skipped ...")."""
+    return next(line for line in capsys.readouterr().err.splitlines() if " notebooks: " in line)
 
 
 # --- case 7: parameter values checked before any work -----------------------------------------
@@ -74,8 +68,15 @@ def test_good_overrides_still_pass():
 
 # --- bplib-run: malformed literals and bad values rejected before any job --------------------
 
-NTK_LIKE = TINY.replace('fail_seed = -1  # this seed', "epochs = None  # None = the profile's\n"
-                        "fail_seed = -1  # this seed")  # fmt: skip
+# A chapter named like one with profiles: its overrides parameter, checked as the real ones are.
+NTK_LIKE = TINY.replace("fail_seed = -1", "overrides = None  # {key: value}\nfail_seed = -1")
+NTK_LIKE += """
+```{code-cell} ipython3
+from bplib.profiles import get_profile
+
+print("epochs", get_profile("ntk", profile, seeds, overrides=overrides).epochs)
+```
+"""
 
 
 @pytest.mark.parametrize(
@@ -86,6 +87,9 @@ NTK_LIKE = TINY.replace('fail_seed = -1  # this seed', "epochs = None  # None = 
         (["tiny", "-p", "fail_seed", "1/16"], "parameter 'fail_seed': '1/16' is not a valid"),
         (["ntk", "-p", "epochs", "0"], "parameter epochs=0 of chapter 'ntk' is not allowed"),
         (["ntk", "-p", "epochs", "two"], "epochs='two' of chapter 'ntk' is not allowed"),
+        (["ntk", "-p", "epoch", "2"], "unknown parameter 'epoch' for chapter 'ntk'; choose from"),
+        (["ntk", "-p", "overrides", "{}"], "'overrides' is set with -p KEY VALUE, one profile key"),
+        (["ntk", "-p", "jobs", "2"], "parameter 'jobs' is set with --jobs"),
     ],
 )
 def test_bplib_run_rejects_malformed_or_bad_values_exit_2(tiny, capsys, args, message):
@@ -125,13 +129,13 @@ def test_job_completed_into_another_store_or_data_folder_is_run_again(tiny, caps
     monkeypatch.setenv("BPLIB_DATA", str(chapters.parent / "other-data"))
     assert run(tiny, "tiny", "--seeds", "0") == 0
     assert "1 ran ok, 0 skipped" in executions(capsys)
-    places = nbformat.read(runs / "tiny/smoke/seed-0.ipynb", 4).metadata.bplib_run.places
+    places = nbformat.read(runs / "tiny/smoke/seeds-0.ipynb", 4).metadata.bplib_run.places
     assert places == {"records": str(chapters.parent / "store-b"),
                       "data": str(chapters.parent / "other-data")}  # fmt: skip
 
 
 def test_unreadable_kept_notebook_warns_naming_it_and_runs_again(tiny, capsys):
-    output = tiny[1] / "tiny" / "smoke" / "seed-0.ipynb"
+    output = tiny[1] / "tiny" / "smoke" / "seeds-0.ipynb"
     output.parent.mkdir(parents=True)
     output.write_text('{"cells": [{"cell_type": "code", "sou')  # a kill mid-write
     # Before: nbformat's NotJSONError, naming no file, and nothing ran.
@@ -153,80 +157,38 @@ def test_job_places_defaults_agree_with_the_store_and_the_loader(monkeypatch, tm
     assert places == {"records": str(records_root().resolve()), "data": str(tmp_path / "data")}
 
 
-# --- unknown names given to papermill directly ------------------------------------------------
+# --- overrides: one dict, one validator, in bplib-run's parent or in the chapter run alone ----
 
 
-def execute(chapters, parameters):
-    """Run chapter ``tiny`` with papermill itself (not bplib-run), in its folder."""
+def test_bplib_run_gives_profile_keys_as_the_overrides_dict(tiny, capsys):
+    (tiny[0] / "ntk.md").write_text(NTK_LIKE)
+    (job,) = plan(["ntk"], "smoke", [0], {"epochs": 3, "fail_seed": 1}, chapters_dir=tiny[0],
+                  runs_dir=tiny[1])  # fmt: skip
+    assert job.parameters == {"profile": "smoke", "seeds": [0], "overrides": {"epochs": 3},
+                              "fail_seed": 1}  # fmt: skip
+    assert run(tiny, "ntk", "--seeds", "0", "-p", "epochs", "3") == 0, capsys.readouterr().err
+    assert "epochs 3" in test_batch.stdout_of(tiny[1] / "ntk" / "smoke" / "seeds-0.ipynb")
+
+
+def test_chapter_run_alone_by_papermill_checks_its_overrides(tiny):
     import papermill
-
-    source = chapters / "tiny.ipynb"
-    jupytext.write(jupytext.read(chapters / "tiny.md"), source)
-    out = chapters / "out.ipynb"
-    papermill.execute_notebook(str(source), str(out), parameters=parameters, cwd=str(chapters),
-                               progress_bar=False)  # fmt: skip
-    return out
-
-
-def test_papermill_unknown_parameter_makes_the_chapter_raise(tiny):
     from papermill.exceptions import PapermillExecutionError
 
-    (tiny[0] / "tiny.md").write_text(TINY_CHECKED)
-    # Before: papermill only warned, and the chapter ran with fail_sed ignored.
+    source = tiny[0] / "ntk.ipynb"
+    jupytext.write(jupytext.reads(NTK_LIKE, fmt="md:myst"), source)
     with pytest.raises(PapermillExecutionError) as err:
-        execute(tiny[0], {"seeds": [1], "fail_sed": 1})
+        papermill.execute_notebook(str(source), str(tiny[0] / "out.ipynb"), cwd=str(tiny[0]),
+                                   parameters={"seeds": [0], "overrides": {"epochs": 0}},
+                                   progress_bar=False)  # fmt: skip
     assert err.value.ename == "ValueError"
-    assert "unknown parameter(s) fail_sed given to chapter 'tiny'" in err.value.evalue
-    assert "allows: profile, seeds, fail_seed" in err.value.evalue
-
-
-def test_papermill_known_parameters_and_bplib_run_pass(tiny, capsys):
-    (tiny[0] / "tiny.md").write_text(TINY_CHECKED)
-    out = execute(tiny[0], {"profile": "cpu", "seeds": [2], "fail_seed": 1})
-    assert "ran profile=cpu seeds=[2]" in test_batch.stdout_of(out)
-    assert run(tiny, "tiny", "--seeds", "3", "-p", "fail_seed", "1") == 0, capsys.readouterr().err
+    assert "parameter epochs=0 of chapter 'ntk' is not allowed" in err.value.evalue
 
 
 def test_bplib_run_injects_seeds_only_into_a_chapter_that_has_them(tiny):
     no_seeds = TINY.replace("seeds = None  # None = the profile's seeds\n", "")
-    (tiny[0] / "noseeds.md").write_text(no_seeds.replace("seeds[0]", "0"))
-    (job,) = plan(["noseeds"], "cpu", [0], {}, chapters_dir=tiny[0], runs_dir=tiny[1])
-    assert job.parameters == {"profile": "cpu"}  # its reject_unknown_parameters would fail
-
-
-def test_reject_unknown_parameters_outside_ipython_does_nothing():
-    code = "from bplib.book.params import reject_unknown_parameters as r; print(r('minima'))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True).stdout.strip() == "None"  # fmt: skip
-
-
-IN_IPYTHON = """
-import sys, warnings
-from IPython.testing.globalipapp import start_ipython
-from bplib.book.params import reject_unknown_parameters as reject
-ip = start_ipython()
-chapters = sys.argv[1]
-reject("tiny", chapters)  # nothing injected yet: nothing to check
-ip.run_cell('# Parameters\\nseeds = [1]\\nPAPERMILL_INPUT_PATH = "x"\\n', store_history=True)
-reject("tiny", chapters)  # papermill's own --inject-paths names pass
-ip.run_cell('# Parameters\\nseeds = [1]\\nwidth = 4\\n', store_history=True)
-try:
-    reject("tiny", chapters)
-except ValueError as err:
-    print(err)
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    reject("nowhere", chapters)
-print(caught[0].message)
-"""
-
-
-def test_reject_unknown_parameters_in_ipython_history(tiny):
-    out = subprocess.run([sys.executable, "-c", IN_IPYTHON, str(tiny[0])], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
-    assert "unknown parameter(s) width given to chapter 'tiny'" in out
-    assert "allows: profile, seeds, fail_seed" in out
-    assert f"chapter 'nowhere' are not checked: nowhere.md is not in {tiny[0]}" in out
+    (tiny[0] / "noseeds.md").write_text(no_seeds.replace("in seeds", "in [0]"))
+    (job,) = plan(["noseeds"], "cpu", [0], {}, chapters_dir=tiny[0], runs_dir=tiny[1], jobs=2)
+    assert job.parameters == {"profile": "cpu", "jobs": 2}  # papermill would only warn
 
 
 def test_book_tools_stay_torch_free():
@@ -259,12 +221,12 @@ def _ours_alive(marker: str) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
-def test_sigkill_of_bplib_run_leaves_no_worker_or_kernel(tmp_path):
-    """kill -9 of bplib-run while a chapter's kernel runs: its pool worker dies at once
-    (parent-death signal) and the kernel, which polls its parent, follows."""
+@pytest.mark.parametrize("signum", ["SIGKILL", "SIGINT"])
+def test_kill_or_interrupt_of_bplib_run_leaves_no_kernel(tmp_path, signum):
+    """kill -9 of bplib-run while a chapter's kernel runs: the kernel, which polls its parent,
+    follows; an interrupt (Ctrl-C) stops bplib-run, and papermill shuts the kernel down. Either
+    way the kernel takes its runner's workers along (they die with it: bplib.parallel)."""
     import signal
-    import subprocess
-    import sys
     import time
     import uuid
 
@@ -281,9 +243,9 @@ def test_sigkill_of_bplib_run_leaves_no_worker_or_kernel(tmp_path):
     while not mark.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert mark.exists(), proc.communicate()[0].decode()[-2000:]
-    assert len(_ours_alive(marker)) >= 3  # bplib-run, its worker, the kernel
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert len(_ours_alive(marker)) >= 2  # bplib-run and the kernel
+    os.kill(proc.pid, getattr(signal, signum))
+    assert proc.wait(timeout=60) != 0
     deadline = time.time() + 20
     while _ours_alive(marker) and time.time() < deadline:
         time.sleep(0.2)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bplib import results
-from bplib.results import describe, find_records, load_or_run, record_path
+from bplib.results import describe, load_or_run, record_path
 
 
 def test_load_or_run_stores_provenance_and_hits_cache(records_dir):
@@ -28,12 +28,29 @@ def test_load_or_run_stores_provenance_and_hits_cache(records_dir):
     assert len(calls) == 2  # another seed is another record
 
 
+def test_provenance_names_the_hardware_and_keys_stay(records_dir, monkeypatch):
+    """CPU records reproduce bit for bit only on the same kind of CPU (issue 27, item 6), so each
+    names the CPU, torch's vector instructions and the GPU (before: only ``host_cpus``)."""
+    prov = load_or_run("exp", {}, dict, profile="smoke", seed=0, device="cpu")["provenance"]
+    assert isinstance(prov["cpu"], str) and prov["cpu"] not in ("", "unknown")
+    assert prov["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and not prov["gpu"]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB")
+    on_gpu = load_or_run("exp", {}, dict, profile="smoke", seed=1, device="cuda:0")
+    assert on_gpu["provenance"]["gpu"] == "NVIDIA H100 80GB"
+    # Keys hash params and seed only, and the committed records (without these fields) still
+    # read: every one sits under the key its parameters give.
+    for path in sorted((results.COMMITTED / "cpu").glob("*/*.json")):
+        rec = results.read_record(path)
+        assert record_path(rec["experiment"], rec["params"], "cpu", results.COMMITTED) == path
+
+
 def test_force_recomputes(records_dir):
     values = iter([1, 2])
     load_or_run("exp", {}, lambda: {"v": next(values)}, profile="smoke")
     rec = load_or_run("exp", {}, lambda: {"v": next(values)}, profile="smoke", force=True)
     assert rec["result"]["v"] == 2
-    assert len(find_records("exp", "smoke")) == 1
+    path = record_path("exp", {}, "smoke")
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # replaced, not added
 
 
 def test_failed_run_keeps_the_old_record(records_dir):
@@ -75,9 +92,8 @@ def test_unknown_profile_is_a_clear_error(records_dir):
 
 
 def test_describe_names_profile_seeds_commit(records_dir):
-    for s in (0, 1):
-        load_or_run("exp", {}, lambda: {"v": 0}, profile="smoke", seed=s)
-    text = describe(find_records("exp"))
+    records = [load_or_run("exp", {}, lambda: {"v": 0}, profile="smoke", seed=s) for s in (0, 1)]
+    text = describe(records)
     assert "profile smoke" in text and "2 seed(s) [0, 1]" in text and "commit" in text
 
 

@@ -97,3 +97,18 @@ def test_records_carry_the_data_identity_and_other_data_is_refused(records_dir, 
     path.write_text(json.dumps(record))
     with pytest.raises(runner.DataMismatch, match="delete it to recompute"):
         runner.run([job], double, ctx, n_procs=1)
+
+
+def test_context_jobs_sets_the_worker_count(records_dir, monkeypatch):
+    """The worker count lives in the run context (bplib-run's --jobs), never in a profile or key;
+    an explicit n_procs still wins."""
+    seen = []
+    monkeypatch.setattr(runner, "map_jobs", lambda fn, kw, jobs, desc: seen.append(jobs) or [
+        fn(**k) for k in kw])  # fmt: skip
+    runner.run(jobs_of([11]), double, runner.Context("smoke", device="cpu", jobs=3))
+    runner.run(jobs_of([12]), double, runner.Context("smoke", device="cpu"))
+    runner.run(jobs_of([13]), double, runner.Context("smoke", device="cpu", jobs=3), n_procs=1)
+    assert seen == [3, None, 1]  # None: map_jobs' default (2 on a 2+ core CPU)
+    for bad in (0, 1.5, "2"):
+        with pytest.raises(ValueError, match="jobs"):
+            runner.Context("smoke", jobs=bad)

@@ -10,8 +10,9 @@ from torch import nn
 import bplib.pgd
 import bplib.train
 from bplib.data import Normalize, subset
+from bplib.device import resolve_device
 from bplib.models import make_model
-from bplib.train import TrainConfig, TrainingDiverged, evaluate, fit, resolve_device
+from bplib.train import TrainConfig, TrainingDiverged, evaluate, fit
 
 
 def small_mlp(seed=0):
@@ -222,13 +223,16 @@ def test_cpu_fit_is_bit_identical_to_the_code_before_the_gpu_path(cifar_small, m
     old_pgd = _module_at(BEFORE_GPU_PATH, "bplib/pgd.py", "_before_gpu_pgd", monkeypatch)
     old_train = _module_at(
         BEFORE_GPU_PATH, "bplib/train.py", "_before_gpu_train", monkeypatch,
-        replace=[("from bplib.data import", "from _before_gpu_data import")],
+        replace=[("from bplib.data import", "from _before_gpu_data import"),
+                 ("from bplib.results import CorruptFile, publish",  # publish moved since
+                  "from bplib.results import CorruptFile\nfrom bplib.files import publish")],
     )  # fmt: skip
     assert old_train.augment is old_data.augment  # the old augmentation, not today's
     x, y = cifar_small.x_train[:128], cifar_small.y_train[:128]
     xe, ye = cifar_small.x_test[:600], cifar_small.y_test[:600]  # > 500: two eval batches
     for name, factory, kw, pgd in _cases():
         ref_hist, ref_state = _run(old_train, old_pgd, factory, kw, pgd, x, y, xe, ye)
+        assert ref_hist["config"].pop("extra") == {}  # TrainConfig.extra, never read, is gone
         # New code at its defaults, and with the CUDA-only settings asked for explicitly: on a
         # CPU they are inactive (auto channels_last, default eval batch), so nothing changes.
         for fields_ in ({}, {"channels_last": None, "eval_batch_size": None, "compile": False}):

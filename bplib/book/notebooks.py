@@ -1,11 +1,11 @@
-"""The Colab notebooks: a paired, output-free ``chapters/<name>.ipynb`` for each chapter source.
+"""The Colab notebooks: a paired, output-free ``chapters/<name>.ipynb`` for each chapter source
+(``chapters/<name>.md``, Jupytext MyST), opened by the book's Colab launch buttons.
 
-The chapters are written as Jupytext MyST markdown (``chapters/<name>.md``); the book's Colab
-launch buttons open the ``.ipynb`` beside each one (excluded from the Sphinx build in
-``_config.yml``). Regeneration follows ``jupytext --to ipynb --update``: a cell whose source is
-unchanged keeps its id and metadata, so the notebooks' diffs stay small. A new cell gets an id
-derived from its source (not a random one), so regenerating is deterministic and ``--check``
-can tell drift from noise.
+As ``jupytext --to ipynb --update``, an unchanged cell keeps its id and a new one gets an id
+from its source, so regenerating is deterministic and ``--check`` tells drift from noise. Each
+notebook has one cell its source lacks, :func:`colab_setup`, before the first code cell that
+imports ``bplib``: only Colab runs the ``.ipynb``; the book, papermill and ``bplib-run`` run the
+``.md`` where ``bplib`` is installed.
 
     python -m bplib.book.notebooks          # write chapters/*.ipynb (or: bplib-sync-notebooks)
     python -m bplib.book.notebooks --check  # exit 1 if any .ipynb is missing, stale or orphaned
@@ -13,14 +13,31 @@ can tell drift from noise.
 
 import argparse
 import hashlib
+import re
 import sys
 from pathlib import Path
 
 import jupytext
 import nbformat
+import yaml
 from jupytext.combine import combine_inputs_with_outputs
 
-from bplib.book import DEFAULT_CHAPTERS_DIR
+from bplib.book import DEFAULT_CHAPTERS_DIR, REPO_ROOT
+
+# Written once here, for every chapter; the repository is _config.yml's (its launch buttons').
+COLAB_SETUP = """\
+import sys
+
+if "google.colab" in sys.modules:  # fetch the book (code + committed records) and install it
+    !git clone -q --depth 1 {url} /content/bp
+    %pip install -q -e /content/bp
+    %cd /content/bp/chapters
+    sys.path.insert(0, "/content/bp")  # a running kernel reads no .pth file the install wrote"""
+
+
+def colab_setup(config: Path = REPO_ROOT / "_config.yml") -> str:
+    """The Colab setup cell's source, cloning ``repository.url`` of the book's ``config``."""
+    return COLAB_SETUP.format(url=yaml.safe_load(config.read_text())["repository"]["url"])
 
 
 def chapter_sources(chapters_dir: Path) -> list[Path]:
@@ -33,6 +50,10 @@ def render(source: Path) -> str:
     """The ``.ipynb`` text paired with ``source``: its cells without outputs, keeping the ids of
     unchanged cells from the existing ``.ipynb`` (``jupytext --update``)."""
     nb = jupytext.read(source)
+    imports = re.compile(r"^(from|import) bplib\b", re.M)
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and imports.search(c.source)]
+    if code:
+        nb.cells.insert(code[0], nbformat.v4.new_code_cell(colab_setup()))
     target = source.with_suffix(".ipynb")
     old_ids = set()
     if target.exists():

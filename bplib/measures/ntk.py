@@ -33,7 +33,6 @@ initialization, trainable like any module).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -45,22 +44,10 @@ from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from bplib.checks import check_choice, check_dtype, check_int
 from bplib.data import to_float
+from bplib.device import exact_matmul
 
 SAMPLES = ("random", "official")
 METHODS = ("auto", "jacrev", "loop")
-
-
-@contextlib.contextmanager
-def _exact_float32(device: torch.device):
-    """No TF32 on GPUs (it would perturb the kernel at ~1e-3) and no autocast."""
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        with torch.autocast(device.type, enabled=False):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def _prepared(model: nn.Module, x: torch.Tensor, dtype: str):
@@ -177,7 +164,7 @@ def ntk(
             method = "loop" if x.device.type == "cpu" and has_conv else "jacrev"
         rows = len(x) * n_out
         kernel = torch.zeros(rows, rows, dtype=x.dtype, device=x.device)
-        with _exact_float32(x.device):
+        with exact_matmul(), torch.autocast(x.device.type, enabled=False):
             for names in _param_groups(params, rows, max_elems):
                 size = sum(params[k].numel() for k in names)
                 # The forward-mode path pays off for the huge dense layers of wide MLPs; with
@@ -203,7 +190,7 @@ def ntk_naive(model: nn.Module, x: torch.Tensor, dtype: str = "float32") -> torc
     net, x = _prepared(model, x, dtype)
     params = [p for p in net.parameters() if p.requires_grad]
     grads = []
-    with _exact_float32(x.device):
+    with exact_matmul(), torch.autocast(x.device.type, enabled=False):
         for i in range(len(x)):
             out = net(x[i : i + 1])[0]
             for k in range(len(out)):

@@ -7,8 +7,11 @@
 Each chapter has one module here (``minima``, ``weight_decay``, ``ntk``, ``rank``) defining a
 dict ``PROFILES = {"smoke": {...}, "cpu": {...}, "paper": {...}}`` whose keys are the chapter's
 sizes and hyperparameters (data subset, epochs, widths, seeds, ...), with units in comments.
-:func:`get_profile` returns one of them with the chapter's overrides applied, after
-:func:`check_overrides` has checked their names and values.
+Each chapter module writes its ``paper`` profile in full and ``cpu``, ``smoke`` and the
+paper dry run (``DRYRUN``) as the keys they change. :func:`get_profile` returns one of them with
+the chapter's overrides applied, after :func:`check_overrides` has checked their names and
+values. Where a run happens (device, worker count) is not a profile's business:
+:class:`bplib.runner.Context`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ POSITIVE = frozenset({
     "epochs", "batch_size", "batch_size_cifar100", "n_train", "n_images", "n_robust",
     "linear_epochs", "n_test", "train_steps", "eval_steps", "power_iters",
     "lanczos_ncv", "lanczos_max_hvp", "hessian_images", "explorer_images", "num_quantiles",
-    "max_elems", "jobs", "width", "widths", "trajectory_width",
+    "max_elems", "width", "widths", "trajectory_width",
 })  # fmt: skip
 
 # What a value of each kind must be, in the words of an error message.
@@ -97,16 +100,25 @@ def check_value(chapter: str, key: str, value, allowed_kinds: set[str]) -> None:
     )
 
 
-def check_overrides(chapter: str, overrides: dict) -> dict:
+def check_overrides(chapter: str, overrides: dict | None) -> dict:
     """The overrides that are not None, after checking every name (a key of the chapter's
     profiles) and value (:func:`check_value`, the kinds the profiles hold for that key); raises
-    one ``ValueError`` naming the first bad one and what is allowed, before any work."""
+    one ``ValueError`` naming the first bad one and what is allowed, before any work. The one
+    validator of a chapter's ``overrides`` parameter: ``bplib-run`` calls it before it starts a
+    notebook, and :func:`get_profile` in the chapter run alone."""
     profiles = chapter_profiles(chapter)
     keys = profiles[PROFILE_NAMES[0]]
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        raise ValueError(
+            f"overrides={overrides!r} of chapter {chapter!r} must be a dict {{profile key: value}}"
+            f", e.g. {{'epochs': 3}}, or None; keys: {', '.join(sorted(keys))}"
+        )
     unknown = sorted(set(overrides) - set(keys))
     if unknown:
         raise ValueError(
-            f"unknown parameter(s) {', '.join(unknown)} for chapter {chapter!r}; "
+            f"unknown parameter(s) {', '.join(map(str, unknown))} for chapter {chapter!r}; "
             f"allowed: {', '.join(sorted(keys))}"
         )
     given = {k: v for k, v in overrides.items() if v is not None}
@@ -126,9 +138,10 @@ def dryrun_overrides(chapter: str) -> dict:
 
 
 def get_profile(
-    chapter: str, profile: str, seeds=None, dryrun: bool = False, **overrides
+    chapter: str, profile: str, seeds=None, dryrun: bool = False, overrides=None, **more
 ) -> SimpleNamespace:
-    """The sizes of ``chapter`` at ``profile``; overrides that are not None replace them.
+    """The sizes of ``chapter`` at ``profile``; ``overrides`` (a chapter's parameter: a dict or
+    None) and keyword arguments (``epochs=3``, for code) that are not None replace them.
 
     ``dryrun=True`` (paper profile only) applies :func:`dryrun_overrides` first: the paper's
     models and code paths with 2 batches per training phase and tiny measurement budgets, a path
@@ -144,6 +157,7 @@ def get_profile(
     values = dict(chapter_profiles(chapter)[profile])
     values.update(dryrun_overrides(chapter) if dryrun else {})
     values.update(check_overrides(chapter, overrides))
+    values.update(check_overrides(chapter, more))
     values["seeds"] = check_seeds(values["seeds"] if seeds is None else seeds)
     values["profile"] = profile
     if dryrun:  # only then: every other profile's namespace (and record keys) stays as it was

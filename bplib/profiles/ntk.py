@@ -27,119 +27,91 @@ _RESNETS = ("resnet18", "resnet18_noskip", "resnet18_nobn", "resnet18_noskip_nob
 # code's recipe (lr x0.2 at 60, 120, 160, no augmentation).
 _RESNET_RECIPE = {"milestones": [100, 150, 175, 190], "gamma": 0.1, "augment": True}
 
-PROFILES = {
-    "smoke": {
-        "seeds": [0],
-        "dataset": "cifar10_small",  # first 2,000 CIFAR-10 training images
-        "extra_datasets": {},  # {family: [data sets]}: the family also runs on these
-        "n_train": 256,  # training images (the first n of the training set)
-        "n_test": 200,  # test images (the first n of the test split) for test accuracy
-        "epochs": 1,  # passes over the n_train images
-        "lr": 0.01,  # SGD learning rate
-        "batch_size": 128,  # images per step
-        "momentum": 0.9,  # SGD momentum
-        "weight_decay": 5e-4,  # coupled L2 coefficient
-        "milestones": [],  # epochs where lr is multiplied by gamma
-        "gamma": 0.2,  # lr factor at each milestone
-        "augment": False,  # random crops (pad 4) and horizontal flips
-        "bf16": False,  # bf16 autocast for training (the NTK itself is always float32)
-        "recipes": {},  # {family: {recipe key: value}}: that family's recipe differs
-        "n_images": 3,  # images in the NTK sample (kernel is 10 n x 10 n)
-        "samples": ["random", "official"],  # image samples measured (first = the main one)
-        "explorer_images": 3,  # images of the stored kernels for the explorer (float16)
-        "max_elems": 2**24,  # largest Jacobian block held at once (numbers)
-        "bn_stats": "recalibrated",  # BN statistics of the verdict's kernels, or "default"
-        "nobn_init": "he_zero",  # init of the no-BN ResNets: "default", "he" or "he_zero"
-        "widths": {
-            "mlp2": [16, 64],
-            "mlp4": [16, 64],
-            "convnet": [2, 4],
-            "wrn16": [0.25],
-            **{f: [1 / 32, 1 / 16] for f in _RESNETS},
-        },
-        "trajectory_family": "convnet",  # this net's kernel is also tracked every epoch
-        "trajectory_width": 4,
-        "linearize": ["mlp2"],  # families whose linearized model is trained too (no BN)
-        "jobs": 1,  # parallel 1-thread processes (map_jobs)
-        "min_train_acc": 0.0,  # the gate: % training accuracy a run needs to enter a trend
+# The paper's profile in full; ``cpu`` and ``smoke`` below name only the values they change.
+PAPER = {
+    "seeds": [0, 1],
+    "dataset": "cifar10",
+    "extra_datasets": {f: ["cifar100"] for f in _RESNETS},  # {family: [data sets]} run too
+    "n_train": 50000,  # training images (the first n of the training set)
+    "n_test": 10000,  # test images (the first n of the test split) for test accuracy
+    "epochs": 200,  # passes over the n_train images
+    "lr": 0.01,  # SGD learning rate
+    "batch_size": 128,  # images per step
+    "momentum": 0.9,  # SGD momentum
+    "weight_decay": 5e-4,  # coupled L2 coefficient
+    "milestones": [60, 120, 160],  # epochs where lr is multiplied by gamma
+    "gamma": 0.2,  # lr factor at each milestone
+    "augment": False,  # random crops (pad 4) and horizontal flips
+    "bf16": False,  # bf16 autocast for training (the official code: float32; the NTK always)
+    "recipes": {f: _RESNET_RECIPE for f in _RESNETS},  # {family: {recipe key: value}}
+    "n_images": 25,  # images in the NTK sample (kernel is 10 n x 10 n)
+    "samples": ["random", "official"],  # image samples measured (first = the main one)
+    "explorer_images": 10,  # images of the stored kernels for the explorer (float16)
+    "max_elems": 2**30,  # largest Jacobian block held at once (numbers): 4 GiB on a large GPU
+    "bn_stats": "recalibrated",  # BN statistics of the verdict's kernels, or "default"
+    "nobn_init": "he_zero",  # init of the no-BN ResNets: "default", "he" or "he_zero"
+    "widths": {  # at least two orders of magnitude of parameters per family
+        "mlp2": [32, 128, 512, 2048, 8192],  # 0.1M .. 25M parameters
+        "mlp4": [32, 128, 512, 2048],  # 0.1M .. 14.7M
+        "convnet": [4, 8, 16, 32, 64, 128],  # 5k .. 4.5M
+        "wrn16": [1, 2, 4, 8, 10],  # 0.18M .. 17M
+        **{f: [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1] for f in _RESNETS},  # 45k .. 11M
     },
-    "cpu": {  # sized by a pilot on this machine: see the module docstring
-        "seeds": [0, 1],
-        "dataset": "cifar10",
-        "extra_datasets": {},
-        "n_train": 500,  # small enough that every width fits it at lr 0.01 within the budget
-        "n_test": 1000,  # the whole offline test split
-        "epochs": 100,  # 400 SGD steps of 128 images (4 per epoch)
-        "lr": 0.01,  # the paper's
-        "batch_size": 128,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "milestones": [80],
-        "gamma": 0.2,
-        "augment": False,
-        "bf16": False,  # bf16 autocast is 10x slower than float32 on CPUs without AMX
-        "recipes": {  # slower to fit at lr 0.01: 500 steps (pilot: WRN-16-0.25 at 91% after 400)
-            f: {"epochs": 125, "milestones": [100]}
-            for f in ("convnet", "wrn16", "resnet18_nobn", "resnet18_noskip_nobn")
-        },
-        "n_images": 25,
-        "samples": ["random"],  # the official sample costs a third more kernels
-        "explorer_images": 10,
-        "max_elems": 2**28,  # 1 GiB float32 blocks per process
-        "bn_stats": "recalibrated",
-        "nobn_init": "he_zero",
-        "widths": {
-            "mlp2": [16, 128, 1024],  # 49k .. 3.2M parameters (1.8 decades)
-            "mlp4": [16, 64, 512],  # 50k .. 2.1M (1.6)
-            "convnet": [4, 8, 16],  # 5.9k .. 76k (1.1)
-            "wrn16": [0.25, 0.5, 1],  # 12k .. 0.18M (1.2)
-            "resnet18": [1 / 32, 1 / 16, 3 / 16],  # 11k .. 0.40M (1.5)
-            "resnet18_noskip": [1 / 32, 1 / 16, 3 / 16],
-            "resnet18_nobn": [1 / 16, 1 / 8, 3 / 16],  # 44k .. 0.39M (0.9)
-            "resnet18_noskip_nobn": [1 / 16, 1 / 8, 3 / 16],
-        },
-        "trajectory_family": "convnet",
-        "trajectory_width": 8,
-        "linearize": ["mlp2"],
-        "jobs": 2,
-        "min_train_acc": 95.0,
-    },
-    "paper": {
-        "seeds": [0, 1],
-        "dataset": "cifar10",
-        "extra_datasets": {f: ["cifar100"] for f in _RESNETS},  # the final paper's ablation
-        "n_train": 50000,  # the whole training set
-        "n_test": 10000,
-        "epochs": 200,
-        "lr": 0.01,
-        "batch_size": 128,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "milestones": [60, 120, 160],
-        "gamma": 0.2,
-        "augment": False,
-        "bf16": False,  # the official code trains in float32
-        "recipes": {f: _RESNET_RECIPE for f in _RESNETS},
-        "n_images": 25,
-        "samples": ["random", "official"],
-        "explorer_images": 10,
-        "max_elems": 2**30,  # 4 GiB blocks on a large GPU
-        "bn_stats": "recalibrated",
-        "nobn_init": "he_zero",
-        "widths": {  # at least two orders of magnitude of parameters per family
-            "mlp2": [32, 128, 512, 2048, 8192],  # 0.1M .. 25M parameters
-            "mlp4": [32, 128, 512, 2048],  # 0.1M .. 14.7M
-            "convnet": [4, 8, 16, 32, 64, 128],  # 5k .. 4.5M
-            "wrn16": [1, 2, 4, 8, 10],  # 0.18M .. 17M
-            **{f: [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1] for f in _RESNETS},  # 45k .. 11M
-        },
-        "trajectory_family": "convnet",
-        "trajectory_width": 64,
-        "linearize": ["mlp2", "convnet"],
-        "jobs": 1,
-        "min_train_acc": 95.0,
-    },
+    "trajectory_family": "convnet",  # this net's kernel is also tracked every epoch
+    "trajectory_width": 64,
+    "linearize": ["mlp2", "convnet"],  # families whose linearized model is trained too (no BN)
+    "min_train_acc": 95.0,  # the gate: % training accuracy a run needs to enter a trend
 }
+CPU = {  # sized by a pilot on this machine: see the module docstring
+    **PAPER,
+    "extra_datasets": {},
+    "n_train": 500,  # small enough that every width fits it at lr 0.01 within the budget
+    "n_test": 1000,  # the whole offline test split
+    "epochs": 100,  # 400 SGD steps of 128 images (4 per epoch)
+    "milestones": [80],
+    "recipes": {  # slower to fit at lr 0.01: 500 steps (pilot: WRN-16-0.25 at 91% after 400)
+        f: {"epochs": 125, "milestones": [100]}
+        for f in ("convnet", "wrn16", "resnet18_nobn", "resnet18_noskip_nobn")
+    },
+    "samples": ["random"],  # the official sample costs a third more kernels
+    "max_elems": 2**28,  # 1 GiB float32 blocks per process
+    "widths": {
+        "mlp2": [16, 128, 1024],  # 49k .. 3.2M parameters (1.8 decades)
+        "mlp4": [16, 64, 512],  # 50k .. 2.1M (1.6)
+        "convnet": [4, 8, 16],  # 5.9k .. 76k (1.1)
+        "wrn16": [0.25, 0.5, 1],  # 12k .. 0.18M (1.2)
+        "resnet18": [1 / 32, 1 / 16, 3 / 16],  # 11k .. 0.40M (1.5)
+        "resnet18_noskip": [1 / 32, 1 / 16, 3 / 16],
+        "resnet18_nobn": [1 / 16, 1 / 8, 3 / 16],  # 44k .. 0.39M (0.9)
+        "resnet18_noskip_nobn": [1 / 16, 1 / 8, 3 / 16],
+    },
+    "trajectory_width": 8,
+    "linearize": ["mlp2"],
+}
+SMOKE = {
+    **CPU,
+    "seeds": [0],
+    "dataset": "cifar10_small",  # first 2,000 CIFAR-10 training images
+    "n_train": 256,
+    "n_test": 200,
+    "epochs": 1,
+    "milestones": [],
+    "recipes": {},
+    "n_images": 3,
+    "samples": ["random", "official"],
+    "explorer_images": 3,
+    "max_elems": 2**24,
+    "widths": {
+        "mlp2": [16, 64],
+        "mlp4": [16, 64],
+        "convnet": [2, 4],
+        "wrn16": [0.25],
+        **{f: [1 / 32, 1 / 16] for f in _RESNETS},
+    },
+    "trajectory_width": 4,
+    "min_train_acc": 0.0,
+}
+PROFILES = {"smoke": SMOKE, "cpu": CPU, "paper": PAPER}
 
 
 # The paper dry run (make paper-dryrun): every paper family and width (CIFAR-100 as its 20-image
@@ -161,5 +133,4 @@ DRYRUN = {
     # run's kernel process reached 13.6 GB on ResNet-18 x CIFAR-100 outputs and was killed
     "max_elems": 2**28,
     "seeds": [0],
-    "jobs": 2,  # the dry run is on a 2-core CPU, not one GPU
 }

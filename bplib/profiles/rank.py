@@ -17,143 +17,100 @@ seeds) before its comparisons count; ``margin`` is the benefit of lower rank (po
 verdict calls "not much" (the paper's own RankMin - natural test difference is -0.22).
 """
 
-PROFILES = {
-    "smoke": {
-        "bases": {"natural": ["cifar10_small"], "adversarial": ["cifar10_small"]},
-        "skips": [True],  # ResNet-18 with skips only (False: Skipless ResNet-18)
-        "width": 1 / 16,  # channel multiplier: 4, 8, 16, 32 channels
-        "n_holdout": 100,  # training images never trained on (a second clean test set)
-        "base_images": {"natural": 256, "adversarial": 128},  # training images of each base
-        "base_epochs": {"natural": 1, "adversarial": 1},
-        "base_lr": 0.05,  # SGD, constant during the base phase
-        "base_seed": 0,  # initialization, batch order and attack starts of every base
-        # adversarial base from a random initialization ("scratch", as the paper) or from the
-        # trained natural base of the same network ("natural": adversarial fine-tuning)
-        "adversarial_init": "natural",
-        "finetune_images": {"natural": 128, "adversarial": 64},  # first of the base's images
-        "epochs": 2,  # epochs of the fine-tuning phase
-        "finetune_lr": 0.005,
-        "finetune_milestones": [1],  # lr * gamma from fine-tuning epoch 2 on
-        "gamma": 0.1,
-        "rank_epochs": [1],  # projections at the end of these fine-tuning epochs
-        # projection arms besides "none": [op, threshold]; RankMin zeroes singular values below
-        # the threshold, RankMax clips them to it (official: 0.5 and 1.5)
-        "arms": {
-            "natural": [["rankmin", 0.5], ["rankmin", 1.0], ["rankmax", 1.5]],
-            "adversarial": [["rankmin", 0.5], ["rankmax", 1.5]],
-        },
-        "batch_size": 128,
-        "momentum": 0.9,
-        "weight_decay": 2e-4,  # official Rank_study code (the paper states none)
-        "grad_clip_value": 0.1,  # per-entry gradient clamp of the official code
-        "augment": True,  # random crop (pad 4) + flip
-        "bf16": False,  # bf16 autocast: ~10x slower than float32 on AVX2-only CPUs
-        "train_eps": 8 / 255,  # adversarial training radius (final paper 8/255, code 4/255)
-        "train_alpha": 2 / 255,  # adversarial training step (final paper 2/255, code 1/255)
-        "train_steps": 2,  # PGD steps in adversarial training (paper: 7)
-        "train_attack_mode": "current",  # BN in train mode during the training attack
-        "eval_eps": [1 / 255, 8 / 255],  # robust-accuracy radii (pixels), in cascade order
-        "eval_steps": 2,  # PGD steps at evaluation (paper: 20)
-        "eval_alpha_frac": 0.25,  # evaluation step = eps / 4 (official: 0.25/255 at 1/255)
-        "n_test": 200,  # first test images evaluated (None: all)
-        "n_robust": 50,  # first test images attacked (None: all n_test)
-        "num_quantiles": 50,  # stored order statistics of each layer's spectrum
-        "gate": {"natural": {"test": 15.0}, "adversarial": {"test": 12.0}},
-        "margin": 1.0,  # points
-        "jobs": 1,  # worker processes (1 = in-process: no start-up cost)
-        "seeds": [0, 1],  # fine-tuning seeds (two: the smallest that gives an interval)
+# The paper's profile in full; ``cpu`` and ``smoke`` below name only the values they change.
+PAPER = {
+    # the final paper trains naturally on CIFAR-10 and CIFAR-100, adversarially on CIFAR-10
+    "bases": {"natural": ["cifar10", "cifar100"], "adversarial": ["cifar10"]},
+    "skips": [True, False],  # ResNet-18 with skips (True) and Skipless ResNet-18 (False)
+    "width": 1.0,  # channel multiplier: 64, 128, 256, 512 channels, 11,173,962 parameters
+    "n_holdout": 0,  # training images never trained on (a second clean test set); 0: none
+    "base_images": {"natural": None, "adversarial": None},  # training images of each base (all)
+    "base_epochs": {"natural": 100, "adversarial": 100},  # epochs 1-100 at lr 0.01
+    "base_lr": 0.01,  # SGD, constant during the base phase
+    "base_seed": 0,  # initialization, batch order and attack starts of every base
+    # adversarial base from a random initialization ("scratch", as the paper) or from the
+    # trained natural base of the same network ("natural": adversarial fine-tuning)
+    "adversarial_init": "scratch",
+    "finetune_images": {"natural": None, "adversarial": None},  # first of the base's images
+    "epochs": 100,  # fine-tuning: the paper's epochs 101-200
+    "finetune_lr": 0.001,
+    "finetune_milestones": [50, 75, 90],  # the paper's drops at epochs 150, 175, 190
+    "gamma": 0.1,
+    # projections at the end of these fine-tuning epochs. The paper states no schedule; the
+    # official defaults project right after the first epoch at each lowered lr: epochs 101,
+    # 151, 176, 191 of 200.
+    "rank_epochs": [1, 51, 76, 91],
+    # projection arms besides "none": [op, threshold]; RankMin zeroes singular values below
+    # the threshold, RankMax clips them to it (official: 0.5 and 1.5); RankMin 1.0 is ours
+    "arms": {
+        "natural": [["rankmin", 0.5], ["rankmin", 1.0], ["rankmax", 1.5]],
+        "adversarial": [["rankmin", 0.5], ["rankmax", 1.5]],
     },
-    "cpu": {
-        "bases": {"natural": ["cifar10"], "adversarial": ["cifar10"]},
-        "skips": [True],  # the Skipless network does not fit the 35-minute budget
-        "width": 1 / 8,  # 8, 16, 32, 64 channels (~176k parameters)
-        "n_holdout": 5000,  # held-out training images: clean accuracy on 6,000 images
-        # Sized from a pilot on one thread of the 2-core machine (float32): natural training
-        # ~410 images/s, PGD-7 training ~70 images/s, PGD-20 evaluation ~28 images/s per radius.
-        "base_images": {"natural": 45000, "adversarial": 20000},  # natural base: ~7.5 min
-        "base_epochs": {"natural": 4, "adversarial": 1},  # adversarial base: ~5 min
-        "base_lr": 0.05,
-        "base_seed": 0,
-        # from scratch, 15,000 PGD images gave 28% clean accuracy (pilot): not clearly learned;
-        # warm-started, 20,000 gave ~50%
-        "adversarial_init": "natural",
-        "finetune_images": {"natural": 6000, "adversarial": 2000},  # per epoch, ~1.5 / 2 min
-        "epochs": 3,  # epochs of the fine-tuning phase
-        "finetune_lr": 0.005,
-        "finetune_milestones": [1, 2],  # lr 0.005, 0.0005, 0.00005
-        "gamma": 0.1,
-        "rank_epochs": [1, 2],  # projection after the first epoch at each lowered lr
-        "arms": {
-            "natural": [["rankmin", 0.5], ["rankmin", 1.0], ["rankmax", 1.5]],
-            "adversarial": [["rankmin", 0.5], ["rankmax", 1.5]],
-        },
-        "batch_size": 128,
-        "momentum": 0.9,
-        "weight_decay": 2e-4,
-        "grad_clip_value": 0.1,
-        "augment": True,
-        "bf16": False,
-        "train_eps": 4 / 255,  # official code (the final paper: 8/255); learns within budget
-        "train_alpha": 1 / 255,  # official code (the final paper: 2/255)
-        "train_steps": 7,  # as the paper
-        "train_attack_mode": "current",
-        "eval_eps": [1 / 255, 8 / 255],
-        "eval_steps": 20,  # as the paper
-        "eval_alpha_frac": 0.25,
-        "n_test": None,  # all 1,000 offline test images
-        "n_robust": None,  # all of them attacked
-        "num_quantiles": 200,
-        "gate": {"natural": {"test": 60.0}, "adversarial": {"test": 40.0, "robust 8/255": 10.0}},
-        "margin": 1.0,
-        "jobs": 2,  # two 1-thread processes on 2 cores
-        "seeds": [0, 1, 2],
-    },
-    "paper": {
-        # the final paper trains naturally on CIFAR-10 and CIFAR-100, adversarially on CIFAR-10
-        "bases": {"natural": ["cifar10", "cifar100"], "adversarial": ["cifar10"]},
-        "skips": [True, False],
-        "width": 1.0,  # 11,173,962 parameters (with skips)
-        "n_holdout": 0,  # the full 10,000-image test set is used
-        "base_images": {"natural": None, "adversarial": None},  # all 50,000 images
-        "base_epochs": {"natural": 100, "adversarial": 100},  # epochs 1-100 at lr 0.01
-        "base_lr": 0.01,
-        "base_seed": 0,
-        "adversarial_init": "scratch",
-        "finetune_images": {"natural": None, "adversarial": None},
-        "epochs": 100,  # fine-tuning: the paper's epochs 101-200
-        "finetune_lr": 0.001,
-        "finetune_milestones": [50, 75, 90],  # the paper's drops at epochs 150, 175, 190
-        "gamma": 0.1,
-        # The paper states no schedule; the official defaults project right after the first
-        # epoch at each lowered lr: epochs 101, 151, 176, 191 of 200.
-        "rank_epochs": [1, 51, 76, 91],
-        # the paper's arms, plus RankMin 1.0 (the chapter's stronger arm)
-        "arms": {
-            "natural": [["rankmin", 0.5], ["rankmin", 1.0], ["rankmax", 1.5]],
-            "adversarial": [["rankmin", 0.5], ["rankmax", 1.5]],
-        },
-        "batch_size": 128,
-        "momentum": 0.9,
-        "weight_decay": 2e-4,  # official code (the paper does not state it)
-        "grad_clip_value": 0.1,  # official code (the paper does not state it)
-        "augment": True,
-        "bf16": False,
-        "train_eps": 8 / 255,  # final paper (official code: 4/255)
-        "train_alpha": 2 / 255,  # final paper (official code: 1/255)
-        "train_steps": 7,
-        "train_attack_mode": "current",
-        "eval_eps": [1 / 255, 8 / 255],
-        "eval_steps": 20,
-        "eval_alpha_frac": 0.25,
-        "n_test": None,
-        "n_robust": None,
-        "num_quantiles": 200,
-        "gate": {"natural": {"test": 90.0}, "adversarial": {"test": 80.0, "robust 8/255": 30.0}},
-        "margin": 1.0,
-        "jobs": 1,  # one GPU
-        "seeds": [0, 1, 2],
-    },
+    "batch_size": 128,
+    "momentum": 0.9,
+    "weight_decay": 2e-4,  # official Rank_study code (the paper states none)
+    "grad_clip_value": 0.1,  # per-entry gradient clamp of the official code
+    "augment": True,  # random crop (pad 4) + flip
+    "bf16": False,  # bf16 autocast: ~10x slower than float32 on AVX2-only CPUs
+    "train_eps": 8 / 255,  # adversarial training radius (final paper 8/255, code 4/255)
+    "train_alpha": 2 / 255,  # adversarial training step (final paper 2/255, code 1/255)
+    "train_steps": 7,  # PGD steps in adversarial training
+    "train_attack_mode": "current",  # BN in train mode during the training attack
+    "eval_eps": [1 / 255, 8 / 255],  # robust-accuracy radii (pixels), in cascade order
+    "eval_steps": 20,  # PGD steps at evaluation
+    "eval_alpha_frac": 0.25,  # evaluation step = eps / 4 (official: 0.25/255 at 1/255)
+    "n_test": None,  # first test images evaluated (None: all)
+    "n_robust": None,  # first test images attacked (None: all n_test)
+    "num_quantiles": 200,  # stored order statistics of each layer's spectrum
+    "gate": {"natural": {"test": 90.0}, "adversarial": {"test": 80.0, "robust 8/255": 30.0}},
+    "margin": 1.0,  # points
+    "seeds": [0, 1, 2],  # fine-tuning seeds
 }
+CPU = {
+    **PAPER,
+    "bases": {"natural": ["cifar10"], "adversarial": ["cifar10"]},
+    "skips": [True],  # the Skipless network does not fit the 35-minute budget
+    "width": 1 / 8,  # 8, 16, 32, 64 channels (~176k parameters)
+    "n_holdout": 5000,  # held-out training images: clean accuracy on 6,000 images
+    # Sized from a pilot on one thread of the 2-core machine (float32): natural training
+    # ~410 images/s, PGD-7 training ~70 images/s, PGD-20 evaluation ~28 images/s per radius.
+    "base_images": {"natural": 45000, "adversarial": 20000},  # natural base: ~7.5 min
+    "base_epochs": {"natural": 4, "adversarial": 1},  # adversarial base: ~5 min
+    "base_lr": 0.05,
+    # from scratch, 15,000 PGD images gave 28% clean accuracy (pilot): not clearly learned;
+    # warm-started, 20,000 gave ~50%
+    "adversarial_init": "natural",
+    "finetune_images": {"natural": 6000, "adversarial": 2000},  # per epoch, ~1.5 / 2 min
+    "epochs": 3,
+    "finetune_lr": 0.005,
+    "finetune_milestones": [1, 2],  # lr 0.005, 0.0005, 0.00005
+    "rank_epochs": [1, 2],  # projection after the first epoch at each lowered lr
+    "train_eps": 4 / 255,  # official code (the final paper: 8/255); learns within budget
+    "train_alpha": 1 / 255,  # official code (the final paper: 2/255)
+    "gate": {"natural": {"test": 60.0}, "adversarial": {"test": 40.0, "robust 8/255": 10.0}},
+}
+SMOKE = {
+    **CPU,
+    "bases": {"natural": ["cifar10_small"], "adversarial": ["cifar10_small"]},
+    "width": 1 / 16,  # 4, 8, 16, 32 channels
+    "n_holdout": 100,
+    "base_images": {"natural": 256, "adversarial": 128},
+    "base_epochs": {"natural": 1, "adversarial": 1},
+    "finetune_images": {"natural": 128, "adversarial": 64},
+    "epochs": 2,
+    "finetune_milestones": [1],  # lr * gamma from fine-tuning epoch 2 on
+    "rank_epochs": [1],
+    "train_eps": 8 / 255,
+    "train_alpha": 2 / 255,
+    "train_steps": 2,
+    "eval_steps": 2,
+    "n_test": 200,
+    "n_robust": 50,
+    "num_quantiles": 50,
+    "gate": {"natural": {"test": 15.0}, "adversarial": {"test": 12.0}},
+    "seeds": [0, 1],  # two: the smallest that gives an interval
+}
+PROFILES = {"smoke": SMOKE, "cpu": CPU, "paper": PAPER}
 
 
 # The paper dry run (make paper-dryrun): both bases per data set (CIFAR-100 as its 20-image
@@ -176,5 +133,4 @@ DRYRUN = {
         "adversarial": [["rankmin", 0.5], ["rankmax", 1.5]],
     },
     "seeds": [0],
-    "jobs": 2,  # the dry run is on a 2-core CPU, not one GPU
 }

@@ -33,169 +33,97 @@ accuracy, paired over the 4 seeds): weight decay 1e-4 - none +1.29 [-1.17, +3.74
 +1.22 [-3.90, +6.34]; not detectable, so the ``cpu`` verdict says "cannot be tested".
 """
 
-_RESNET18 = {"paper_row": "ResNet-18", "model": "resnet18", "model_kw": {}}
-_DENSENET = {"paper_row": "DenseNet-40", "model": "densenet40", "model_kw": {}}
-_MOBILENET = {"paper_row": "MobileNetV2", "model": "mobilenetv2", "model_kw": {}}
-_FIXUP = {"paper_row": "ResNet-20 Fixup", "model": "resnet20_fixup", "model_kw": {}}
-_MLP = {"paper_row": "MLP", "model": "mlp", "model_kw": {"widths": [2048, 2048, 2048]}}
 ARMS = ["none", "weight_decay", "wd_strong", "nb_below", "nb_above"]
 
-PROFILES = {
-    "smoke": {
-        "datasets": ["cifar10_small"],  # first 2,000 train + 1,000 test images
-        "n_train": 128,  # training images (None = all left after the held-out split)
-        "n_holdout": 500,  # images of the training set held out for evaluation (never trained)
-        "n_test": None,  # test images evaluated (the first n; None: all)
-        "epochs": 2,  # passes over the training subset
-        "lr": 0.1,  # initial SGD learning rate
-        "milestones": [],  # epochs at which lr is divided by 10
-        "batch_size": 128,  # images per step (CIFAR-10)
-        "batch_size_cifar100": 256,  # images per step on CIFAR-100 (official code)
-        "momentum": 0.9,  # SGD momentum
-        "augment": True,  # random crop (pad 4) + horizontal flip
-        "bf16": False,  # bf16 autocast for training (slower than float32 on CPUs without bf16)
-        "form": "gradient",  # regularizer form: "gradient" (official) or "loss"
-        "scope": "all",  # regularized parameters: "all" (official) or "no_bn_bias"
-        "arms": list(ARMS),  # regularizers trained per model row
-        "gate_train_acc": 0.0,  # a run enters the statistics if its final train accuracy (%) >=
-        "delta": 1.0,  # equivalence margin (accuracy points): only exercises the code path
-        "models": {
-            "resnet18_w16": {
-                "paper_row": "ResNet-18",
-                "model": "resnet18",
-                "model_kw": {"width": 0.0625},  # 44,622 parameters, initial squared norm 402
-                "weight_decay": 1e-4,  # coefficient
-                "norm_bias_coef": 0.005,
-                "mu2_below": 160.0,  # target squared norms
-                "mu2_above": 800.0,
-                "paper_arm": "nb_below",
-                "normalize": [True],  # True: Table 3 (normalized inputs), False: Table 2
-            },
-            "mlp_64": {
-                "paper_row": "MLP",
-                "model": "mlp",
-                "model_kw": {"widths": [64, 64, 64]},  # initial squared norm 68
-                "weight_decay": 1e-4,
-                "norm_bias_coef": 0.005,
-                "mu2_below": 30.0,
-                "mu2_above": 150.0,
-                "paper_arm": "nb_above",
-                "normalize": [False],  # not in the paper's Table 2: exercises that path
-            },
-        },
-        "seeds": [0, 1],
+
+# The rows below are a table, one row per line: ruff leaves them as written.
+# fmt: off
+def _row(paper_row: str, model: str, model_kw: dict, weight_decay: float, norm_bias_coef: float,
+         mu2: tuple[float, float], paper_arm: str, normalize: list[bool]) -> dict:
+    """One model row; ``mu2`` = (mu2_below, mu2_above), target squared norms."""
+    return dict(paper_row=paper_row, model=model, model_kw=model_kw, weight_decay=weight_decay,
+                norm_bias_coef=norm_bias_coef, mu2_below=mu2[0], mu2_above=mu2[1],
+                paper_arm=paper_arm, normalize=normalize)
+
+
+# The paper's profile in full; ``cpu`` and ``smoke`` below name only the values they change.
+PAPER = {
+    "datasets": ["cifar10", "cifar100"],
+    "n_train": None,  # training images (None = all left after the held-out split: 50,000)
+    "n_holdout": 0,  # images of the training set held out for evaluation (never trained on)
+    "n_test": None,  # test images evaluated (the first n; None: all)
+    "epochs": 300,  # passes over the training subset
+    "lr": 0.1,  # initial SGD learning rate
+    "milestones": [100, 175, 225, 275],  # epochs at which lr is divided by 10
+    "batch_size": 128,  # images per step (CIFAR-10)
+    "batch_size_cifar100": 256,  # images per step on CIFAR-100 (official code)
+    "momentum": 0.9,  # SGD momentum
+    "augment": True,  # random crop (pad 4) + horizontal flip
+    "bf16": False,  # bf16 autocast for training (slower than float32 on CPUs without bf16)
+    "form": "gradient",  # regularizer form: "gradient" (official) or "loss"
+    "scope": "all",  # regularized parameters: "all" (official) or "no_bn_bias"
+    "arms": list(ARMS),  # the paper ran none, weight decay and its norm-bias (paper_arm)
+    # Gate: a run that ends below twice chance on its own training images (train accuracy, %)
+    # learned nothing; it is shown and left out (with its pair) of every interval.
+    "gate_train_acc": 20.0,
+    "delta": 0.25,  # equivalence margin (accuracy points): the paper's own nb - wd differences
+    # name: row (weight-decay and norm-bias coefficients, (mu2_below, mu2_above), the paper's
+    # arm, normalize: False = Table 2, True = Table 3). Fixup: the paper's mu^2 1000 is above
+    # the initial 78 (the inflating regime). MLP: coefficient and mu^2 not stated in the paper;
+    # ours, about 2x its initial norm.
+    "models": {
+        "resnet18": _row("ResNet-18", "resnet18", {}, 1e-4, 0.005, (2500.0, 12800.0),
+                         "nb_below", [False, True]),
+        "densenet40": _row("DenseNet-40", "densenet40", {}, 1e-4, 0.005, (2500.0, 6000.0),
+                           "nb_below", [False, True]),
+        "mobilenetv2": _row("MobileNetV2", "mobilenetv2", {}, 4e-5, 0.001, (5000.0, 47000.0),
+                            "nb_below", [False, True]),
+        "resnet20_fixup": _row("ResNet-20 Fixup", "resnet20_fixup", {}, 1e-4, 0.0005,
+                               (30.0, 1000.0), "nb_above", [True]),
+        "mlp": _row("MLP", "mlp", {"widths": [2048, 2048, 2048]}, 1e-4, 0.005, (800.0, 4000.0),
+                    "nb_above", [True]),
     },
-    "cpu": {
-        "datasets": ["cifar10"],  # all 50,000 train images, first 1,000 test images offline
-        "n_train": 5000,  # training images, drawn from the 45,000 not held out; 40 steps/epoch
-        "n_holdout": 5000,  # held-out images of the training set (never trained on)
-        "n_test": None,  # test images evaluated (the first n; None: all)
-        "epochs": 12,  # 480 steps
-        "lr": 0.1,
-        "milestones": [6, 9],  # lr / 10 at these epochs (paper: 1/3, 7/12, 3/4, 11/12 of 300)
-        "batch_size": 128,
-        "batch_size_cifar100": 256,
-        "momentum": 0.9,
-        "augment": True,
-        "bf16": False,
-        "form": "gradient",
-        "scope": "all",
-        "arms": list(ARMS),
-        # Gate: a run that ends below twice chance on its own training images learned nothing;
-        # it is shown and left out (with its pair) of every interval.
-        "gate_train_acc": 20.0,
-        # Equivalence margin (points), fixed before the cpu run: about the mean gain of weight
-        # decay over none in the pilot (1.2-1.3 points), so a norm-bias arm within +-1 point of
-        # weight decay keeps most of that gain. The pilot's paired spread (sd 1.5-3.3 points)
-        # makes 4-seed intervals +-2.5 to +-5 points wide: equivalence is out of reach at cpu.
-        "delta": 1.0,
-        "models": {
-            "resnet18_w8": {
-                "paper_row": "ResNet-18",
-                "model": "resnet18",
-                "model_kw": {"width": 0.125},  # 176,402 parameters, initial squared norm 803
-                "weight_decay": 1e-4,  # the paper's ResNet-18 values
-                "norm_bias_coef": 0.005,
-                # Below: 0.39 x the initial squared norm, the paper's ResNet-18 ratio; the pilot's
-                # weight decay at 0.005 ends near 140, so the floor engages. Above: 2.5 x init.
-                "mu2_below": 300.0,
-                "mu2_above": 2000.0,
-                "paper_arm": "nb_below",
-                "normalize": [True],
-            },
-        },
-        "seeds": [0, 1, 2, 3],
-    },
-    "paper": {
-        "datasets": ["cifar10", "cifar100"],
-        "n_train": None,  # all 50,000
-        "n_holdout": 0,  # evaluate on the full test set only
-        "n_test": None,  # test images evaluated (the first n; None: all)
-        "epochs": 300,
-        "lr": 0.1,
-        "milestones": [100, 175, 225, 275],
-        "batch_size": 128,
-        "batch_size_cifar100": 256,
-        "momentum": 0.9,
-        "augment": True,
-        "bf16": False,
-        "form": "gradient",
-        "scope": "all",
-        "arms": list(ARMS),  # the paper ran none, weight decay and its norm-bias (paper_arm)
-        "gate_train_acc": 20.0,
-        "delta": 0.25,  # about the paper's own norm-bias - weight decay differences
-        "models": {
-            "resnet18": {
-                **_RESNET18,
-                "weight_decay": 1e-4,
-                "norm_bias_coef": 0.005,
-                "mu2_below": 2500.0,
-                "mu2_above": 12800.0,
-                "paper_arm": "nb_below",
-                "normalize": [False, True],
-            },
-            "densenet40": {
-                **_DENSENET,
-                "weight_decay": 1e-4,
-                "norm_bias_coef": 0.005,
-                "mu2_below": 2500.0,
-                "mu2_above": 6000.0,
-                "paper_arm": "nb_below",
-                "normalize": [False, True],
-            },
-            "mobilenetv2": {
-                **_MOBILENET,
-                "weight_decay": 4e-5,
-                "norm_bias_coef": 0.001,
-                "mu2_below": 5000.0,
-                "mu2_above": 47000.0,
-                "paper_arm": "nb_below",
-                "normalize": [False, True],
-            },
-            # Fixup: the paper's mu^2 1000 is above the initial 78 (the inflating regime).
-            "resnet20_fixup": {
-                **_FIXUP,
-                "weight_decay": 1e-4,
-                "norm_bias_coef": 0.0005,
-                "mu2_below": 30.0,
-                "mu2_above": 1000.0,
-                "paper_arm": "nb_above",
-                "normalize": [True],
-            },
-            # MLP: coefficient and mu^2 not stated in the paper; ours, about 2x its initial norm.
-            "mlp": {
-                **_MLP,
-                "weight_decay": 1e-4,
-                "norm_bias_coef": 0.005,
-                "mu2_below": 800.0,
-                "mu2_above": 4000.0,
-                "paper_arm": "nb_above",
-                "normalize": [True],
-            },
-        },  # fmt: skip
-        "seeds": list(range(10)),
-    },
+    "seeds": list(range(10)),
 }
+CPU = {
+    **PAPER,
+    "datasets": ["cifar10"],  # all 50,000 train images, first 1,000 test images offline
+    "n_train": 5000,  # drawn from the 45,000 not held out; 40 steps/epoch
+    "n_holdout": 5000,
+    "epochs": 12,  # 480 steps
+    "milestones": [6, 9],  # (paper: 1/3, 7/12, 3/4, 11/12 of 300)
+    # Equivalence margin (points), fixed before the cpu run: about the mean gain of weight
+    # decay over none in the pilot (1.2-1.3 points), so a norm-bias arm within +-1 point of
+    # weight decay keeps most of that gain. The pilot's paired spread (sd 1.5-3.3 points)
+    # makes 4-seed intervals +-2.5 to +-5 points wide: equivalence is out of reach at cpu.
+    "delta": 1.0,
+    # ResNet-18 at width 1/8: 176,402 parameters, initial squared norm 803, the paper's
+    # ResNet-18 coefficients. mu2_below 0.39 x the initial squared norm, the paper's ResNet-18
+    # ratio (the pilot's weight decay at 0.005 ends near 140, so the floor engages); above: 2.5x.
+    "models": {"resnet18_w8": _row("ResNet-18", "resnet18", {"width": 0.125}, 1e-4, 0.005,
+                                   (300.0, 2000.0), "nb_below", [True])},
+    "seeds": [0, 1, 2, 3],
+}
+SMOKE = {
+    **CPU,
+    "datasets": ["cifar10_small"],  # first 2,000 train + 1,000 test images
+    "n_train": 128,
+    "n_holdout": 500,
+    "epochs": 2,
+    "milestones": [],
+    "gate_train_acc": 0.0,
+    # ResNet-18 at width 1/16 (44,622 parameters, initial squared norm 402); the MLP row is not
+    # in the paper's Table 2 (initial squared norm 68): it exercises that path
+    "models": {
+        "resnet18_w16": _row("ResNet-18", "resnet18", {"width": 0.0625}, 1e-4, 0.005,
+                             (160.0, 800.0), "nb_below", [True]),
+        "mlp_64": _row("MLP", "mlp", {"widths": [64, 64, 64]}, 1e-4, 0.005, (30.0, 150.0),
+                       "nb_above", [False]),
+    },
+    "seeds": [0, 1],
+}
+# fmt: on
+PROFILES = {"smoke": SMOKE, "cpu": CPU, "paper": PAPER}
 
 
 # The paper dry run (make paper-dryrun): every paper model, arm and data set (CIFAR-100 as its

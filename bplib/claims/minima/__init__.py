@@ -19,11 +19,12 @@ from bplib import paper, runner
 from bplib.checks import check_choice
 from bplib.claims.minima import report
 from bplib.data import load_cifar
+from bplib.device import resolve_device
 from bplib.measures import descent, hessian, lemma1
 from bplib.models import make_model
 from bplib.profiles.minima import ROWS
 from bplib.stats import Summary, fmt_mean_std
-from bplib.train import TrainConfig, fit, resolve_device
+from bplib.train import TrainConfig, fit
 
 EXPERIMENT = "minima_table1"
 TITLE = "1. Suboptimal local minima are rare"

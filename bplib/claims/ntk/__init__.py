@@ -50,6 +50,7 @@ from bplib.claims.ntk.report import (
     width_trend,
 )
 from bplib.data import DATASETS, load_cifar, to_float
+from bplib.device import resolve_device, set_threads
 from bplib.measures.ntk import (
     SAMPLES,
     Linearized,
@@ -66,7 +67,7 @@ from bplib.models import count_parameters, make_model
 from bplib.models.resnet import INITS
 from bplib.results import save_arrays
 from bplib.stats import Summary
-from bplib.train import TrainConfig, TrainingDiverged, evaluate, fit, resolve_device
+from bplib.train import TrainConfig, TrainingDiverged, evaluate, fit
 
 EXPERIMENT = "ntk_width"
 TITLE = "3. Wide networks stay in the kernel regime"
@@ -173,12 +174,8 @@ def work(job: runner.Job, ctx: runner.Context) -> dict:
     measurement) or "recalibrated" on the training images (the control); ``"stats_only"`` and
     ``"stats_only_trained"`` compare default with recalibrated ``Phi_0`` and ``Phi_1`` (None
     without batch norm). A diverged run records only that."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with set_threads(1):
         return _measure(job, ctx)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _measure(job: runner.Job, ctx: runner.Context) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from bplib.results import arrays_path, load_arrays
+from bplib.stats import slope_interval
 
 LABELS = {
     "mlp2": "2-layer MLP",
@@ -87,8 +88,6 @@ def width_trend(rows: list[dict], name: str, measure: str = "correlation") -> di
     labelled ``name`` that passed the gate (all widths and seeds), with its 95% t-interval
     (n - 2 degrees of freedom). ``verdict``: "rises" / "falls" when the interval excludes 0,
     "unclear" when it does not, "too few" with fewer than 3 runs or 2 widths past the gate."""
-    from scipy import stats
-
     mine = [r for r in rows if r["label"] == name]
     kept = [r for r in mine if r["passed"] and r[measure] is not None]
     out = {"label": name, "family": mine[0]["family"], "main": mine[0]["main"], "n": len(kept)}
@@ -97,9 +96,8 @@ def width_trend(rows: list[dict], name: str, measure: str = "correlation") -> di
     out["decades"] = float(np.log10(max(sizes) / min(sizes))) if sizes else 0.0
     if len(kept) < 3 or len({r["n_params"] for r in kept}) < 2:
         return out
-    line = stats.linregress([np.log10(r["n_params"]) for r in kept], [r[measure] for r in kept])
-    half = stats.t.ppf(0.975, len(kept) - 2) * line.stderr
-    out.update(slope=line.slope, low=line.slope - half, high=line.slope + half)
+    x, y = [np.log10(r["n_params"]) for r in kept], [r[measure] for r in kept]
+    out.update(zip(("slope", "low", "high"), slope_interval(x, y)))
     out["verdict"] = "rises" if out["low"] > 0 else "falls" if out["high"] < 0 else "unclear"
     return out
 

@@ -27,12 +27,13 @@ from bplib import data, paper, runner
 from bplib.checks import check_choice, check_int
 from bplib.claims.rank import glue as rg
 from bplib.claims.rank import report as rr
+from bplib.device import resolve_device
 from bplib.measures.rank import RankProjection, layer_spectra
 from bplib.models import make_model
 from bplib.pgd import pgd_adversary
 from bplib.results import load_arrays, save_arrays
 from bplib.stats import Summary
-from bplib.train import TrainConfig, correct, fit, resolve_device
+from bplib.train import TrainConfig, correct, fit
 
 EXPERIMENT = "rank"
 TITLE = "4. Low-rank layers generalize better and are more robust"

@@ -10,10 +10,9 @@ adversarial rows). Arms of one base with the same seed saw the same batches: the
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats as st
 
 from bplib import paper
-from bplib.stats import fmt_mean_std, t_interval
+from bplib.stats import fmt_mean_std, paired_interval, t_interval
 
 KINDS = ("natural", "adversarial")
 NONE = ("none", 0.0)
@@ -129,23 +128,14 @@ def _by_seed(records, w, a, b) -> list[tuple[dict, dict]]:
     return [(ra[s], rb[s]) for s in sorted(ra.keys() & rb.keys())]
 
 
-def detectable(diffs, level: float = 0.95, power: float = 0.8) -> float:
-    """Smallest true mean difference that the paired t-test at ``level`` detects with ``power``
-    given the spread of the per-seed differences: (t_{(1+level)/2} + t_{power}) sd / sqrt(n)."""
-    n = len(diffs)
-    if n < 2:
-        return float("nan")
-    q = st.t.ppf(0.5 + level / 2, n - 1) + st.t.ppf(power, n - 1)
-    return float(q * np.std(diffs, ddof=1) / np.sqrt(n))
-
-
 def paired(records, w, lower, higher, metric: str) -> dict:
     """accuracy(lower) - accuracy(higher) per seed, the 95% Student-t interval across seeds
-    and the detectable difference."""
+    and the detectable difference (:func:`bplib.stats.paired_interval`)."""
     pairs = _by_seed(records, w, lower, higher)
     diffs = [accuracy(a, metric) - accuracy(b, metric) for a, b in pairs]
-    m, lo, hi = t_interval(diffs)
-    return dict(diffs=diffs, diff=m, low=lo, high=hi, n=len(diffs), mde=detectable(diffs))
+    d = paired_interval(diffs)
+    return dict(diffs=diffs, diff=d["mean"], low=d["low"], high=d["high"], n=d["n"],
+                mde=d["detectable"])  # fmt: skip
 
 
 def rank_ratio(records, w, arm, ref=NONE):

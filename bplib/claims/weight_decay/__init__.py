@@ -3,7 +3,7 @@
 Each model row is trained with the five arms of :data:`report.ARMS` from the same
 initialization and batch order per seed (:func:`jobs`, :func:`work`). The verdict
 (:func:`report.comparison_rows`) comes from seed-paired held-out accuracy differences
-(:mod:`bplib.measures.equivalence`): first whether weight decay helps at all
+(:func:`bplib.stats.paired_interval`): first whether weight decay helps at all
 (:data:`report.EFFECT`; if not, there is nothing to explain), then each norm-bias arm minus the
 weight decay of the same coefficient (:data:`report.DECIDING`), read against 0 and against the
 profile's margin ``delta`` (fixed before the run). The regularizer is
@@ -25,12 +25,13 @@ import torch
 from bplib import paper, runner
 from bplib.claims.weight_decay import report
 from bplib.data import CIFAR100_MEAN, CIFAR100_STD, Normalize, holdout_split, load_cifar, subset
+from bplib.device import resolve_device
 from bplib.measures.norm_bias import make_regularizer, norm_split
 from bplib.models import count_parameters, make_model
 from bplib.profiles import get_profile
 from bplib.results import COMMITTED
 from bplib.stats import Summary
-from bplib.train import TrainConfig, TrainingDiverged, fit, resolve_device, squared_norm
+from bplib.train import TrainConfig, TrainingDiverged, fit, squared_norm
 
 EXPERIMENT = CHAPTER = "weight_decay"  # chapters/weight_decay.md
 TITLE = "2. Small-norm solutions generalize better"

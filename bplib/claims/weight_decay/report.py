@@ -12,10 +12,9 @@ import torch
 
 from bplib import paper
 from bplib.checks import check_choice
-from bplib.measures.equivalence import decide, paired_interval
 from bplib.measures.norm_bias import norm_split
 from bplib.models import count_parameters, make_model
-from bplib.stats import fmt_mean_std
+from bplib.stats import decide, fmt_mean_std, paired_interval
 
 # arm -> (regularizer kind, the row's coefficient key, the row's mu^2 key)
 ARMS = {"none": ("none", None, None), "weight_decay": ("weight_decay", "weight_decay", None),
@@ -76,7 +75,7 @@ def passes(result: dict, gate: float) -> bool:
 
 
 def difference_summary(group: dict, a: str, b: str, name: str, gate: float = 0.0) -> dict:
-    """:func:`~bplib.measures.equivalence.paired_interval` of the per-seed ``name(a) - name(b)``
+    """:func:`~bplib.stats.paired_interval` of the per-seed ``name(a) - name(b)``
     over the seeds where both runs pass the gate."""
     ra, rb = group.get(a, {}), group.get(b, {})
     seeds = sorted(s for s in set(ra) & set(rb) if passes(ra[s], gate) and passes(rb[s], gate))
