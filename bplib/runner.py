@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bplib.checks import check_choice, check_int
+from bplib.checks import check_choice, check_folder, check_int
 from bplib.data import REPO_ROOT, data_identity
 from bplib.parallel import map_jobs
 from bplib.results import (
@@ -92,6 +92,8 @@ class Context:
         check_choice("profile", self.profile, PROFILES)
         if self.jobs is not None:  # a chapter parameter: one clear error before any work
             check_int("jobs", self.jobs, low=1)
+        for name in ("data_dir", "root", "checkpoints"):  # chapter parameters: named errors
+            check_folder(name, getattr(self, name))
         for name in ("root", "checkpoints"):  # accept str paths (papermill parameters are str)
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))

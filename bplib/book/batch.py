@@ -97,7 +97,7 @@ def plan(
         try:
             if not allowed:
                 raise ValueError(f"chapter {chapter!r} has no cell tagged 'parameters'")
-            own, overrides = split_parameters(chapter, allowed, params)
+            own, overrides = split_parameters(chapter, allowed, params, profile)
         except ValueError as err:
             raise BatchError(str(err)) from None
         every = seeds or (
