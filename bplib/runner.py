@@ -26,6 +26,7 @@ import torch
 
 from bplib.checks import check_choice, check_folder, check_int
 from bplib.data import REPO_ROOT, data_identity
+from bplib.files import note_records_read
 from bplib.parallel import map_jobs
 from bplib.results import (
     PROFILES,
@@ -121,7 +122,9 @@ def load(job: Job, profile: str, root: Path | None = None) -> dict | None:
 
 def stored(jobs: list[Job], profile: str, root: Path | None = None) -> list[dict | None]:
     """The stored record of every job (None where missing), in ``jobs`` order; trains nothing."""
-    return [load(j, profile, root) for j in jobs]
+    records = [load(j, profile, root) for j in jobs]
+    note_records_read([j.path(profile, root) for j, r in zip(jobs, records) if r is not None])
+    return records
 
 
 class DataMismatch(ValueError):

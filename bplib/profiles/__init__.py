@@ -16,9 +16,11 @@ values. Where a run happens (device, worker count) is not a profile's business:
 
 from __future__ import annotations
 
+import ast
 import importlib
 import math
 import numbers
+import sys
 from types import SimpleNamespace
 
 from bplib.checks import check_choice, check_seeds
@@ -209,6 +211,37 @@ def dryrun_overrides(chapter: str) -> dict:
     return check_overrides(chapter, module.DRYRUN)
 
 
+def _assigned(source: str) -> set[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    return {n.id for node in tree.body if isinstance(node, ast.Assign | ast.AnnAssign)
+            for t in getattr(node, "targets", [getattr(node, "target", None)])
+            for n in ast.walk(t) if isinstance(n, ast.Name)}  # fmt: skip
+
+
+def check_injected_parameters() -> None:
+    """Raise one ``ValueError`` if papermill injected a name that the notebook's parameters cell
+    does not assign (papermill only warns, and the value would be ignored). In a kernel, the
+    injected cell (``# Parameters`` first) is read back from IPython's input history, where the
+    parameters cell is the cell before it; elsewhere, or with nothing injected, nothing is done.
+    :func:`get_profile` calls it: every chapter, the results page too, calls that first."""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    history = list(getattr(shell, "user_ns", {}).get("In", []))
+    for i, source in enumerate(history[1:], 1):
+        if isinstance(source, str) and source.lstrip().startswith("# Parameters"):
+            allowed = _assigned(history[i - 1])
+            given = {n for n in _assigned(source) if not n.startswith("PAPERMILL_")}
+            if given - allowed:  # PAPERMILL_*: papermill's own --inject-paths names
+                raise ValueError(
+                    f"unknown parameter(s) {', '.join(sorted(given - allowed))} given by "
+                    f"papermill; this notebook's parameters cell assigns: "
+                    f"{', '.join(sorted(allowed))} (papermill only warns: the value would be "
+                    "ignored)"
+                )
+
+
 def get_profile(
     chapter: str, profile: str, seeds=None, dryrun: bool = False, overrides=None, **more
 ) -> SimpleNamespace:
@@ -218,10 +251,13 @@ def get_profile(
     ``dryrun=True`` (paper profile only) applies :func:`dryrun_overrides` first: the paper's
     models and code paths with 2 batches per training phase and tiny measurement budgets, a path
     test whose numbers mean nothing; the namespace then has ``dryrun=True``.
-    ``seeds=None`` takes the profile's seeds. An unknown chapter, profile or override name, or an
-    override value of the wrong kind or range (:func:`check_overrides`), raises one
-    ``ValueError`` naming it and the allowed values, before anything is computed.
+    ``seeds=None`` takes the profile's seeds. An unknown chapter, profile or override name, an
+    override value of the wrong kind or range (:func:`check_overrides`), a size beyond the data
+    (:func:`check_sizes`) or a name papermill injected that the notebook's parameters cell does
+    not assign (:func:`check_injected_parameters`) raises one ``ValueError`` naming it and the
+    allowed values, before anything is computed.
     """
+    check_injected_parameters()
     check_choice("profile", profile, PROFILE_NAMES)
     check_choice("dryrun", dryrun, (False, True))
     if dryrun and profile != "paper":
