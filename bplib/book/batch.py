@@ -14,7 +14,6 @@ go on (exit status 1); a complete one is skipped (:func:`is_complete`) unless ``
 
 import argparse
 import hashlib
-import logging
 import os
 import socket
 import sys
@@ -145,8 +144,6 @@ def run_notebook(notebook_json: str, parameters: dict, cwd: str) -> dict:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    # papermill warns "Unable to parse line" for a comment with a quote; plan() checked names.
-    logging.getLogger("papermill").setLevel(logging.ERROR)
     result = {"status": "ok", "error": "", "cell": ""}
     result["worker"] = {"host": socket.gethostname(), "pid": os.getpid()}
     start = time.perf_counter()
