@@ -312,12 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from distributed import Client
 
-        try:  # an unreachable scheduler: one line and status 2, not a traceback and 1
+        try:  # an unreachable scheduler: one line and status 2, not a traceback and status 1
             client = Client(args.scheduler, timeout=CONNECT_TIMEOUT_S)
-        except (OSError, ValueError) as err:  # refused/timed out; ValueError: a malformed address
-            print(f"bplib-run: cannot reach the Dask scheduler {args.scheduler}: {err}",
-                  file=sys.stderr)  # fmt: skip
-            return 2
+        except (OSError, ValueError) as err:  # refused, timed out, or a malformed address
+            parser.exit(2, f"bplib-run: cannot reach the Dask scheduler {args.scheduler}: {err}\n")
         with client:  # pure=False: the same arguments run again
             executor = client.get_executor(pure=False)
             results = run_batch(planned, executor, args.recompute, not args.no_progress)
