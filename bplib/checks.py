@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import os
 from collections.abc import Iterable
 
 
@@ -46,9 +47,27 @@ def check_positive(name: str, value) -> float:
     return float(value)
 
 
+def check_folder(name: str, value):
+    """Raise ``ValueError`` unless ``value`` is None or a folder's path (a string or path);
+    return it. A number there used to reach ``Path()`` as a ``TypeError`` without its name."""
+    if value is not None and not isinstance(value, str | os.PathLike):
+        raise ValueError(f"{name}={value!r} must be a folder (a string or path) or None")
+    return value
+
+
 def check_seeds(seeds) -> list[int]:
     """Seeds as a non-empty list of distinct non-negative integers (an int means one seed)."""
-    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    if isinstance(seeds, list | tuple):
+        seeds = list(seeds)
+    else:  # "abc" was split into letters, 3.0 gave a TypeError
+        try:
+            if isinstance(seeds, bool):
+                raise TypeError("a bool is not a seed")
+            seeds = [operator.index(seeds)]  # one integer (numpy's too) is one seed
+        except TypeError:
+            raise ValueError(
+                f"seeds={seeds!r} must be a non-negative integer or a list of them, e.g. [0, 1]"
+            ) from None
     if not seeds:
         raise ValueError("seeds=[] is empty; give at least one non-negative integer")
     for s in seeds:

@@ -13,6 +13,18 @@ import tempfile
 from pathlib import Path
 
 TMP_PREFIX = ".tmp-"  # temporary files of atomic writes; never read as records or arrays
+# bplib-run names a file here for each notebook it runs, and the kernel's runner lists in it
+# every record it returned: a kept notebook counts as complete only while those records are
+# still in the store (an emptied store used to be reported "skipped").
+RECORDS_READ_ENV = "BPLIB_RUN_RECORDS_READ"
+
+
+def note_records_read(paths) -> None:
+    """Append ``paths`` (records a chapter read) to ``$BPLIB_RUN_RECORDS_READ``, if it is set."""
+    log = os.environ.get(RECORDS_READ_ENV)
+    if log and paths:
+        with open(log, "a") as file:
+            file.writelines(f"{Path(p).resolve()}\n" for p in paths)
 
 
 def current_umask() -> int:

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bplib import REPO_ROOT
-from bplib.checks import check_choice, check_int
+from bplib.checks import check_choice, check_folder, check_int
 from bplib.data import data_identity
 from bplib.device import resolve_device, set_threads
+from bplib.files import note_records_read
 from bplib.parallel import map_jobs
 from bplib.results import (
     PROFILES,
@@ -98,6 +99,8 @@ class Context:
         check_choice("profile", self.profile, PROFILES)
         if self.jobs is not None:  # a chapter parameter: one clear error before any work
             check_int("jobs", self.jobs, low=1)
+        for name in ("data_dir", "root", "checkpoints"):  # chapter parameters: named errors
+            check_folder(name, getattr(self, name))
         for name in ("root", "checkpoints"):  # accept str paths (papermill parameters are str)
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
@@ -125,7 +128,9 @@ def load(job: Job, profile: str, root: Path | None = None) -> dict | None:
 
 def stored(jobs: list[Job], profile: str, root: Path | None = None) -> list[dict | None]:
     """The stored record of every job (None where missing), in ``jobs`` order; trains nothing."""
-    return [load(j, profile, root) for j in jobs]
+    records = [load(j, profile, root) for j in jobs]
+    note_records_read([j.path(profile, root) for j, r in zip(jobs, records) if r is not None])
+    return records
 
 
 class DataMismatch(ValueError):

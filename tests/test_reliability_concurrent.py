@@ -101,7 +101,7 @@ def test_two_writers_of_one_kept_notebook_do_not_share_a_temporary_file(tmp_path
     output = tmp_path / "ch" / "seeds-0.ipynb"
     job = batch.Job("ch", "smoke", [0], {}, "", "", output, tmp_path, {})
     result = {"notebook": nbformat.writes(nbformat.v4.new_notebook()), "status": "ok"}
-    result.update(wall_s=1.0, worker={"host": "h", "pid": 1}, error=None, cell=None)
+    result.update(wall_s=1.0, worker={"host": "h", "pid": 1}, error=None, cell=None, records=[])
     done = Future()
     done.set_result(result)
     real_write, nested = nbformat.write, []

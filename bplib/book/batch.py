@@ -14,7 +14,6 @@ go on (exit status 1); a complete one is skipped (:func:`is_complete`) unless ``
 
 import argparse
 import hashlib
-import logging
 import os
 import socket
 import sys
@@ -34,10 +33,11 @@ from bplib.book import DEFAULT_CHAPTERS_DIR, REPO_ROOT
 from bplib.book.notebooks import chapter_sources
 from bplib.book.params import chapter_parameters, job_places, parse_value, split_parameters
 from bplib.checks import check_seeds
-from bplib.files import write_file
+from bplib.files import RECORDS_READ_ENV, write_file
 from bplib.profiles import CHAPTERS, PROFILE_NAMES, chapter_profiles
 
 DEFAULT_RUNS_DIR = REPO_ROOT / "runs"
+CONNECT_TIMEOUT_S = 20  # seconds to reach a Dask scheduler (distributed's default: 30)
 
 
 class BatchError(ValueError):
@@ -97,7 +97,7 @@ def plan(
         try:
             if not allowed:
                 raise ValueError(f"chapter {chapter!r} has no cell tagged 'parameters'")
-            own, overrides = split_parameters(chapter, allowed, params)
+            own, overrides = split_parameters(chapter, allowed, params, profile)
         except ValueError as err:
             raise BatchError(str(err)) from None
         every = seeds or (
@@ -144,14 +144,13 @@ def run_notebook(notebook_json: str, parameters: dict, cwd: str) -> dict:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    # papermill warns "Unable to parse line" for a comment with a quote; plan() checked names.
-    logging.getLogger("papermill").setLevel(logging.ERROR)
     result = {"status": "ok", "error": "", "cell": ""}
     result["worker"] = {"host": socket.gethostname(), "pid": os.getpid()}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bplib-run-") as tmp:
         source, output = Path(tmp) / "in.ipynb", Path(tmp) / "out.ipynb"
         source.write_text(notebook_json)
+        read = os.environ[RECORDS_READ_ENV] = str(Path(tmp) / "records")  # the kernel inherits it
         try:
             papermill.execute_notebook(
                 str(source), str(output), parameters=parameters, cwd=cwd, progress_bar=False
@@ -159,7 +158,11 @@ def run_notebook(notebook_json: str, parameters: dict, cwd: str) -> dict:
         except PapermillExecutionError as err:  # the notebook raised: reported, not fatal
             first = next((line for line in err.source.splitlines() if line.strip()), "")
             result.update(status="failed", error=f"{err.ename}: {err.evalue}", cell=first)
+        finally:
+            del os.environ[RECORDS_READ_ENV]
         result["notebook"] = output.read_text() if output.exists() else None
+        result["records"] = sorted(set(Path(read).read_text().split("\n")) - {""}) \
+            if Path(read).exists() else []  # fmt: skip
     result["wall_s"] = time.perf_counter() - start
     return result
 
@@ -171,8 +174,9 @@ def _what(parameters: dict) -> dict:
 
 def is_complete(job: Job) -> bool:
     """Whether ``job.output`` holds a successful run of the same source and parameters (any
-    worker count), into the same records store with the same data folder (``job.places``). A
-    kept notebook that cannot be read is not complete: a warning names it."""
+    worker count), into the same records store with the same data folder (``job.places``),
+    whose records (those its runner read) are all still there. A kept notebook that cannot be
+    read is not complete: a warning names it."""
     if not job.output.exists():
         return False
     try:
@@ -180,7 +184,8 @@ def is_complete(job: Job) -> bool:
         batch, papermill = meta.get("bplib_run", {}), meta.get("papermill", {})
         done = batch.get("status") == "ok" and batch.get("source_sha256") == job.source_sha256
         same = _what(papermill.get("parameters")) == _what(job.parameters)
-        return done and same and batch.get("places") == job.places
+        kept = "records" in batch and all(map(os.path.exists, batch["records"]))  # still there
+        return done and same and kept and batch.get("places") == job.places
     except Exception as err:  # truncated/empty JSON, not a notebook, odd metadata: any of them
         warnings.warn(
             f"executed notebook {job.output} cannot be read ({type(err).__name__}: {err}); "
@@ -205,7 +210,7 @@ def _collect(job: Job, future: Future) -> JobResult:
         nb.metadata["bplib_run"] = dict(
             chapter=job.chapter, profile=job.profile, seeds=job.seeds, status=result["status"],
             source_sha256=job.source_sha256, places=job.places,
-            wall_s=round(result["wall_s"], 3), worker=result["worker"],
+            wall_s=round(result["wall_s"], 3), worker=result["worker"], records=result["records"],
         )  # fmt: skip
         job.output.parent.mkdir(parents=True, exist_ok=True)
         # A unique temporary name: two runs keeping the same notebook at once never share one.
@@ -283,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit status: 0 all jobs ok or skipped, 1 some job failed, 2 bad command line."""
+    """Exit status: 0 all jobs ok or skipped, 1 some job failed, 2 bad command line (or an
+    unreachable scheduler)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     params = {}
@@ -306,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from distributed import Client
 
-        with Client(args.scheduler) as client:  # pure=False: the same arguments run again
+        try:  # an unreachable scheduler: one line and status 2, not a traceback and status 1
+            client = Client(args.scheduler, timeout=CONNECT_TIMEOUT_S)
+        except (OSError, ValueError) as err:  # refused, timed out, or a malformed address
+            parser.exit(2, f"bplib-run: cannot reach the Dask scheduler {args.scheduler}: {err}\n")
+        with client:  # pure=False: the same arguments run again
             executor = client.get_executor(pure=False)
             results = run_batch(planned, executor, args.recompute, not args.no_progress)
     print(summary(results), file=sys.stderr)

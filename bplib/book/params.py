@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 
 from bplib.book import REPO_ROOT
-from bplib.profiles import CHAPTERS, chapter_profiles, check_overrides
+from bplib.checks import check_folder
+from bplib.profiles import CHAPTERS, chapter_profiles, get_profile
 
 # bplib.data.DEFAULT_OFFLINE_DIR and the default of bplib.results.records_root, repeated here
 # because those modules import torch; tests/test_reliability_batch.py checks they agree.
@@ -52,10 +53,13 @@ def parse_value(text: str, name: str = "value"):
         ) from None
 
 
-def split_parameters(chapter: str, allowed: list[str], params: dict) -> tuple[dict, dict]:
+def split_parameters(
+    chapter: str, allowed: list[str], params: dict, profile: str = "smoke"
+) -> tuple[dict, dict]:
     """``(parameters, overrides)``: the ``-p`` names the parameters cell assigns (``allowed``),
-    and the others, which must be keys of the chapter's profile (values checked). One
-    ``ValueError`` names the first bad name or value and what is allowed."""
+    and the others, which must be keys of the chapter's profile (values checked, and sizes
+    against the data at ``profile``, as the chapter's ``get_profile`` will). One ``ValueError``
+    names the first bad name or value and what is allowed."""
     reserved = sorted(RESERVED.keys() & params.keys())
     if reserved:
         name = reserved[0]
@@ -69,12 +73,12 @@ def split_parameters(chapter: str, allowed: list[str], params: dict) -> tuple[di
             raise ValueError(
                 f"unknown parameter {name!r} for chapter {chapter!r}; choose from {choices}"
             )
-    if not isinstance(own.get("data_dir", ""), str | None):
-        raise ValueError(
-            f"parameter data_dir={own['data_dir']!r} must be a folder (a string) or None"
-        )
+    for name in ("data_dir", "checkpoints"):  # runner.Context's check, before any notebook
+        check_folder(f"parameter {name}", own.get(name))
     overrides = {k: v for k, v in params.items() if k not in own}
-    return own, check_overrides(chapter, overrides) if overrides else {}
+    if chapter in CHAPTERS:  # the chapter's own call: names, kinds, ranges and data sizes
+        get_profile(chapter, profile, dryrun=own.get("dryrun", False), overrides=overrides)
+    return own, {k: v for k, v in overrides.items() if v is not None}
 
 
 def job_places(params: dict, cwd: Path) -> dict:

@@ -16,8 +16,11 @@ values. Where a run happens (device, worker count) is not a profile's business:
 
 from __future__ import annotations
 
+import ast
 import importlib
+import math
 import numbers
+import sys
 from types import SimpleNamespace
 
 from bplib.checks import check_choice, check_seeds
@@ -39,6 +42,28 @@ POSITIVE = frozenset({
     "lanczos_ncv", "lanczos_max_hvp", "hessian_images", "explorer_images", "num_quantiles",
     "max_elems", "width", "widths", "trajectory_width",
 })  # fmt: skip
+
+# Percentages and accuracy points (gates, margins): every number in them lies in 0..100; an
+# ntk min_train_acc=250 used to be reported as "0 of 15 runs reached 250%".
+PERCENT = frozenset({"min_train_acc", "gate_train_acc", "delta", "gate", "margin"})
+# Attack radii and steps in [0, 1] pixel units (models normalize inside): rank's train_eps=5
+# used to fail in pgd.py, under the name eps, after its base job had written its files.
+PIXELS = frozenset({"train_eps", "train_alpha", "eval_eps"})
+UPPER = {
+    **dict.fromkeys(PERCENT, (100, "a percentage")),
+    **dict.fromkeys(PIXELS, (1, "pixel units")),
+}
+
+# (training, test) images of every data set a profile may name (bplib.data.DATASETS), here
+# because bplib.data imports torch and bplib-run checks sizes without it (tests check the two
+# agree). The offline CIFAR-10 copy holds only the first 1,000 test images: n_test up to 10,000
+# passes here and the chapters take the first n_test they have.
+DATA_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
+              "cifar10_small": (2_000, 1_000), "cifar100_standin": (320, 20)}  # fmt: skip
+# Image counts drawn from the training images left after the held-out split (None: all); the
+# chapters slice or subsample, so a larger count used to be clipped silently while its record
+# kept the asked-for number (minima n_train=100000000: 50,000 images, batch count from 1e8).
+TRAIN_COUNTS = ("n_train", "base_images", "finetune_images")
 
 # What a value of each kind must be, in the words of an error message.
 _KIND_NAMES = {"bool": "True or False", "int": "an integer", "float": "a number",
@@ -78,26 +103,26 @@ def _numbers(value):
 
 def check_value(chapter: str, key: str, value, allowed_kinds: set[str]) -> None:
     """Raise one ``ValueError`` unless ``value`` has one of ``allowed_kinds`` (an integer passes
-    as a number) and its numbers are >= 0, or > 0 (integers >= 1) for a key in :data:`POSITIVE`."""
+    as a number) and its numbers are >= 0, or > 0 (integers >= 1) for a key in :data:`POSITIVE`,
+    and at most 100 for a key in :data:`PERCENT`, 1 in :data:`PIXELS`."""
     kind = _kind(value)
     allowed = " or ".join(_KIND_NAMES.get(k, k) for k in sorted(allowed_kinds))
     if kind in allowed_kinds or (kind == "int" and "float" in allowed_kinds):
-        positive = key in POSITIVE
-        bad = [x for x in _numbers(value) if not (x > 0 if positive else x >= 0)]  # NaN fails too
+        positive, (high, unit) = key in POSITIVE, UPPER.get(key, (math.inf, ""))
+        ok = (lambda x: 0 < x <= high) if positive else (lambda x: 0 <= x <= high)
+        bad = [x for x in _numbers(value) if not ok(x)]  # NaN fails too
         if not bad:
             return
-        if bad == [value]:  # a single number: say the bound of its kind
-            bound = (">= 1" if kind == "int" else "> 0") if positive else ">= 0"
-            reason = f"{key} must be {allowed} {bound}"
-        else:
-            bound = "> 0" if positive else ">= 0"
-            reason = f"every number in {key} must be {bound} (it holds {bad[0]!r})"
+        # a count is an integer; a size that may be a fraction (width 0.125) a positive number
+        integer = kind == "int" and "float" not in allowed_kinds
+        low = ("an integer >= 1" if integer else "a positive number") if positive else \
+            ("an integer >= 0" if integer else "a number >= 0")  # fmt: skip
+        bound = f"{low} and <= {high} ({unit})" if high < math.inf else low
+        which = key if bad == [value] else f"every number in {key}"
+        reason = f"{which} must be {bound}" + ("" if bad == [value] else f" (it holds {bad[0]!r})")
     else:
         reason = f"{key} must be {allowed}, not {type(value).__name__}"
-    raise ValueError(
-        f"parameter {key}={value!r} of chapter {chapter!r} is not allowed: {reason}; "
-        "give another value, or None for the profile's value"
-    )
+    _refuse(chapter, key, value, reason)
 
 
 def check_overrides(chapter: str, overrides: dict | None) -> dict:
@@ -128,6 +153,55 @@ def check_overrides(chapter: str, overrides: dict | None) -> dict:
     return given
 
 
+def _refuse(chapter: str, key: str, value, reason: str):
+    raise ValueError(
+        f"parameter {key}={value!r} of chapter {chapter!r} is not allowed: {reason}; "
+        "give another value, or None for the profile's value"
+    )
+
+
+def check_sizes(chapter: str, values: dict) -> None:
+    """Raise one ``ValueError`` unless every image count in a chapter's merged ``values`` fits
+    the data it counts (:data:`DATA_SIZES`, the smallest data set the chapter uses): the
+    held-out split (``n_holdout``) leaves a training image, the :data:`TRAIN_COUNTS` fit in
+    what it leaves, ``n_test`` in the test split, ``n_robust`` in ``n_test``, and the Hessian's
+    and the NTK's images in ``n_train``. A record must not name more images than were used."""
+    used = {"dataset": [values["dataset"]]} if "dataset" in values else {}
+    used.update(datasets=values.get("datasets", []), **{  # {family or kind: [data sets]}
+        key: [d for ds in values.get(key, {}).values() for d in ds]
+        for key in ("extra_datasets", "bases")})  # fmt: skip
+    for key, names in used.items():
+        for name in (n for n in names if n not in DATA_SIZES):
+            _refuse(chapter, key, values[key], f"{name!r} is not a data set; choose from "
+                    f"{', '.join(DATA_SIZES)}")  # fmt: skip
+    names = [n for ns in used.values() for n in ns]
+    if not names:
+        return
+    small = min(names, key=lambda d: DATA_SIZES[d])  # the smallest training and test split
+    train, test = DATA_SIZES[small]
+    holdout = values.get("n_holdout") or 0
+    if holdout > train - 1:
+        _refuse(chapter, "n_holdout", holdout, f"{small} has {train:,} training images, so at "
+                f"most {train - 1:,} can be held out")  # fmt: skip
+    pool = f"the {train - holdout:,} training images of {small}" + (
+        f" left after n_holdout={holdout:,}" if "n_holdout" in values else "")  # fmt: skip
+    limits = dict.fromkeys(TRAIN_COUNTS, (train - holdout, pool))
+    limits["n_test"] = (test, f"the {test:,} test images of {small}")
+    n_train, n_test = values.get("n_train") or train - holdout, values.get("n_test") or test
+    limits.update(n_robust=(n_test, f"the n_test={n_test:,} test images evaluated"),
+                  hessian_images=(n_train, f"the n_train={n_train:,} training images"),
+                  n_images=(n_train, f"the n_train={n_train:,} training images"))  # fmt: skip
+    if "official" in values.get("samples", ()):  # the first batch of 128 (bplib.measures.ntk)
+        limits["n_images"] = (min(n_train, 128), "the official sample (the first 128) in n_train")
+    if "n_images" in values:  # stored kernels: the first explorer_images of the sample
+        limits["explorer_images"] = (values["n_images"], f"n_images={values['n_images']}")
+    for key, (high, what) in limits.items():
+        value = values.get(key)
+        counts = list(value.values()) if isinstance(value, dict) else [value]
+        if any(n is not None and n > high for n in counts):
+            _refuse(chapter, key, value, f"it counts images of {what}: at most {high:,}")
+
+
 def dryrun_overrides(chapter: str) -> dict:
     """What the paper dry run changes in ``chapter``'s paper profile: the module's ``DRYRUN``
     dict (data set sizes, epochs, seeds, measurement budgets, CIFAR-100 -> its offline stand-in),
@@ -135,6 +209,37 @@ def dryrun_overrides(chapter: str) -> dict:
     check_choice("chapter", chapter, CHAPTERS)
     module = importlib.import_module(f"bplib.profiles.{chapter}")
     return check_overrides(chapter, module.DRYRUN)
+
+
+def _assigned(source: str) -> set[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    return {n.id for node in tree.body if isinstance(node, ast.Assign | ast.AnnAssign)
+            for t in getattr(node, "targets", [getattr(node, "target", None)])
+            for n in ast.walk(t) if isinstance(n, ast.Name)}  # fmt: skip
+
+
+def check_injected_parameters() -> None:
+    """Raise one ``ValueError`` if papermill injected a name that the notebook's parameters cell
+    does not assign (papermill only warns, and the value would be ignored). In a kernel, the
+    injected cell (``# Parameters`` first) is read back from IPython's input history, where the
+    parameters cell is the cell before it; elsewhere, or with nothing injected, nothing is done.
+    :func:`get_profile` calls it: every chapter, the results page too, calls that first."""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    history = list(getattr(shell, "user_ns", {}).get("In", []))
+    for i, source in enumerate(history[1:], 1):
+        if isinstance(source, str) and source.lstrip().startswith("# Parameters"):
+            allowed = _assigned(history[i - 1])
+            given = {n for n in _assigned(source) if not n.startswith("PAPERMILL_")}
+            if given - allowed:  # PAPERMILL_*: papermill's own --inject-paths names
+                raise ValueError(
+                    f"unknown parameter(s) {', '.join(sorted(given - allowed))} given by "
+                    f"papermill; this notebook's parameters cell assigns: "
+                    f"{', '.join(sorted(allowed))} (papermill only warns: the value would be "
+                    "ignored)"
+                )
 
 
 def get_profile(
@@ -146,10 +251,13 @@ def get_profile(
     ``dryrun=True`` (paper profile only) applies :func:`dryrun_overrides` first: the paper's
     models and code paths with 2 batches per training phase and tiny measurement budgets, a path
     test whose numbers mean nothing; the namespace then has ``dryrun=True``.
-    ``seeds=None`` takes the profile's seeds. An unknown chapter, profile or override name, or an
-    override value of the wrong kind or range (:func:`check_overrides`), raises one
-    ``ValueError`` naming it and the allowed values, before anything is computed.
+    ``seeds=None`` takes the profile's seeds. An unknown chapter, profile or override name, an
+    override value of the wrong kind or range (:func:`check_overrides`), a size beyond the data
+    (:func:`check_sizes`) or a name papermill injected that the notebook's parameters cell does
+    not assign (:func:`check_injected_parameters`) raises one ``ValueError`` naming it and the
+    allowed values, before anything is computed.
     """
+    check_injected_parameters()
     check_choice("profile", profile, PROFILE_NAMES)
     check_choice("dryrun", dryrun, (False, True))
     if dryrun and profile != "paper":
@@ -158,6 +266,7 @@ def get_profile(
     values.update(dryrun_overrides(chapter) if dryrun else {})
     values.update(check_overrides(chapter, overrides))
     values.update(check_overrides(chapter, more))
+    check_sizes(chapter, values)
     values["seeds"] = check_seeds(values["seeds"] if seeds is None else seeds)
     values["profile"] = profile
     if dryrun:  # only then: every other profile's namespace (and record keys) stays as it was

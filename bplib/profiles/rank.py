@@ -125,7 +125,7 @@ DRYRUN = {
     "epochs": 1,
     "finetune_milestones": [],
     "rank_epochs": [1],
-    "n_test": 32,
+    "n_test": 20,  # the CIFAR-100 stand-in has 20 test images (32 was clipped to them)
     "n_robust": 4,
     # one threshold per projection: RankMin 1.0 runs RankMin 0.5's code with another number
     "arms": {
