@@ -30,8 +30,10 @@ from bplib.files import note_records_read
 from bplib.parallel import map_jobs
 from bplib.results import (
     PROFILES,
+    CorruptFile,
     arrays_path,
     check_writable,
+    load_arrays,
     load_or_run,
     read_record,
     record_path,
@@ -53,18 +55,22 @@ NOT_PARAMS = frozenset(
 class Job:
     """One record to produce: ``experiment`` (the store's folder), ``params`` and ``seed``.
 
-    ``cost`` only orders the work (largest first, so the slow jobs start early)."""
+    ``cost`` only orders the work (largest first, so the slow jobs start early). ``arrays``: the
+    job also stores arrays that readers need beside its record (kernels, weights); a record
+    whose arrays file is missing or does not load is then recomputed by :func:`run`, so that
+    deleting a corrupt arrays file, as its error advises, brings it back."""
 
     experiment: str
     params: dict = field(hash=False)
     seed: int
     cost: float = field(default=0.0, compare=False)
+    arrays: bool = field(default=False, compare=False)
 
     def path(self, profile: str, root: Path | None = None) -> Path:
         return record_path(self.experiment, {**self.params, "seed": self.seed}, profile, root)
 
 
-def job(experiment: str, params: dict, seed: int, cost: float = 0.0) -> Job:
+def job(experiment: str, params: dict, seed: int, cost: float = 0.0, arrays=False) -> Job:
     """A :class:`Job`, refusing parameters that name a place or a runner setting."""
     leaked = sorted(NOT_PARAMS & set(params))
     if leaked:
@@ -72,7 +78,7 @@ def job(experiment: str, params: dict, seed: int, cost: float = 0.0) -> Job:
             f"record parameters must not contain {', '.join(leaked)}: they say where a job runs, "
             "not what it computes (pass them in the Context)"
         )
-    return Job(experiment, json.loads(json.dumps(params)), int(seed), cost)
+    return Job(experiment, json.loads(json.dumps(params)), int(seed), cost, arrays)
 
 
 def params(cfg, keys: tuple[str, ...], **place) -> dict:
@@ -124,6 +130,17 @@ def load(job: Job, profile: str, root: Path | None = None) -> dict | None:
     if not path.exists():
         return None
     return read_record(path)
+
+
+def _arrays_lost(job: Job, ctx: Context) -> bool:
+    """Whether ``job`` declares arrays (:attr:`Job.arrays`) and its arrays file does not load."""
+    if not job.arrays:
+        return False
+    try:
+        load_arrays(ctx.arrays(job))
+    except (FileNotFoundError, CorruptFile):
+        return True
+    return False
 
 
 def stored(jobs: list[Job], profile: str, root: Path | None = None) -> list[dict | None]:
@@ -196,6 +213,7 @@ def _run_one(work, job: Job, ctx: Context, force: bool, data: str | None = None)
     reads the record the first one stored."""
     folder = ctx.run_dir(job).parent
     with _owning(folder):
+        force = force or _arrays_lost(job, ctx)  # under the lock: another run may have made them
         record = load_or_run(
             job.experiment,
             job.params,
@@ -222,7 +240,8 @@ def run(
     """The records of ``jobs`` (in order): stored ones are read, missing ones computed by
     ``work(job, ctx)`` in ``n_procs`` one-thread processes (default: ``ctx.jobs``, whose default
     is 2 on a 2+ core CPU, 1 on a GPU). No worker process starts when nothing is missing.
-    ``force`` recomputes every job.
+    ``force`` recomputes every job; a stored record whose declared arrays (:attr:`Job.arrays`)
+    are missing or corrupt is recomputed too.
     Raises :class:`bplib.results.StoreNotWritable` before computing anything when a missing
     job's store folder cannot be written (the work would be lost at the end), and
     :class:`DataMismatch` when a stored record was made from other data (records carry the
@@ -231,7 +250,7 @@ def run(
     todo = []
     for j in jobs:
         record = None if force else load(j, ctx.profile, ctx.root)
-        if record is None:
+        if record is None or _arrays_lost(j, ctx):
             todo.append(j)
         else:
             _check_same_data(record, j.path(ctx.profile, ctx.root), identities)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from bplib import runner
+from bplib import claims, runner
 from bplib.claims import ntk as claim
-from bplib.claims.ntk import build_family, summarize
+from bplib.claims.ntk import build_family, report, summarize
 from bplib.claims.ntk.report import collect, load_kernels, verdict_text, width_trend
 from bplib.measures.ntk import (
     Linearized,
@@ -29,6 +29,7 @@ from bplib.measures.ntk import (
 )
 from bplib.models import make_model
 from bplib.profiles import get_profile
+from bplib.results import CorruptFile
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -292,6 +293,28 @@ def test_trajectory_comes_from_the_checkpointed_history_after_a_resume(cifar_sma
     resumed = claim.work(job, ctx)  # resumes after the last epoch: no training, history restored
     assert resumed["trajectory"] == first["trajectory"] and len(first["trajectory"]) == 3
     assert resumed["measures"] == first["measures"]
+
+
+def test_deleting_a_corrupt_kernels_file_as_advised_recomputes_it(cifar_small, tmp_path):
+    """Issue 27 item 3: a corrupt kernels file is named with "delete it to recompute"; after
+    deleting it, the chapter's run cell recomputes it and its explorer view and summary work
+    (before: the record was read back, the kernels never came back, and the view crashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    cfg = _tiny_cfg(widths={"mlp2": [8]}, linearize=[], samples=["random"])
+    root = tmp_path / "r"
+    ctx = runner.Context("smoke", device="cpu", root=root, checkpoints=tmp_path / "c", jobs=1)
+    path = ctx.arrays(claim.jobs(cfg)[0])
+    records = claims.run("ntk", cfg, ctx)
+    path.write_bytes(b"not an npz")
+    with pytest.raises(CorruptFile, match="delete it to recompute") as err:
+        report.show_kernels(records, "mlp2", 0, root)
+    err.value.path.unlink()
+    records = claims.run("ntk", cfg, ctx)
+    report.show_kernels(records, "mlp2", 0, root)
+    assert load_kernels(records[0], root)["phi0"].shape == (20, 20)
+    assert summarize(records, cfg).tables["networks"][1]
 
 
 # ----------------------------------------------------------------------- summary and verdict

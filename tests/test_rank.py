@@ -151,13 +151,13 @@ def test_jobs_bases_first_and_finetune_keys_follow_their_base():
 def test_waves_run_every_job_after_the_base_it_loads():
     cfg = get_profile("rank", "cpu", adversarial_init="natural")
     nat, adv = rank.base_jobs(cfg)
-    w1, w2, w3 = rank.order(rank.jobs(cfg))
+    w1, w2, w3 = rank.waves(rank.jobs(cfg))
     assert w1 == [nat] and w2[0] == adv
     assert all(rank.needs(j) == nat.params for j in w2) and all(
         rank.needs(j) == adv.params for j in w3
     )
     assert len(w1 + w2 + w3) == len(rank.jobs(cfg))
-    scratch = rank.order(rank.jobs(get_profile("rank", "cpu", adversarial_init="scratch")))
+    scratch = rank.waves(rank.jobs(get_profile("rank", "cpu", adversarial_init="scratch")))
     assert [len(w) for w in scratch] == [2, len(rank.jobs(cfg)) - 2]
     with pytest.raises(ValueError, match="adversarial_init='natural' needs a natural base"):
         rank.jobs(get_profile("rank", "cpu", bases={"adversarial": ["cifar10"]}))

@@ -112,3 +112,27 @@ def test_context_jobs_sets_the_worker_count(records_dir, monkeypatch):
     for bad in (0, 1.5, "2"):
         with pytest.raises(ValueError, match="jobs"):
             runner.Context("smoke", jobs=bad)
+
+
+def with_arrays(job, ctx):  # a job that stores arrays beside its record (module level)
+    from bplib.results import save_arrays
+
+    CALLS.append(job.params["x"])
+    save_arrays(ctx.arrays(job), v=[job.params["x"]])
+    return {"value": job.params["x"]}
+
+
+@pytest.mark.parametrize("damage", ["deleted", "corrupt"])
+def test_a_record_whose_declared_arrays_are_lost_is_recomputed(records_dir, damage):
+    """A stored record beside a missing or corrupt arrays file of a job that declares arrays is
+    recomputed (the arrays' error says "delete it to recompute"); intact ones are read back."""
+    ctx = runner.Context("smoke", device="cpu")
+    x = {"deleted": 21, "corrupt": 22}[damage]
+    job = runner.job(EXPERIMENT, {"x": x}, 0, arrays=True)
+    runner.run([job], with_arrays, ctx, n_procs=1)
+    runner.run([job], with_arrays, ctx, n_procs=1)
+    assert CALLS.count(x) == 1
+    path = ctx.arrays(job)
+    path.unlink() if damage == "deleted" else path.write_bytes(b"not an npz")
+    runner.run([job], with_arrays, ctx, n_procs=1)
+    assert CALLS.count(x) == 2 and runner.load_arrays(path)["v"].tolist() == [x]

@@ -42,11 +42,11 @@ def run(name: str, cfg, ctx: runner.Context, force: bool = False) -> list[dict]:
     """The records of claim ``name``'s ``jobs(cfg)``, in that order: stored ones are read,
     missing ones computed by its ``work`` (``force``: every one), the costliest first. A claim
     whose jobs load what other jobs wrote (rank: a fine-tuning job loads its base's weights)
-    also defines ``waves(jobs, ctx, force)``, which yields the jobs in an order that allows it."""
+    also defines ``waves(jobs)``, the jobs in groups run one after the other."""
     mod = claim(name)
     todo = [dataclasses.replace(j, cost=mod.cost(j)) for j in mod.jobs(cfg)]
     records = {}
-    for wave in mod.waves(todo, ctx, force) if hasattr(mod, "waves") else [todo]:
+    for wave in mod.waves(todo) if hasattr(mod, "waves") else [todo]:
         done = runner.run(wave, mod.work, ctx, force=force, desc=f"{name} jobs")
         records.update(zip(wave, done, strict=True))
     return [records[j] for j in todo]

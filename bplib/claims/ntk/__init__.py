@@ -162,7 +162,7 @@ def jobs(cfg) -> list[runner.Job]:
                 for seed in cfg.seeds:
                     traj = (family, width, seed, dataset) == tracked
                     p = _params(cfg, family, width, dataset, traj)
-                    out.append(runner.job(EXPERIMENT, p, seed))
+                    out.append(runner.job(EXPERIMENT, p, seed, arrays=True))  # kernels
     return out
 
 

@@ -75,8 +75,10 @@ def cost(job: runner.Job) -> float:
 
 
 def base_jobs(cfg) -> list[runner.Job]:
-    """One job per (kind, dataset, network): the bases, trained once with ``base_seed``."""
-    return [runner.job(EXPERIMENT, base_params(cfg, *w), cfg.base_seed) for w in rr.bases(cfg)]
+    """One job per (kind, dataset, network): the bases, trained once with ``base_seed``; a base
+    whose weights file is missing or corrupt is retrained (``arrays``)."""
+    return [runner.job(EXPERIMENT, base_params(cfg, *w), cfg.base_seed, arrays=True)
+            for w in rr.bases(cfg)]  # fmt: skip
 
 
 def finetune_jobs(cfg) -> list[runner.Job]:
@@ -103,8 +105,9 @@ def needs(job: runner.Job) -> dict | None:
     return job.params["base"] if job.params["phase"] == "finetune" else job.params.get("init")
 
 
-def order(jobs: list[runner.Job]) -> list[list[runner.Job]]:
-    """``jobs`` in waves their weights allow: every job after the base it loads."""
+def waves(jobs: list[runner.Job]) -> list[list[runner.Job]]:
+    """``jobs`` in waves their weights allow, for :func:`bplib.claims.run`: every job after the
+    base it loads (a wave's base whose weights are lost is retrained by the runner first)."""
     out, done, todo = [], [], list(jobs)
     while todo:
         ready = [j for j in todo if needs(j) is None or needs(j) in done]
@@ -114,24 +117,6 @@ def order(jobs: list[runner.Job]) -> list[list[runner.Job]]:
         done += [j.params for j in ready]
         todo = [j for j in todo if j not in ready]
     return out
-
-
-def waves(jobs: list[runner.Job], ctx: runner.Context, force: bool):
-    """The waves of :func:`order`, for :func:`bplib.claims.run`. Before each wave, a stored base
-    whose weights file is gone is retrained when a job of the wave that loads it has no record
-    (or ``force``); the generator runs between the waves, so a base of an earlier wave is there."""
-    bases = [j for j in jobs if j.params["phase"] == "base"]
-    for wave in order(jobs):
-        _restore_weights(wave, bases, ctx, force)
-        yield wave
-
-
-def _restore_weights(wave, bases, ctx, force) -> None:
-    todo = [j for j in wave if force or runner.load(j, ctx.profile, ctx.root) is None]
-    lost = [b for b in bases if b.params in map(needs, todo) and not ctx.arrays(b).exists()]
-    if lost:
-        _restore_weights(lost, bases, ctx, True)
-        runner.run(lost, work, ctx, force=True, desc="rank bases (weights missing)")
 
 
 def describe_design(cfg) -> str:
