@@ -22,6 +22,7 @@ fast). :func:`data_identity` names the data a result was computed from, for prov
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,13 +89,7 @@ class CifarData:
 
     def to(self, device) -> CifarData:
         moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")}
-        return CifarData(
-            **moved,
-            classes=self.classes,
-            source=self.source,
-            test_name=self.test_name,
-            identity=self.identity,
-        )
+        return dataclasses.replace(self, **moved)
 
 
 def offline_dir(data_dir: str | os.PathLike | None = None) -> Path | None:

@@ -57,7 +57,7 @@ def _die_with_parent(parent_pid: int, mechanism: str) -> None:
         # The parent may have died before the signal was armed; then nobody would send it.
         if os.getppid() != parent_pid:
             os._exit(1)
-    elif mechanism == "watcher":
+    else:  # "watcher"
         parent = mp.parent_process()
         if parent is None:
             warnings.warn(
@@ -74,11 +74,6 @@ def _die_with_parent(parent_pid: int, mechanism: str) -> None:
             os._exit(1)
 
         threading.Thread(target=watch, name="bplib-parent-watcher", daemon=True).start()
-    else:
-        raise ValueError(
-            f"bplib/parallel.py: unknown parent-death mechanism {mechanism!r}; "
-            f"use 'prctl' (Linux) or 'watcher'"
-        )
 
 
 def _init_worker(threads: int | None, parent_pid: int, mechanism: str) -> None:

@@ -258,13 +258,9 @@ def describe(records: list[dict]) -> str:
         return "no records"
     profiles = sorted({r["profile"] for r in records})
     seeds = sorted({r["seed"] for r in records if r["seed"] is not None})
-    commits = sorted(
-        {
-            r["provenance"]["commit"][:8] + ("+dirty" if r["provenance"]["dirty"] else "")
-            for r in records
-        }
-    )
-    devices = sorted({r["provenance"]["device"] for r in records})
+    prov = [r["provenance"] for r in records]
+    commits = sorted({p["commit"][:8] + "+dirty" * bool(p["dirty"]) for p in prov})
+    devices = sorted({p["device"] for p in prov})
     return (
         f"profile {', '.join(profiles)}; {len(seeds)} seed(s) {seeds}; "
         f"commit {', '.join(commits)}; device {', '.join(devices)}"

@@ -1,16 +1,7 @@
-"""One runner for every claim: a claim lists its jobs, the runner reads what is stored, computes
-only what is missing, and returns the records of exactly those jobs.
-
-The record-key rule, the same for every claim: a record is keyed by its experiment, its
-``params`` and its ``seed`` (``results.record_key({**params, "seed": seed})``). ``params`` are
-the profile's configuration values that change the result plus the job's place in the grid
-(row, family, width, ...). Where and how a job runs (device, data folder, records store, worker
-count, ``force``) is a :class:`Context` and never part of a key: :func:`job` refuses such names.
-
-A claim module provides ``jobs(cfg) -> list[Job]`` and a module-level ``work(job, ctx) -> dict``
-(picklable, so a worker process can run it); :func:`run` does the rest. Because the runner
-looks records up by key, a store that also holds records of other configurations (other
-parameters, other seeds) never changes what a claim sees.
+"""One runner for every claim: a claim lists its jobs (``jobs(cfg)``, a module-level ``work(job,
+ctx)``), the runner reads what is stored, computes only what is missing, and returns the records
+of exactly those jobs. The record-key rule is CONTRIBUTING.md's "One runner, one record key":
+records are looked up by key, so other records in the same store never change what a claim sees.
 """
 
 from __future__ import annotations

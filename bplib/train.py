@@ -97,21 +97,29 @@ def squared_norm(model: nn.Module) -> float:
         return float(sum(p.double().pow(2).sum() for p in model.parameters() if p.requires_grad))
 
 
-@torch.no_grad()
-def evaluate(model, x, y, batch_size: int | None = None, bf16: bool = False, adversary=None):
-    """(mean cross-entropy, accuracy in %) of ``model`` in eval mode; optionally on adversarial
-    examples ``adversary(model, x01, y)`` (the attack gets gradients; the evaluation does not).
-    ``batch_size`` None: :func:`eval_batch_size` of the model's device."""
-    was_training = model.training
-    model.eval()
+def _eval_batches(model, x, y, adversary, batch_size):
+    """Batches of ``x`` as [0, 1] floats on the model's device, attacked by ``adversary`` when
+    given (the attack gets gradients; the caller's evaluation does not)."""
     device = next(model.parameters()).device
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, correct: one read
-    dtype = amp_dtype(device)
     for xb, yb in batches(x, y, eval_batch_size(device, adversary is not None, batch_size)):
         xb, yb = to_float(xb.to(device, non_blocking=True)), yb.to(device, non_blocking=True)
         if adversary is not None:
             with torch.enable_grad():
                 xb = adversary(model, xb, yb)
+        yield xb, yb
+
+
+@torch.no_grad()
+def evaluate(model, x, y, batch_size: int | None = None, bf16: bool = False, adversary=None):
+    """(mean cross-entropy, accuracy in %) of ``model`` in eval mode; optionally on adversarial
+    examples ``adversary(model, x01, y)``. ``batch_size`` None: :func:`eval_batch_size` of the
+    model's device."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, correct: one read
+    dtype = amp_dtype(device)
+    for xb, yb in _eval_batches(model, x, y, adversary, batch_size):
         with torch.autocast(device.type, dtype, enabled=bf16):
             out = model(xb).float()
         loss = nn.functional.cross_entropy(out, yb, reduction="sum")
@@ -125,26 +133,15 @@ def evaluate(model, x, y, batch_size: int | None = None, bf16: bool = False, adv
 def correct(model, x, y, adversary=None, batch_size: int | None = None) -> torch.Tensor:
     """Boolean ``[N]`` on ``x``'s device: is each (optionally attacked) image of the uint8
     batch ``x`` classified correctly, in eval mode and float32? The one per-image evaluation loop
-    (paired comparisons need the per-image outcome, not just the accuracy). ``batch_size``
-    None: :func:`eval_batch_size` of the model's device."""
+    (paired comparisons need the per-image outcome, not just the accuracy)."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for xb, yb in batches(x, y, eval_batch_size(device, adversary is not None, batch_size)):
-        xb, yb = to_float(xb.to(device, non_blocking=True)), yb.to(device, non_blocking=True)
-        if adversary is not None:
-            with torch.enable_grad():
-                xb = adversary(model, xb, yb)
-        out.append(model(xb).argmax(1) == yb)
+    out = [
+        model(xb).argmax(1) == yb for xb, yb in _eval_batches(model, x, y, adversary, batch_size)
+    ]
     model.train(was_training)
+    device = next(model.parameters()).device
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=device)
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    # Atomic and umask-respecting; a unique temporary name (two runs never share one), removed
-    # on error, which names the checkpoint (torch's own full-disk error names no file).
-    write_file(path, lambda tmp: torch.save(state, tmp), "checkpoint")
 
 
 def fit(
@@ -215,9 +212,10 @@ def fit(
             state.update(generator=gen.get_state(), torch_rng=torch.get_rng_state())
             if scaler is not None:  # fp16 only: its loss scale, for an exact resume
                 state["grad_scaler"] = scaler.state_dict()
-            _save_checkpoint(
-                ckpt, {**state, "history": history, "config": recorded_config(cfg), "seed": seed}
-            )
+            state.update(history=history, config=recorded_config(cfg), seed=seed)
+            # Atomic, a unique temporary name (two runs never share one), removed on error, which
+            # names the checkpoint (torch's own full-disk error names no file).
+            write_file(ckpt, lambda tmp, state=state: torch.save(state, tmp), "checkpoint")
     return history
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bplib.book import REPO_ROOT
 from bplib.checks import check_folder
-from bplib.profiles import CHAPTERS, chapter_profiles, get_profile
+from bplib.profiles import CHAPTERS, assigned_names, chapter_profiles, get_profile
 
 # bplib.data.DEFAULT_OFFLINE_DIR and the default of bplib.results.records_root, repeated here
 # because those modules import torch; tests/test_reliability_batch.py checks they agree.
@@ -26,15 +26,9 @@ _LITERAL_LIKE = re.compile(r"""^\s*([-+]?\.?\d|[\[({'"])|[\])}]\s*$""")
 
 
 def chapter_parameters(notebook) -> list[str]:
-    """Names assigned at the top level of the cell tagged ``parameters``, in order (by :mod:`ast`:
-    papermill's line parser drops an assignment whose comment holds a quote)."""
+    """The names the cell tagged ``parameters`` assigns, in order (none without such a cell)."""
     cells = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
-    names = []
-    for node in ast.parse(cells[0].source).body if cells else []:
-        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-        for name in (n for t in targets if t for n in ast.walk(t) if isinstance(n, ast.Name)):
-            names += [] if name.id in names else [name.id]
-    return names
+    return assigned_names(cells[0].source) if cells else []
 
 
 def parse_value(text: str, name: str = "value"):

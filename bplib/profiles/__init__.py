@@ -1,17 +1,9 @@
-"""The three profiles of every chapter, in one place.
-
-- ``smoke``: seconds per chapter on a CPU; CI, tests and the default of every parameters cell.
-- ``cpu``: the paper's qualitative claim on 2 CPU cores within the time its issue names.
-- ``paper``: the paper's stated hyperparameters, for a GPU.
-
-Each chapter has one module here (``minima``, ``weight_decay``, ``ntk``, ``rank``) defining a
-dict ``PROFILES = {"smoke": {...}, "cpu": {...}, "paper": {...}}`` whose keys are the chapter's
-sizes and hyperparameters (data subset, epochs, widths, seeds, ...), with units in comments.
-Each chapter module writes its ``paper`` profile in full and ``cpu``, ``smoke`` and the
-paper dry run (``DRYRUN``) as the keys they change. :func:`get_profile` returns one of them with
-the chapter's overrides applied, after :func:`check_overrides` has checked their names and
-values. Where a run happens (device, worker count) is not a profile's business:
-:class:`bplib.runner.Context`.
+"""The three profiles of every chapter, in one place: ``smoke`` (seconds per chapter on a CPU;
+CI, tests and every parameters cell's default), ``cpu`` (the paper's qualitative claim on 2 CPU
+cores) and ``paper`` (the paper's stated hyperparameters, for a GPU). Each claim's module here
+is written as CONTRIBUTING.md's recipe says (``PAPER`` in full, the others as the keys they
+change, ``DRYRUN``). :func:`get_profile` returns one with a chapter's overrides applied, after
+checking their names, values and sizes. Where a run happens is :class:`bplib.runner.Context`'s.
 """
 
 from __future__ import annotations
@@ -70,10 +62,13 @@ _KIND_NAMES = {"bool": "True or False", "int": "an integer", "float": "a number"
                "str": "a string", "list": "a list or tuple", "dict": "a dict"}  # fmt: skip
 
 
+def _module(chapter: str):
+    return importlib.import_module(f"bplib.profiles.{check_choice('chapter', chapter, CHAPTERS)}")
+
+
 def chapter_profiles(chapter: str) -> dict:
     """``{"smoke": {...}, "cpu": {...}, "paper": {...}}`` of one chapter."""
-    check_choice("chapter", chapter, CHAPTERS)
-    return importlib.import_module(f"bplib.profiles.{chapter}").PROFILES
+    return _module(chapter).PROFILES
 
 
 def _kind(value) -> str | None:
@@ -206,19 +201,16 @@ def dryrun_overrides(chapter: str) -> dict:
     """What the paper dry run changes in ``chapter``'s paper profile: the module's ``DRYRUN``
     dict (data set sizes, epochs, seeds, measurement budgets, CIFAR-100 -> its offline stand-in),
     checked like any override. Models, widths, arms and code paths stay the paper's."""
-    check_choice("chapter", chapter, CHAPTERS)
-    module = importlib.import_module(f"bplib.profiles.{chapter}")
-    return check_overrides(chapter, module.DRYRUN)
+    return check_overrides(chapter, _module(chapter).DRYRUN)
 
 
-def _assigned(source: str) -> set[str]:
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return set()
-    return {n.id for node in tree.body if isinstance(node, ast.Assign | ast.AnnAssign)
-            for t in getattr(node, "targets", [getattr(node, "target", None)])
-            for n in ast.walk(t) if isinstance(n, ast.Name)}  # fmt: skip
+def assigned_names(source: str) -> list[str]:
+    """Names assigned at the top level of a cell's ``source``, in order, by :mod:`ast` (papermill's
+    line parser drops an assignment whose comment holds a quote)."""
+    names = [n.id for node in ast.parse(source).body if isinstance(node, ast.Assign | ast.AnnAssign)
+             for t in getattr(node, "targets", [getattr(node, "target", None)])
+             for n in ast.walk(t) if isinstance(n, ast.Name)]  # fmt: skip
+    return list(dict.fromkeys(names))
 
 
 def check_injected_parameters() -> None:
@@ -231,8 +223,8 @@ def check_injected_parameters() -> None:
     history = list(getattr(shell, "user_ns", {}).get("In", []))
     for i, source in enumerate(history[1:], 1):
         if isinstance(source, str) and source.lstrip().startswith("# Parameters"):
-            allowed = _assigned(history[i - 1])
-            given = {n for n in _assigned(source) if not n.startswith("PAPERMILL_")}
+            allowed = set(assigned_names(history[i - 1]))  # the cell the kernel just ran
+            given = {n for n in assigned_names(source) if not n.startswith("PAPERMILL_")}
             if given - allowed:  # PAPERMILL_*: papermill's own --inject-paths names
                 raise ValueError(
                     f"unknown parameter(s) {', '.join(sorted(given - allowed))} given by "
@@ -246,17 +238,10 @@ def get_profile(
     chapter: str, profile: str, seeds=None, dryrun: bool = False, overrides=None, **more
 ) -> SimpleNamespace:
     """The sizes of ``chapter`` at ``profile``; ``overrides`` (a chapter's parameter: a dict or
-    None) and keyword arguments (``epochs=3``, for code) that are not None replace them.
-
-    ``dryrun=True`` (paper profile only) applies :func:`dryrun_overrides` first: the paper's
-    models and code paths with 2 batches per training phase and tiny measurement budgets, a path
-    test whose numbers mean nothing; the namespace then has ``dryrun=True``.
-    ``seeds=None`` takes the profile's seeds. An unknown chapter, profile or override name, an
-    override value of the wrong kind or range (:func:`check_overrides`), a size beyond the data
-    (:func:`check_sizes`) or a name papermill injected that the notebook's parameters cell does
-    not assign (:func:`check_injected_parameters`) raises one ``ValueError`` naming it and the
-    allowed values, before anything is computed.
-    """
+    None) and keyword arguments (``epochs=3``, for code) that are not None replace them;
+    ``seeds=None`` takes the profile's. ``dryrun=True`` (paper only) applies
+    :func:`dryrun_overrides` first, and the namespace then has ``dryrun=True``. Every check
+    above raises one ``ValueError`` naming what is wrong, before anything is computed."""
     check_injected_parameters()
     check_choice("profile", profile, PROFILE_NAMES)
     check_choice("dryrun", dryrun, (False, True))
