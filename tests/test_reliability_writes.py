@@ -12,10 +12,9 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from test_reliability_store import tiny_fit
 
 from bplib.results import load_arrays, load_or_run, record_path, save_arrays
-from bplib.train import TrainConfig, fit
 
 FULL = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 TORCH_FULL = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4544 vs 4432")
@@ -54,16 +53,6 @@ def test_full_disk_while_writing_arrays_names_them(tmp_path, monkeypatch):
         save_arrays(path, k=np.arange(4))
     assert_names(info.value, path)
     assert load_arrays(path)["k"].tolist() == [0, 1, 2] and os.listdir(tmp_path) == ["a.npz"]
-
-
-def tiny_fit(run_dir, epochs):  # a linear model on 16 synthetic images, checkpointed
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=gen)
-    y = torch.randint(0, 10, (16,), generator=gen)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3072, 10))
-    cfg = TrainConfig(epochs=epochs, lr=0.01, batch_size=8)
-    return fit(model, x, y, cfg, seed=0, run_dir=run_dir, progress=False)
 
 
 @pytest.mark.parametrize("err", [TORCH_FULL, FULL], ids=["torch", "oserror"])

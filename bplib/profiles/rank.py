@@ -1,20 +1,14 @@
-"""Sizes of the rank chapter (paper section 5, Table 4, Figure 2); the paper's numbers are
-``bplib.paper.TABLE4``.
+"""Sizes of the rank chapter (paper section 5, Table 4, Figure 2; its two phases, bases and
+fine-tuning arms: :mod:`bplib.claims.rank`); the paper's numbers are ``bplib.paper.TABLE4``.
 
-The paper's protocol in two phases. A *base* is trained once per (kind, dataset, network):
-``natural`` or ``adversarial`` (PGD), at a constant learning rate (the paper's first 100 epochs
-at lr 0.01). Each base is then *fine-tuned* in several arms, every arm with every seed of
-``seeds``: ``none`` (plain fine-tuning, the paper's natural / adversarial rows) and the RankMin /
-RankMax projections of ``arms`` (the paper's epochs 100-200, where the lr drops and the
-projections run). Pixel budgets (``*_eps``, ``*_alpha``) are in [0, 1] pixel units. Epoch
-numbers of the fine-tuning phase count from its start, 1-based: ``rank_epochs=(1, 2)`` projects
-at the end of its 1st and 2nd epochs; a milestone ``m`` means the lr is multiplied by ``gamma``
-from epoch ``m + 1`` on; ``epochs`` is the length of the fine-tuning phase, ``base_epochs``
-that of each base. Dicts keyed ``natural`` / ``adversarial`` hold per-kind values.
-
-Gates (``gate``) are accuracies in % that the ``none`` arm of a base must reach (mean over
-seeds) before its comparisons count; ``margin`` is the benefit of lower rank (points) that the
-verdict calls "not much" (the paper's own RankMin - natural test difference is -0.22).
+Pixel budgets (``*_eps``, ``*_alpha``) are in [0, 1] pixel units. Epoch numbers of the
+fine-tuning phase count from its start, 1-based: ``rank_epochs=(1, 2)`` projects at the end of
+its 1st and 2nd epochs; a milestone ``m`` means the lr is multiplied by ``gamma`` from epoch
+``m + 1`` on; ``epochs`` is the length of the fine-tuning phase, ``base_epochs`` that of each
+base. Dicts keyed ``natural`` / ``adversarial`` hold per-kind values. Gates (``gate``) are
+accuracies in % that the ``none`` arm of a base must reach (mean over seeds) before its
+comparisons count; ``margin`` is the benefit of lower rank (points) that the verdict calls "not
+much" (the paper's own RankMin - natural test difference is -0.22).
 """
 
 # The paper's profile in full; ``cpu`` and ``smoke`` below name only the values they change.

@@ -27,28 +27,7 @@ import torch
 
 from bplib import paper, runner
 from bplib.checks import check_choice
-from bplib.claims.ntk.report import (
-    ARTIFACT_HEADERS,
-    GLUE,
-    LABELS,
-    LINEARIZED_COLS,
-    LINEARIZED_HEADERS,
-    NETWORK_COLS,
-    NETWORK_HEADERS,
-    PAPER_DIRECTION,
-    STATS,
-    TREND_HEADERS,
-    artifact_rows,
-    artifact_text,
-    collect,
-    median,
-    paper_direction,
-    sample_table,
-    slope_text,
-    total_minutes,
-    verdict_text,
-    width_trend,
-)
+from bplib.claims.ntk import report as nr
 from bplib.data import DATASETS, load_cifar, to_float
 from bplib.device import resolve_device, set_threads
 from bplib.measures.ntk import (
@@ -116,7 +95,7 @@ def _check(cfg) -> None:
         check_choice("family", family, tuple(FAMILIES))
     for s in cfg.samples:
         check_choice("samples", s, SAMPLES)
-    check_choice("bn_stats", cfg.bn_stats, STATS)
+    check_choice("bn_stats", cfg.bn_stats, nr.STATS)
     check_choice("nobn_init", cfg.nobn_init, INITS)
     for family in cfg.linearize:  # eval mode is the training function only without BN
         check_choice("linearize", family, NO_BN)
@@ -216,7 +195,9 @@ def _measure(job: runner.Job, ctx: runner.Context) -> dict:
         return {"diverged": str(err), "n_params": count_parameters(model)}
     train_s = time.perf_counter() - t1
     phi1 = both(model)
-    measures = {s: {st: kernel_measures(phi0[st][s], phi1[st][s]) for st in STATS} for s in samples}
+    measures = {
+        s: {st: kernel_measures(phi0[st][s], phi1[st][s]) for st in nr.STATS} for s in samples
+    }
     for s in samples:  # what recalibrating alone does to the initial and to the trained kernel
         for name, phi in (("stats_only", phi0), ("stats_only_trained", phi1)):
             measures[s][name] = (
@@ -301,7 +282,7 @@ def design(cfg) -> tuple[list[str], list[list]]:
         decay += ", crop+flip" if p["augment"] else ""
         data = ", ".join([cfg.dataset, *cfg.extra_datasets.get(family, [])])
         decades = round(float(np.log10(max(sizes) / min(sizes))), 2)
-        rows.append([LABELS[family], ", ".join(f"{w:g}" for w in widths),
+        rows.append([nr.LABELS[family], ", ".join(f"{w:g}" for w in widths),
                      f"{min(sizes):,} .. {max(sizes):,}", decades, data, p["epochs"], steps,
                      f"{p['lr']}, {decay}"])  # fmt: skip
     headers = ["family", "widths", "parameters", "decades", "data", "epochs", "SGD steps", "lr"]
@@ -310,7 +291,7 @@ def design(cfg) -> tuple[list[str], list[list]]:
 
 def paper_headline() -> str:
     trend = "; ".join(
-        f"{LABELS[f]}: {PAPER_DIRECTION[f]}" for f in ("convnet", "wrn16", "resnet18")
+        f"{nr.LABELS[f]}: {nr.PAPER_DIRECTION[f]}" for f in ("convnet", "wrn16", "resnet18")
     )
     return f"Figure 1, correlation of initial and trained NTK as width grows: {trend}"
 
@@ -319,42 +300,43 @@ def summarize(records: list[dict], cfg) -> Summary:
     """From the records of ``jobs(cfg)``: tables ``trends`` (gate, slope before and after the
     control, verdict, paper), ``networks``, ``artifact`` (batch-norm nets per width),
     ``linearized`` and ``samples``; the verdict per family; our headline; glued values."""
-    rows = collect(records, cfg)
+    rows = nr.collect(records, cfg)
     names = list(dict.fromkeys(r["label"] for r in rows))
-    after = [width_trend(rows, n) for n in names]
-    before = [width_trend(rows, n, "correlation_default") for n in names]
-    verdicts = [verdict_text(t) for t in after]
+    after = [nr.width_trend(rows, n) for n in names]
+    before = [nr.width_trend(rows, n, "correlation_default") for n in names]
+    verdicts = [nr.verdict_text(t) for t in after]
     glue = {"ntk_n_seeds": len(cfg.seeds), "ntk_bn_stats": cfg.bn_stats}
     glue["ntk_gate"] = f"{sum(r['passed'] for r in rows)} of {len(rows)}"
     for t, b, v in zip(after, before, verdicts):
         if t["main"]:
-            glue.update(zip(GLUE[t["family"]], (v, slope_text(t), slope_text(b)), strict=True))
+            glue.update(zip(nr.GLUE[t["family"]], (v, nr.slope_text(t), nr.slope_text(b))))
     for key, name in (("artifact_share", "ntk_median_artifact_share"),
                       ("scale_fraction", "ntk_median_scale_fraction")):  # fmt: skip
-        mid = median(rows, key)
+        mid = nr.median(rows, key)
         glue[name] = "n/a" if mid is None else f"{mid:.2f}"
-    glue["ntk_artifact_text"] = artifact_text(median(rows, "artifact_share"))
-    decided = [v for t, v in zip(after, verdicts) if paper_direction(t) and "the paper" in v]
+    glue["ntk_artifact_text"] = nr.artifact_text(nr.median(rows, "artifact_share"))
+    decided = [v for t, v in zip(after, verdicts) if nr.paper_direction(t) and "the paper" in v]
     glue["ntk_agreement"] = f"{sum('as the paper' in v for v in decided)} of {len(decided)}"
+    mine = {n: [r for r in rows if r["label"] == n] for n in names}
     trends = [
-        [t["label"], f"{t['n']} of {t['n_runs']}", round(t["decades"], 2), slope_text(b),
-         slope_text(t), v, median([r for r in rows if r["label"] == t["label"]], "artifact_share"),
+        [t["label"], f"{t['n']} of {t['n_runs']}", round(t["decades"], 2), nr.slope_text(b),
+         nr.slope_text(t), v, nr.median(mine[t["label"]], "artifact_share"),
          paper.FIGURE1_TREND[t["family"]] if t["main"] else "not in the text",
-         total_minutes([r for r in rows if r["label"] == t["label"]])]
+         nr.total_minutes(mine[t["label"]])]
         for t, b, v in zip(after, before, verdicts)
     ]  # fmt: skip
-    networks = [[("yes" if r["passed"] else "no") if k == "passed" else r[k] for k in NETWORK_COLS]
-                for r in rows]  # fmt: skip
-    lin = [[r[k] for k in LINEARIZED_COLS] for r in rows if r["lin_test_acc"] is not None]
+    networks = [[("yes" if r["passed"] else "no") if k == "passed" else r[k]
+                 for k in nr.NETWORK_COLS] for r in rows]  # fmt: skip
+    lin = [[r[k] for k in nr.LINEARIZED_COLS] for r in rows if r["lin_test_acc"] is not None]
     tables = {
-        "trends": (TREND_HEADERS[:5] + [f"verdict ({cfg.bn_stats} BN statistics)"]
-                   + TREND_HEADERS[5:], trends),
-        "networks": (NETWORK_HEADERS, networks),
-        "artifact": (ARTIFACT_HEADERS, artifact_rows(rows)),
-        "linearized": (LINEARIZED_HEADERS, lin),
-        "samples": sample_table(records, cfg),
+        "trends": (nr.TREND_HEADERS[:5] + [f"verdict ({cfg.bn_stats} BN statistics)"]
+                   + nr.TREND_HEADERS[5:], trends),
+        "networks": (nr.NETWORK_HEADERS, networks),
+        "artifact": (nr.ARTIFACT_HEADERS, nr.artifact_rows(rows)),
+        "linearized": (nr.LINEARIZED_HEADERS, lin),
+        "samples": nr.sample_table(records, cfg),
     }  # fmt: skip
-    ours = "; ".join(f"{t['label']} {slope_text(t)} (n={t['n']})" for t in after)
+    ours = "; ".join(f"{t['label']} {nr.slope_text(t)} (n={t['n']})" for t in after)
     return Summary(
         ours=f"slope of ρ per decade of parameters ({cfg.bn_stats} BN statistics): {ours}",
         verdict="; ".join(f"{t['label']}: {v}" for t, v in zip(after, verdicts)),
