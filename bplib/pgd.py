@@ -19,6 +19,8 @@ step also updates the batch-norm running statistics (as in the official code).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -109,11 +111,4 @@ def pgd_adversary(eps: float, alpha: float, steps: int, **options):
     if unknown:
         raise ValueError(f"unknown PGD option(s) {unknown}; allowed: random_start, mode, bf16")
     _check(eps, alpha, steps, options.get("mode", "current"))
-    kw = {"eps": eps, "alpha": alpha, "steps": steps, **options}
-
-    def adversary(model, x, y):
-        return pgd_attack(model, x, y, **kw)
-
-    defaults = {"mode": "current", "bf16": False}
-    adversary.config = {k: kw.get(k, defaults.get(k)) for k in ("eps", "alpha", "steps", *defaults)}
-    return adversary
+    return functools.partial(pgd_attack, eps=eps, alpha=alpha, steps=steps, **options)

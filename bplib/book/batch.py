@@ -1,15 +1,9 @@
-"""``bplib-run`` (or ``python -m bplib.book.batch``): re-execute chapters under papermill.
-
-One scheduler, the chapters' runner: on one machine each chapter at a profile is one notebook
-with all requested seeds, the notebooks run one after another in this process and each is given
-``jobs=N`` (``--jobs``), the worker processes of its runner: N in all. With ``--scheduler`` (Dask,
-beyond one machine) each seed is its own notebook, as many at once as the cluster has threads,
-each with ``--jobs`` processes (default 1); the workers need bplib, the repository at the same
-path, this process's environment (``BPLIB_RECORDS``, ``BPLIB_DATA``) and ``--nthreads 1``
-(papermill changes a worker's working directory). Every name and value is checked before any
-notebook starts (:func:`plan`, exit status 2). Executed notebooks, failed ones too, are kept as
-``<runs-dir>/<chapter>/<profile>/seeds-<s1>-<s2>.ipynb``; a failure is reported while the others
-go on (exit status 1); a complete one is skipped (:func:`is_complete`) unless ``--recompute``.
+"""``bplib-run`` (or ``python -m bplib.book.batch``): re-execute chapters under papermill, as
+the README says (one notebook per chapter on one machine, its runner given ``--jobs``; one per
+seed on a Dask cluster; every name and value checked by :func:`plan` before any notebook starts;
+exit status 0, 1 or 2). Dask workers need bplib, the repository at the same path, this process's
+environment (``BPLIB_RECORDS``, ``BPLIB_DATA``) and ``--nthreads 1`` (papermill changes a
+worker's working directory).
 """
 
 import argparse

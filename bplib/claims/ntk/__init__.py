@@ -28,7 +28,7 @@ import torch
 from bplib import paper, runner
 from bplib.checks import check_choice
 from bplib.claims.ntk import report as nr
-from bplib.data import DATASETS, load_cifar, to_float
+from bplib.data import load_cifar, to_float
 from bplib.device import resolve_device, set_threads
 from bplib.measures.ntk import (
     SAMPLES,
@@ -90,7 +90,8 @@ def build_family(family: str, width, init: str = "default", num_classes: int = 1
 
 # ----------------------------------------------------------------------- the runs
 def _check(cfg) -> None:
-    """Every choice of ``cfg`` that a job reads, with one clear error for a bad one."""
+    """Every choice of ``cfg`` that a job reads, with one clear error for a bad one (data set
+    names: :func:`bplib.profiles.check_sizes`)."""
     for family in (*cfg.widths, *cfg.recipes, *cfg.extra_datasets, *cfg.linearize):
         check_choice("family", family, tuple(FAMILIES))
     for s in cfg.samples:
@@ -102,9 +103,6 @@ def _check(cfg) -> None:
     for recipe in cfg.recipes.values():
         for key in recipe:
             check_choice("recipes key", key, RECIPE)
-    for names in cfg.extra_datasets.values():
-        for dataset in names:
-            check_choice("extra_datasets", dataset, DATASETS)
 
 
 def _params(cfg, family: str, width, dataset: str, trajectory: bool) -> dict:
