@@ -15,9 +15,8 @@ Where the data comes from (:func:`load_cifar`)
    ``x_train [50000,32,32,3]``, ``y_train``, ``x_test``, ``y_test`` (uint8, HWC);
 2. otherwise torchvision's download into ``~/.cache/bplib`` (needs internet).
 
-Offline files are verified on load against the checksum list that ships in
-:mod:`bplib.data_checksums` (layout, then sha256; cached per file version, so a warm load stays
-fast). :func:`data_identity` names the data a result was computed from, for provenance.
+Offline files are verified on load (:mod:`bplib.data_checksums`). :func:`data_identity` names
+the data a result was computed from, for provenance.
 """
 
 from __future__ import annotations

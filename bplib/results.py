@@ -8,13 +8,11 @@ experiment's parameters. It holds::
                                      "device", "wall_time_s", "date", "host_cpus", "cpu",
                                      "cpu_capability", "gpu", "data"}}
 
-Records are written atomically (temporary file + ``os.replace``), so a killed run leaves either
-the old record or the new one, never half a file; a temporary file a kill leaves behind
-(``.tmp-*``) is never read as a record. New files get mode ``0o666 & ~umask`` (readable by a
-group sharing the store). A file that does not load (truncated, empty, not a record) raises
-:class:`CorruptFile` naming it; it is never silently recomputed. ``cpu`` and ``paper`` records
-are small and meant to be committed; ``smoke`` records are a local cache (git-ignored). The root is
-``$BPLIB_RECORDS`` when set, else ``data/records`` in the repository.
+Files are written atomically by :mod:`bplib.files` (a kill leaves the old file or the new one).
+A record that does not load raises :class:`CorruptFile` naming it and is never silently
+recomputed (an arrays file beside a record is, when its job declares it: :mod:`bplib.runner`).
+``cpu`` and ``paper`` records are committed; ``smoke`` records are a git-ignored cache. The root
+is ``$BPLIB_RECORDS`` when set, else ``data/records`` in the repository.
 """
 
 from __future__ import annotations
