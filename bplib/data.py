@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bplib import REPO_ROOT
+from bplib import OFFLINE_DATA
 from bplib.checks import check_choice, check_int
 from bplib.data_checksums import (  # noqa: F401  (DataFileError, verify_npz: public here too)
     DataFileError,
@@ -54,7 +54,7 @@ CIFAR100_STD = tuple(s / 255 for s in (68.1702, 65.3918, 70.4184))
 # paper-profile dry run's CIFAR-100 code paths only: a path test, never a result.
 DATASETS = ("cifar10", "cifar100", "cifar10_small", "cifar100_standin")
 NUM_CLASSES = {"cifar10": 10, "cifar10_small": 10, "cifar100": 100, "cifar100_standin": 100}
-DEFAULT_OFFLINE_DIR = REPO_ROOT.parent / "shared" / "data" / "cifar"
+DEFAULT_OFFLINE_DIR = OFFLINE_DATA
 NPZ_FILES = {
     "cifar10": "cifar10.npz",
     "cifar10_small": "cifar10_small.npz",

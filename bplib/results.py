@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bplib import REPO_ROOT
+from bplib import COMMITTED, REPO_ROOT
 from bplib.checks import check_choice
 from bplib.files import TMP_PREFIX, write_file
 
@@ -92,9 +92,6 @@ def read_record(path: Path) -> dict:
     if missing:
         raise CorruptFile(path, "record", f"missing key(s) {', '.join(missing)}")
     return record
-
-
-COMMITTED = REPO_ROOT / "data" / "records"  # the records committed with the book
 
 
 def records_root() -> Path:

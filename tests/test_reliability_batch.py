@@ -146,13 +146,14 @@ def test_unreadable_kept_notebook_warns_naming_it_and_runs_again(tiny, capsys):
 
 
 def test_job_places_defaults_agree_with_the_store_and_the_loader(monkeypatch, tmp_path):
-    from bplib.book.params import DEFAULT_OFFLINE_DIR, job_places
+    from bplib import OFFLINE_DATA
+    from bplib.book.params import job_places
     from bplib.data import DEFAULT_OFFLINE_DIR as LOADER_DEFAULT
     from bplib.results import records_root
 
     monkeypatch.delenv("BPLIB_RECORDS", raising=False)
     monkeypatch.delenv("BPLIB_DATA", raising=False)
-    assert DEFAULT_OFFLINE_DIR == LOADER_DEFAULT
+    assert OFFLINE_DATA == LOADER_DEFAULT
     places = job_places({"data_dir": "data"}, tmp_path)
     assert places == {"records": str(records_root().resolve()), "data": str(tmp_path / "data")}
 

@@ -13,6 +13,7 @@ imports ``bplib``: only Colab runs the ``.ipynb``; the book, papermill and ``bpl
 
 import argparse
 import hashlib
+import itertools
 import re
 import sys
 from pathlib import Path
@@ -75,12 +76,10 @@ def render(source: Path) -> str:
 
 def _stable_id(cell, taken: set) -> str:
     """An id from the cell's type and source; a counter separates cells with equal sources."""
-    for n in range(len(taken) + 1):
-        text = f"{cell.cell_type}\n{cell.source}\n{n}"
-        cell_id = hashlib.sha256(text.encode()).hexdigest()[:12]
-        if cell_id not in taken:
-            return cell_id
-    raise AssertionError("unreachable: more counters than taken ids")
+    for n in itertools.count():
+        cell_id = hashlib.sha256(f"{cell.cell_type}\n{cell.source}\n{n}".encode()).hexdigest()
+        if cell_id[:12] not in taken:
+            return cell_id[:12]
 
 
 def sync(chapters_dir: Path = DEFAULT_CHAPTERS_DIR, check: bool = False) -> list[str]:

@@ -9,14 +9,10 @@ import os
 import re
 from pathlib import Path
 
-from bplib.book import REPO_ROOT
+from bplib import COMMITTED, OFFLINE_DATA
 from bplib.checks import check_folder
 from bplib.profiles import CHAPTERS, assigned_names, chapter_profiles, get_profile
 
-# bplib.data.DEFAULT_OFFLINE_DIR and the default of bplib.results.records_root, repeated here
-# because those modules import torch; tests/test_reliability_batch.py checks they agree.
-DEFAULT_OFFLINE_DIR = REPO_ROOT.parent / "shared" / "data" / "cifar"
-DEFAULT_RECORDS_DIR = REPO_ROOT / "data" / "records"
 # Set by bplib-run's options, never by -p.
 RESERVED = {"profile": "--profile", "seeds": "--seeds", "jobs": "--jobs",
             "overrides": "-p KEY VALUE, one profile key at a time"}  # fmt: skip
@@ -82,9 +78,9 @@ def job_places(params: dict, cwd: Path) -> dict:
     ``data_dir`` parameter, else ``BPLIB_DATA``, else the default folder if it exists). ``data``
     None: no offline folder, torchvision's download. Dask workers must share this environment.
     """
-    records = os.environ.get("BPLIB_RECORDS") or DEFAULT_RECORDS_DIR
+    records = os.environ.get("BPLIB_RECORDS") or COMMITTED
     data = params.get("data_dir") or os.environ.get("BPLIB_DATA")
-    if not data and DEFAULT_OFFLINE_DIR.is_dir():
-        data = DEFAULT_OFFLINE_DIR
+    if not data and OFFLINE_DATA.is_dir():
+        data = OFFLINE_DATA
     resolved = {"records": records, "data": data}
     return {k: str((Path(cwd) / v).resolve()) if v else None for k, v in resolved.items()}
