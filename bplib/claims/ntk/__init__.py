@@ -355,9 +355,14 @@ def summarize(records: list[dict], cfg) -> Summary:
         "samples": sample_table(records, cfg),
     }  # fmt: skip
     ours = "; ".join(f"{t['label']} {slope_text(t)} (n={t['n']})" for t in after)
-    return Summary(
-        ours=f"slope of ρ per decade of parameters ({cfg.bn_stats} BN statistics): {ours}",
-        verdict="; ".join(f"{t['label']}: {v}" for t, v in zip(after, verdicts)),
-        glue=glue,
-        tables=tables,
-    )
+    ours = f"slope of ρ per decade of parameters ({cfg.bn_stats} BN statistics): {ours}"
+    verdict = "; ".join(f"{t['label']}: {v}" for t, v in zip(after, verdicts))
+    # The decision in a few words for the status block and the verdict box: which families an
+    # interval decided, the rest left open.
+    firm = [f"{t['label']} {v}" for t, v in zip(after, verdicts) if not v.startswith("not dec")]
+    glue["ntk_status"] = (f"decided for {len(firm)} of {len(after)} families"
+                          + (f" ({'; '.join(firm)})" if firm else "")
+                          + ("; not decided at this scale for the others"
+                             if len(firm) < len(after) else ""))  # fmt: skip
+    glue.update(ntk_verdict=verdict, ntk_ours=ours)
+    return Summary(ours=ours, verdict=verdict, glue=glue, tables=tables)

@@ -19,6 +19,8 @@ interval across seeds) and turns the records into Table 4, the verdict and the g
 
 from __future__ import annotations
 
+import re
+
 import itertools
 
 import torch
@@ -279,7 +281,11 @@ def summarize(records: list[dict], cfg) -> Summary:
         for s in heads[:2]
     )
     facts = rg.rank_sentence(rg.rank_facts(records, cfg), stats)
-    verdict = f"{rr.verdict_text(stats, cfg.margin)} {facts}"
-    return Summary(
-        ours=ours, verdict=verdict, glue=rg.glue_values(records, cfg, stats), tables=tables
-    )
+    headline = rr.verdict_text(stats, cfg.margin)
+    verdict = f"{headline} {facts}"
+    glue = rg.glue_values(records, cfg, stats)
+    # Text for the verdict box and the front page's status block: the verdict's first sentence
+    # (its decision, without the list of comparisons behind it), the whole verdict, ours.
+    status = re.split(r"\.(?:\s|$)", headline)[0].split(" (")[0]
+    glue.update(rank_status=status, rank_verdict=verdict, rank_ours=ours)
+    return Summary(ours=ours, verdict=verdict, glue=glue, tables=tables)
