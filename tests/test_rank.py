@@ -20,9 +20,9 @@ from bplib.measures.rank import (
 )
 from bplib.models import make_model
 from bplib.profiles import get_profile
+from bplib.stats import detectable
 
 TEXT_GLUE = ("rank_status", "rank_verdict", "rank_ours")  # the verdict box's text
-from bplib.stats import detectable
 
 
 def unrolled_circular_conv(weight: torch.Tensor, n: int) -> torch.Tensor:
@@ -230,7 +230,9 @@ def test_synthetic_equal_arms_agree_with_the_paper():
     assert g["rank_paper_rankmax_drop1"] == pytest.approx(9.97)
     assert g["rank_paper_rankmax_minus_nat_rob1"] == pytest.approx(-9.97)
     assert all(isinstance(v, float) for k, v in g.items() if k not in TEXT_GLUE)
-    assert g["rank_status"].startswith("Agrees with the paper: in all") and "." not in g["rank_status"]
+    assert (
+        g["rank_status"].startswith("Agrees with the paper: in all") and "." not in g["rank_status"]
+    )
     assert g["rank_verdict"] == s.verdict and g["rank_ours"] == s.ours
     assert "RankMax − natural = -9.97 points; ours: RankMax 1.5 − natural = " in s.verdict
 

@@ -19,9 +19,8 @@ interval across seeds) and turns the records into Table 4, the verdict and the g
 
 from __future__ import annotations
 
-import re
-
 import itertools
+import re
 
 import torch
 
