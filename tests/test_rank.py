@@ -22,7 +22,12 @@ from bplib.models import make_model
 from bplib.profiles import get_profile
 from bplib.stats import detectable
 
-TEXT_GLUE = ("rank_status", "rank_verdict", "rank_ours")  # the verdict box's text
+TEXT_GLUE = (
+    "rank_status",
+    "rank_verdict",
+    "rank_ours",
+    "rank_provenance",
+)  # the verdict box's text
 
 
 def unrolled_circular_conv(weight: torch.Tensor, n: int) -> torch.Tensor:

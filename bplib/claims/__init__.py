@@ -95,10 +95,11 @@ def scale(cfg, records: list[dict]) -> str:
         parts.append(f"ResNet-18 width {c['width']:g}")
     for row in c.get("models", {}).values():
         parts.append(f"{row['paper_row']} width {row['model_kw'].get('width', 1):g}")
-    if c.get("n_train"):
-        parts.append(f"{c['n_train']:,} training images")
-    for kind, n in c.get("base_images", {}).items():
-        parts.append(f"{n:,} images ({kind} base)")
+    if "n_train" in c:
+        n = c["n_train"]
+        parts.append(f"{n:,} training images" if n else "all training images")
+    for kind, n in c.get("base_images", {}).items():  # None: the whole training set
+        parts.append(f"{n:,} images ({kind} base)" if n else f"all training images ({kind} base)")
     parts.append(f"{len(c['seeds'])} seeds")
     tests = {r["result"].get("test_name") or r["result"].get("n_test") for r in records}
     tests = {f"{t:,} test images" if isinstance(t, int) else t for t in tests - {None}}

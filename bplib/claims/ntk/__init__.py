@@ -65,7 +65,7 @@ from bplib.measures.ntk import (
 from bplib.memory import keep_freed_memory
 from bplib.models import count_parameters, make_model
 from bplib.models.resnet import INITS
-from bplib.results import save_arrays
+from bplib.results import describe, save_arrays
 from bplib.stats import Summary
 from bplib.train import TrainConfig, TrainingDiverged, evaluate, fit
 
@@ -368,4 +368,5 @@ def summarize(records: list[dict], cfg) -> Summary:
                           + ("; not decided at this scale for the others"
                              if len(firm) < len(after) else ""))  # fmt: skip
     glue.update(ntk_verdict=verdict, ntk_ours=ours)
+    glue["ntk_provenance"] = describe(records)  # for figure captions and the verdict box
     return Summary(ours=ours, verdict=verdict, glue=glue, tables=tables)

@@ -274,12 +274,16 @@ def show_kernels(records: list[dict], family: str, width_index: int, root=None) 
     fig, axes = plt.subplots(1, len(kernels), figsize=(4.3 * len(kernels), 3.8))
     plot_kernels(axes, kernels, f"{LABELS[family]} {width:g}")
     plt.show()
-    lost = sum(int(np.isnan(k).sum()) for k in kernels.values())
-    if lost:  # records made before the scaled storage (commit 1bac165)
-        print(f"{lost} stored entries exceeded float16's range and are drawn blank")
+    from IPython.display import Markdown, display
+
+    # One sentence for the reader, not a dict: the correlations the heatmaps stand for.
     sample = rec["params"]["samples"][0]
-    print({st: round(m["correlation"], 4) for st, m in rec["result"]["measures"][sample].items()
-           if m is not None})  # fmt: skip
+    corr = ", ".join(f"{m['correlation']:.3f} ({st} running statistics)"
+                     for st, m in rec["result"]["measures"][sample].items() if m is not None)  # fmt: skip
+    lost = sum(int(np.isnan(k).sum()) for k in kernels.values())
+    note = (f" Blank pixels: {lost} stored entries above float16's range (records made before "
+            "the scaled storage)." if lost else "")  # fmt: skip
+    display(Markdown(f"Correlation of the full initial and trained kernels: {corr}.{note}"))
 
 
 def explorer(records: list[dict], root=None):

@@ -32,7 +32,7 @@ from bplib.device import resolve_device
 from bplib.measures.rank import RankProjection, layer_spectra
 from bplib.models import make_model
 from bplib.pgd import pgd_adversary
-from bplib.results import load_arrays, save_arrays
+from bplib.results import describe, load_arrays, save_arrays
 from bplib.stats import Summary
 from bplib.train import TrainConfig, correct, fit
 
@@ -287,4 +287,5 @@ def summarize(records: list[dict], cfg) -> Summary:
     # (its decision, without the list of comparisons behind it), the whole verdict, ours.
     status = re.split(r"\.(?:\s|$)", headline)[0].split(" (")[0]
     glue.update(rank_status=status, rank_verdict=verdict, rank_ours=ours)
+    glue["rank_provenance"] = describe(records)  # for figure captions and the verdict box
     return Summary(ours=ours, verdict=verdict, glue=glue, tables=tables)

@@ -106,6 +106,7 @@ def glue_values(records, cfg, stats: list[dict]) -> dict:
     # The paper's contrast, RankMax - natural, beside ours with the same sign (chapter contract
     # 15): the verdict's natural - RankMax, negated, its interval mirrored.
     out["rank_paper_rankmax_minus_nat_rob1"] = t4["RankMax"][3] - t4["natural"][3]
+    out["rank_paper_rankmin_minus_nat_test"] = t4["RankMin"][1] - t4["natural"][1]
     if "rank_d_nat_rankmax150_rob1" in out:
         out["rank_rankmax150_minus_nat_rob1"] = -out["rank_d_nat_rankmax150_rob1"]
         out["rank_rankmax150_minus_nat_rob1_lo"] = -out["rank_d_nat_rankmax150_rob1_hi"]

@@ -29,7 +29,7 @@ from bplib.device import resolve_device
 from bplib.measures.norm_bias import make_regularizer, norm_split
 from bplib.models import count_parameters, make_model
 from bplib.profiles import get_profile
-from bplib.results import COMMITTED
+from bplib.results import COMMITTED, describe
 from bplib.stats import Summary
 from bplib.train import TrainConfig, TrainingDiverged, fit, squared_norm
 
@@ -189,6 +189,7 @@ def summarize(records: list[dict], cfg) -> Summary:
     readings = [x[6] for x in verdict if x[2] == deciding] or ["n/a"]
     glue["wd_status"] = (blocked or readings[0]).split(":")[0]
     glue["wd_ours"] = ours
+    glue["wd_provenance"] = describe(records)  # for figure captions and the verdict box
     return Summary(
         ours=ours,
         verdict="; ".join(f"{x[0]}, {x[2]}: {x[6]}" for x in verdict),
