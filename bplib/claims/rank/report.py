@@ -326,8 +326,9 @@ def plot_spectra(records, cfg, w, layer: int, ax=None):
     for name, d in curves:
         q = np.asarray(d["spectrum_quantiles"])
         ax.plot(np.linspace(0, 1, len(q)), q, label=f"{name} (eff. rank {d['effective_rank']:.1f})")
+    size = f"input {init['n']}×{init['n']}"  # n here is the layer's input size, not seeds
     ax.set(yscale="log", xlabel="fraction of singular values (sorted)", ylabel="singular value",
-           title=f"{model_label(w[2])}, {w[0]}: {init['name']} (input {init['n']}×{init['n']})")  # fmt: skip
+           title=f"{model_label(w[2])}, {w[0]}: {init['name']}, {size}")  # fmt: skip
     ax.legend(
         fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0
     )  # outside the data
