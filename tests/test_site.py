@@ -220,7 +220,8 @@ DEFECTS = {
     # Python's "nan" ("nan ± nan" counts once); "NaN" in prose is a word, not an output
     "nan": re.compile(r"\bnan\b(?:\s*±\s*nan\b)?"),
     "a path of the build machine": re.compile(r"(?<![\w.~])/(?:work|tmp|home|root|Users)/"),
-    "a bare float": re.compile(r"(?<![\w.])-?\d+\.\d{7,}"),
+    # 8 or more significant digits: a number printed unformatted (0.0007161 is formatted)
+    "a bare float": re.compile(r"(?<![\w.])-?(?:0\.0*[1-9]\d{7,}|[1-9]\d*\.\d{7,})"),
 }
 
 
@@ -310,7 +311,7 @@ DEFECTIVE_PAGE = """<html><body><article>
 </article></body></html>"""
 CLEAN_PAGE = """<html><body><article>
 <p>Math <span class="math notranslate nohighlight">\\(x^2 + b\\)</span>, a table:</p>
-<table><tr><td>0.0061</td><td>94.66 ± 0.12 (n=3)</td></tr></table>
+<table><tr><td>0.0061</td><td>0.0007161</td><td>94.66 ± 0.12 (n=3)</td></tr></table>
 <p>Set <code class="literal">$BPLIB_DATA</code> or <code>/tmp/out.ipynb</code>; a finance word.</p>
 <div class="cell tag_hide-input"><div class="cell_input"><pre>x = "$ | a | b |"</pre></div>
 <div class="cell_output"><pre>profile cpu; 2 seed(s) [0, 1]; rho +0.233</pre></div></div>

@@ -114,7 +114,11 @@ def found(records: list[dict]) -> dict[str, list[str]]:
 
 
 def _interval(gap) -> str:
-    return "-" if gap is None else f"{gap[0]:.3f} [{gap[1]:.3f}, {gap[2]:.3f}]"
+    if gap is None:
+        return "-"
+    if not math.isfinite(gap[1]):  # one seed: no interval (never "[nan, nan]")
+        return f"{gap[0]:.3f} (one seed: no interval)"
+    return f"{gap[0]:.3f} [{gap[1]:.3f}, {gap[2]:.3f}]"
 
 
 def test_rows(records: list[dict]) -> tuple[list[str], list[list]]:
