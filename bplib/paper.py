@@ -63,3 +63,13 @@ TABLE4 = {
     "RankMaxAdv": (89.21, 84.72, 32.40, 80.11),
     "RankMinAdv": (88.33, 84.68, 30.57, 79.98),
 }
+
+# ------------------------------------------------------------------- the paper's verdicts
+# Each claim's verdict in the paper's own terms (its conclusion, not a number), shown beside
+# ours on the front page's status block and the results page.
+VERDICTS = {
+    "minima": "false: suboptimal local minima exist (Table 1, Theorem 1)",
+    "weight_decay": "false as an explanation: norm-bias (large norm) is as good or better",
+    "ntk": "only for some architectures: WRNs and ResNet-18 move away from their kernel",
+    "rank": "false in practice: rank barely changes accuracy or robustness (Table 4)",
+}

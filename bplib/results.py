@@ -251,10 +251,12 @@ def describe(records: list[dict]) -> str:
     """One line of provenance for a set of records: profile(s), seeds, commit(s), device(s)."""
     if not records:
         return "no records"
-    profiles = sorted({r["profile"] for r in records})
-    seeds = sorted({r["seed"] for r in records if r["seed"] is not None})
-    prov = [r["provenance"] for r in records]
-    commits = sorted({p["commit"][:8] + "+dirty" * bool(p["dirty"]) for p in prov})
+    # A record made outside the runner (a test's synthetic one) may lack its provenance.
+    unknown = {"commit": "unknown", "dirty": False, "device": "unknown"}
+    prov = [{**unknown, **r.get("provenance", {})} for r in records]
+    profiles = sorted({r.get("profile", "unknown") for r in records})
+    seeds = sorted({r["seed"] for r in records if r.get("seed") is not None})
+    commits = sorted({p["commit"][:8] + ("+dirty" if p["dirty"] else "") for p in prov})
     devices = sorted({p["device"] for p in prov})
     return (
         f"profile {', '.join(profiles)}; {len(seeds)} seed(s) {seeds}; "

@@ -36,7 +36,9 @@ def fmt_mean_std(values, digits: int = 2) -> str:
     m, s, n = mean_std(values)
     if n == 0:
         return "n/a"
-    if n == 1:
+    if not math.isfinite(m):  # a stored nan (a value that was not finite): never "nan ± nan"
+        return f"n/a (n={n})"
+    if n == 1 or not math.isfinite(s):
         return f"{m:.{digits}f} (n=1)"
     return f"{m:.{digits}f} ± {s:.{digits}f} (n={n})"
 
@@ -154,13 +156,14 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     """A Markdown table; floats are shown with 4 significant digits, None as 'n/a'."""
 
     def cell(x):
-        if x is None:
+        if x is None or (isinstance(x, float) and math.isnan(x)):
             return "n/a"
         if isinstance(x, float):
             return f"{x:.4g}"
-        return str(x)
+        # a "|" in a cell ("max |logit gap|") would end the cell and break the whole table
+        return str(x).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines = ["| " + " | ".join(map(cell, headers)) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in rows]
     return "\n".join(lines)
 

@@ -92,6 +92,22 @@ def test_a_claim_defined_here_runs_through_runner_store_and_results_page(tmp_pat
     assert row["n"] == 3 and row["provenance"].startswith("profile smoke; 3 seed(s) [0, 1, 2]")
     assert claims.table_rows([row])[0][:5] == [row[k] for k in ("title", "paper", "ours",
                                                                 "verdict", "n")]  # fmt: skip
+    # the front page's status block and the results page's line, from the same row
+    assert row["status"] == "agrees with the paper" and row["scale"] == "3 seeds"
+    assert claims.status_rows([row]) == [
+        ["{ref}`5. A toy belief <toy-verdict>`", "the paper's mean: 2", row["status"], "3 seeds"]
+    ]
+    line = claims.glance_lines([row], "https://example.org/r/")
+    assert line.startswith("- **{ref}`5. A toy belief <toy-verdict>`**: paper: the paper's mean")
+    assert "Ours: mean 3 (n=3 seeds). **agrees with the paper**" in line and "\n" not in line
+
+
+def test_commits_in_a_provenance_line_are_linked():
+    text = "profile cpu; 2 seed(s) [0, 1]; commit b6c5fa2c, 0123abcd+dirty; device cpu"
+    assert claims.link_commits(text, "https://github.com/o/r/") == (
+        "profile cpu; 2 seed(s) [0, 1]; commit [b6c5fa2c](https://github.com/o/r/commit/b6c5fa2c)"
+        ", [0123abcd+dirty](https://github.com/o/r/commit/0123abcd); device cpu"
+    )
 
 
 def page(profile="cpu", root=None):
@@ -105,6 +121,10 @@ def test_page_from_committed_cpu_records():
         assert r["verdict"] != claims.NO_RECORDS and "incomplete" not in r["verdict"], r
         assert r["ours"] != "—" and r["paper"], r
     assert all(len(row) == len(claims.HEADERS) for row in claims.table_rows(rows))
+    # paper and ours on the same contrast (contract item 15): norm-bias minus weight decay
+    wd = next(r for r in rows if r["claim"] == "weight_decay")
+    assert "norm-bias" in wd["paper"] and "norm-bias, μ² < init − weight decay " in wd["ours"]
+    assert all(r["status"] and r["scale"].count("seeds") == 1 for r in rows), rows
 
 
 def test_page_ignores_records_of_other_configurations(tmp_path):

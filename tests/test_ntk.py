@@ -379,6 +379,11 @@ def test_summarize_synthetic_control_verdict_artifact_and_cifar100_rows():
         "3, over 2 widths)"
     )
     assert s.glue["ntk_agreement"] == "2 of 2" and s.glue["ntk_gate"] == "12 of 16"
+    assert s.glue["ntk_status"] == (
+        "decided for 2 of 3 families (ConvNet rises, as the paper; ResNet-18 (skip, BN) falls, "
+        "as the paper); not decided at this scale for the others"
+    )
+    assert s.glue["ntk_verdict"] == s.verdict and s.glue["ntk_ours"] == s.ours
     assert s.glue["ntk_slope_default_resnet18"].startswith("+0.200 [")
     assert s.glue["ntk_slope_resnet18"].startswith("-0.100 [")
     headers, rows = s.tables["trends"]

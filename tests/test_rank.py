@@ -22,6 +22,13 @@ from bplib.models import make_model
 from bplib.profiles import get_profile
 from bplib.stats import detectable
 
+TEXT_GLUE = (
+    "rank_status",
+    "rank_verdict",
+    "rank_ours",
+    "rank_provenance",
+)  # the verdict box's text
+
 
 def unrolled_circular_conv(weight: torch.Tensor, n: int) -> torch.Tensor:
     """The (c_out n^2) x (c_in n^2) matrix of a stride-1 circular conv, column by column."""
@@ -226,8 +233,13 @@ def test_synthetic_equal_arms_agree_with_the_paper():
     assert g["rank_init_ratio"] == pytest.approx(0.5) and g["rank_adv_ratio"] == pytest.approx(1)
     assert g["rank_d_adv_rankmin50_rob8"] == 0 and g["rank_nat_test"] == 80
     assert g["rank_paper_rankmax_drop1"] == pytest.approx(9.97)
-    assert all(isinstance(v, float) for v in g.values())
-    assert "lost 9.97 points of robust accuracy at 1/255; ours: natural − RankMax 1.5" in s.verdict
+    assert g["rank_paper_rankmax_minus_nat_rob1"] == pytest.approx(-9.97)
+    assert all(isinstance(v, float) for k, v in g.items() if k not in TEXT_GLUE)
+    assert (
+        g["rank_status"].startswith("Agrees with the paper: in all") and "." not in g["rank_status"]
+    )
+    assert g["rank_verdict"] == s.verdict and g["rank_ours"] == s.ours
+    assert "RankMax − natural = -9.97 points; ours: RankMax 1.5 − natural = " in s.verdict
 
 
 def test_synthetic_consistent_benefit_supports_the_belief():
@@ -345,7 +357,13 @@ def test_summarize_committed_cpu_records():
     if any(r is None for r in records):
         pytest.skip("committed cpu rank records are incomplete (the lead regenerates them)")
     s = rank.summarize(records, cfg)
-    assert s.ours.count("[") == 2 and all(math.isfinite(v) for v in s.glue.values())
+    numbers = [v for k, v in s.glue.items() if k not in TEXT_GLUE]
+    assert s.ours.count("[") == 2 and all(math.isfinite(v) for v in numbers)
+    # the paper's RankMax - natural beside ours, same contrast and sign (contract item 15)
+    g = s.glue
+    assert g["rank_rankmax150_minus_nat_rob1"] == -g["rank_d_nat_rankmax150_rob1"]
+    assert g["rank_rankmax150_minus_nat_rob1_lo"] == -g["rank_d_nat_rankmax150_rob1_hi"]
+    assert g["rank_paper_rankmax_minus_nat_rob1"] < 0 and g["rank_status"] in s.verdict
     assert len(s.tables["verdict"][1]) == 10
     assert rank.paper_headline().startswith("Table 4, ResNet-18: RankMin − natural, test -0.22;")
 

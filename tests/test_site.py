@@ -21,6 +21,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import subprocess
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +30,8 @@ from pathlib import Path
 import pytest
 import yaml
 from bs4 import BeautifulSoup
+
+from bplib.claims import CLAIMS, claim
 
 pytestmark = pytest.mark.book
 
@@ -45,7 +48,7 @@ CHROMIUM_FLAGS = [
     "--no-first-run",
     "--disable-dev-shm-usage",
     "--hide-scrollbars",
-    "--window-size=1280,1600",
+    "--window-size=1400,900",  # a laptop's first screen: the verdict must be on it
     "--virtual-time-budget=5000",  # ms of page time: load, images, MathJax typesetting
 ]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -65,6 +68,20 @@ window.addEventListener("load", async () => {
   const widths = await Promise.all(imgs.map((i) => probe(i.currentSrc || i.src)));
   report.images = imgs.map((i, k) => ({src: i.getAttribute("src"), width: widths[k]}));
   report.mjx = document.querySelectorAll("mjx-container").length;
+  // Findings first: where the verdict box / status block starts, measured from the top of the
+  // article at this window size, and how many visible code inputs come before it.
+  const article = document.querySelector("article") || document.body;
+  const top0 = article.getBoundingClientRect().top;
+  const where = (sel) => {
+    const el = document.querySelector(sel);
+    if (!el) return null;
+    const before = [...document.querySelectorAll(".cell_input")].filter((c) =>
+      (c.compareDocumentPosition(el) & Node.DOCUMENT_POSITION_FOLLOWING) &&
+      c.getClientRects().length > 0);
+    return {top: el.getBoundingClientRect().top - top0, code_before: before.length};
+  };
+  report.verdict = where(".verdict");
+  report.status = where(".status-block");
   report.merror = document.querySelectorAll("mjx-merror").length;
   document.body.setAttribute("data-bplib-check", JSON.stringify(report));
 });
@@ -171,6 +188,62 @@ def page_problems(page: str, static: BeautifulSoup, dom: BeautifulSoup, colab: s
     return problems
 
 
+FIRST_SCREEN = 900  # px of the article that a 1400 x 900 window shows first
+CHAPTERS = {f"chapters/{claim(c).CHAPTER}.html" for c in CLAIMS}  # every claim's chapter page
+
+
+def layout_problems(page: str, report: dict) -> list[str]:
+    """Findings first: a chapter's ``.verdict`` box and the front page's ``.status-block`` start
+    on the first screen of the article, with no visible code input before them."""
+    wanted = {**{p: ".verdict" for p in CHAPTERS}, "intro.html": ".status-block"}
+    if page not in wanted:
+        return []
+    found = report.get("verdict" if wanted[page] == ".verdict" else "status")
+    if found is None:
+        return [f"{page}: no {wanted[page]} element"]
+    problems = []
+    if found["top"] > FIRST_SCREEN:
+        problems.append(f"{page}: {wanted[page]} starts {found['top']:.0f} px into the article "
+                        f"(more than {FIRST_SCREEN})")  # fmt: skip
+    if found["code_before"]:
+        problems.append(f"{page}: {found['code_before']} visible code input(s) before "
+                        f"{wanted[page]}")  # fmt: skip
+    return problems
+
+
+# What a reader should never see in a page's text (outside math, code inputs and literal code):
+# the symptoms of a rendering or output defect.
+DEFECTS = {
+    "raw $ (math that did not render)": re.compile(r"\$[^$\n]*\$|\$"),  # a pair counts once
+    # its |---| line, once per table (the typographer may have made "---" an em dash)
+    "raw pipe table": re.compile(r"\|\s*:?(?:-{3,}|—+):?\s*\|"),
+    # Python's "nan" ("nan ± nan" counts once); "NaN" in prose is a word, not an output
+    "nan": re.compile(r"\bnan\b(?:\s*±\s*nan\b)?"),
+    "a path of the build machine": re.compile(r"(?<![\w.~])/(?:work|tmp|home|root|Users)/"),
+    # 8 or more significant digits: a number printed unformatted (0.0007161 is formatted)
+    "a bare float": re.compile(r"(?<![\w.])-?(?:0\.0*[1-9]\d{7,}|[1-9]\d*\.\d{7,})"),
+}
+
+
+def text_defects(page: str, static: BeautifulSoup) -> list[str]:
+    """Each :data:`DEFECTS` found in the text of ``static`` (a page's HTML as built), with its
+    context. Cell outputs count (a printed path, an unformatted number); code inputs, math and
+    literal code in the prose do not (a ``$VAR`` or a table in a code block is fine)."""
+    soup = BeautifulSoup(str(static.select_one("article") or static.body or static), "html.parser")
+    for node in soup.select("script, style, .cell_input, .math, mjx-container"):
+        node.decompose()
+    for node in soup.select("pre, code"):
+        if not node.find_parent(class_="cell_output") and node.parent is not None:
+            node.decompose()
+    text = soup.get_text("\n")
+    problems = []
+    for what, pattern in DEFECTS.items():
+        for m in pattern.finditer(text):
+            context = text[max(0, m.start() - 40) : m.end() + 40].replace("\n", " ")
+            problems.append(f"{page}: {what}: {context!r}")
+    return problems
+
+
 def check_site(chromium: Path, html_dir: Path, screenshots: Path, profile_dir: Path) -> list[str]:
     """Open every page of ``html_dir`` in chromium; the problems found on all pages."""
     config = yaml.safe_load((REPO / "_config.yml").read_text())
@@ -184,6 +257,9 @@ def check_site(chromium: Path, html_dir: Path, screenshots: Path, profile_dir: P
             dom = open_page(chromium, f"{url}/{page}", shot, profile_dir)
             static = BeautifulSoup((html_dir / page).read_text(), "html.parser")
             problems += page_problems(page, static, dom, colab)
+            problems += text_defects(page, static)
+            raw = dom.body.get("data-bplib-check") if dom.body else None
+            problems += layout_problems(page, json.loads(raw)) if raw else []
             if not (shot.is_file() and shot.read_bytes()[:8] == PNG_MAGIC):
                 problems.append(f"{page}: no screenshot at {shot}")
     return problems
@@ -221,3 +297,42 @@ def test_synthetic_broken_page_is_caught(chromium, tmp_path):
     assert len(problems) == len(expected), problems
     for fragment in expected:
         assert sum(fragment in p for p in problems) == 1, (fragment, problems)
+
+
+DEFECTIVE_PAGE = """<html><body><article>
+<p>The loss is $\\ell(x)$ here.</p>
+<p>| a | b |
+|---|---|
+| 1 | 2 |</p>
+<p>| x | y | |—|—| | 1 | 2 |</p>
+<div class="cell_output"><pre>mean nan ± nan</pre></div>
+<div class="cell_output"><pre>data from /work/shared/data/cifar</pre></div>
+<div class="cell_output"><pre>0.03735194660796293</pre></div>
+</article></body></html>"""
+CLEAN_PAGE = """<html><body><article>
+<p>Math <span class="math notranslate nohighlight">\\(x^2 + b\\)</span>, a table:</p>
+<table><tr><td>0.0061</td><td>0.0007161</td><td>94.66 ± 0.12 (n=3)</td></tr></table>
+<p>Set <code class="literal">$BPLIB_DATA</code> or <code>/tmp/out.ipynb</code>; a finance word.</p>
+<div class="cell tag_hide-input"><div class="cell_input"><pre>x = "$ | a | b |"</pre></div>
+<div class="cell_output"><pre>profile cpu; 2 seed(s) [0, 1]; rho +0.233</pre></div></div>
+</article></body></html>"""
+
+
+def test_defect_scan_flags_each_defect_once_and_passes_a_clean_page():
+    """The scan is not vacuous: a synthetic page with a raw $, a raw pipe table, a nan, a path of
+    the build machine and a bare float gives one problem each; a clean page gives none."""
+    problems = text_defects("x.html", BeautifulSoup(DEFECTIVE_PAGE, "html.parser"))
+    for what in DEFECTS:
+        expected = 2 if what == "raw pipe table" else 1  # as typed, and as the typographer left it
+        assert sum(f": {what}: " in p for p in problems) == expected, (what, problems)
+    assert text_defects("x.html", BeautifulSoup(CLEAN_PAGE, "html.parser")) == []
+
+
+def test_layout_check_flags_a_late_verdict_and_code_before_it():
+    page = next(iter(sorted(CHAPTERS)))
+    assert layout_problems(page, {"verdict": {"top": 120, "code_before": 0}}) == []
+    late = layout_problems(page, {"verdict": {"top": 2400, "code_before": 2}})
+    assert len(late) == 2 and "2400 px" in late[0] and "2 visible code" in late[1]
+    assert layout_problems(page, {"verdict": None}) == [f"{page}: no .verdict element"]
+    assert "no .status-block" in layout_problems("intro.html", {"status": None})[0]
+    assert layout_problems("references.html", {}) == []

@@ -122,3 +122,19 @@ def test_holm_is_monotone_and_between_the_raw_and_bonferroni():
 def test_holm_refuses_what_is_not_a_list_of_p_values(bad):
     with pytest.raises(ValueError, match="pvalues"):
         holm(bad)
+
+
+def test_a_nan_is_shown_as_n_a_never_as_nan():
+    from bplib.stats import fmt_mean_std, markdown_table
+
+    assert fmt_mean_std([math.nan, math.nan]) == "n/a (n=2)"
+    assert fmt_mean_std([1.0, math.nan]) == "n/a (n=2)"  # a nan mean: no number to show
+    assert "nan" not in markdown_table(["x"], [[math.nan]])
+
+
+def test_a_pipe_in_a_table_cell_is_escaped_so_the_table_renders():
+    from bplib.stats import markdown_table
+
+    text = markdown_table(["row", "max |logit gap|"], [["a|b", 1.5]])
+    assert text.splitlines()[0] == "| row | max \\|logit gap\\| |"
+    assert text.splitlines()[2] == "| a\\|b | 1.5 |"

@@ -285,6 +285,13 @@ def test_summarize_synthetic_records_equivalent():
     assert s.glue["wd_nb_above_minus_wd_strong_n"] == 4
     assert s.glue["wd_end_norm_nb_above"] == 400.0 and s.glue["wd_delta"] == 1.0
     assert "equivalent" in s.glue["wd_verdict"] and "ResNet-18 (width 0.0625)" in s.ours
+    # the paper's contrast and ours on the same arms, same sign (norm-bias − weight decay)
+    assert "norm-bias, μ² < init − weight decay " in s.ours and s.glue["wd_ours"] == s.ours
+    assert s.glue["wd_paper_nb_minus_wd"] == pytest.approx(94.99 - 94.76)
+    assert (
+        s.glue["wd_ours_nb_minus_wd"].startswith("+")
+        and s.glue["wd_status"] == "equivalent within ±1 points"
+    )
     arms = s.tables["arms cifar10_small"][1]
     assert arms[0][3] == "50.88 ± 0.85 (n=4)" and arms[2][6] == "40 ± 0 (n=4)"
     assert all(r[7] == "—" for r in arms)  # the paper has no cifar10_small column

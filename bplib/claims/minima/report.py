@@ -114,7 +114,11 @@ def found(records: list[dict]) -> dict[str, list[str]]:
 
 
 def _interval(gap) -> str:
-    return "-" if gap is None else f"{gap[0]:.3f} [{gap[1]:.3f}, {gap[2]:.3f}]"
+    if gap is None:
+        return "-"
+    if not math.isfinite(gap[1]):  # one seed: no interval (never "[nan, nan]")
+        return f"{gap[0]:.3f} (one seed: no interval)"
+    return f"{gap[0]:.3f} [{gap[1]:.3f}, {gap[2]:.3f}]"
 
 
 def test_rows(records: list[dict]) -> tuple[list[str], list[list]]:
@@ -129,7 +133,8 @@ def test_rows(records: list[dict]) -> tuple[list[str], list[list]]:
         dead = np.max([final(r)["activity"]["dead"] for r in recs], axis=0)
         rows.append([ROW_NAMES[row], ", ".join(t["class"] for t in tests),
                      f"{max(t['grad_norm_active'] for t in tests):.2g}",
-                     f"{_num(low['min_eig']):.2g} ± {_num(low.get('min_residual')):.1g}",
+                     f"{_num(low['min_eig']):.2g} ± {_num(low.get('min_residual')):.1g}"
+                     if low["min_eig"] is not None else "n/a (not measured)",  # never "nan ± nan"
                      f"{max(top(e) for e in eig):.3g}",
                      f"{max(t['max_decrease'] for t in tests):.1e}",
                      " / ".join(f"{100 * d:.0f}" for d in dead),

@@ -254,16 +254,17 @@ def plot_kernels(axes, kernels: dict, title: str = ""):
                 "phi1_recalibrated": "Φ1 recalibrated"}  # fmt: skip
     for ax, name in zip(axes, names):
         im = ax.imshow(kernels[name], cmap="viridis")
-        ax.set_title(f"{title} {captions[name]}".strip(), fontsize=9)
+        ax.set_title(f"{title} {captions[name]}".strip(), fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.figure.colorbar(im, ax=ax, fraction=0.046)
     return axes
 
 
-def show_kernels(records: list[dict], family: str, width_index: int, root=None) -> None:
-    """Draw the stored kernels of ``family`` at its ``width_index``-th width (clipped; the
-    first seed, main data set) and print the correlations of the full kernels."""
+def kernel_view(records: list[dict], family: str, width_index: int, root=None):
+    """``(figure, sentence)``: the stored kernels of ``family`` at its ``width_index``-th width
+    (clipped; the first seed, main data set) as heat maps, and the correlations of the full
+    kernels in words (for a caption: not a dict)."""
     import matplotlib.pyplot as plt
 
     mine = [r for r in records if r["params"]["family"] == family]
@@ -271,15 +272,31 @@ def show_kernels(records: list[dict], family: str, width_index: int, root=None) 
     width = widths[min(width_index, len(widths) - 1)]
     rec = min((r for r in mine if r["params"]["width"] == width), key=lambda r: r["seed"])
     kernels = load_kernels(rec, root)
-    fig, axes = plt.subplots(1, len(kernels), figsize=(4.3 * len(kernels), 3.8))
-    plot_kernels(axes, kernels, f"{LABELS[family]} {width:g}")
-    plt.show()
-    lost = sum(int(np.isnan(k).sum()) for k in kernels.values())
-    if lost:  # records made before the scaled storage (commit 1bac165)
-        print(f"{lost} stored entries exceeded float16's range and are drawn blank")
+    # two per row: each heat map wide enough to read, whatever the number of kernels
+    rows = (len(kernels) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(9, 4 * rows), squeeze=False)
+    plot_kernels(axes.ravel(), kernels, f"{LABELS[family]} {width:g}")
+    for ax in axes.ravel()[len(kernels) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
     sample = rec["params"]["samples"][0]
-    print({st: round(m["correlation"], 4) for st, m in rec["result"]["measures"][sample].items()
-           if m is not None})  # fmt: skip
+    measures = rec["result"]["measures"][sample].items()
+    corr = ", ".join(f"{m['correlation']:.3f} ({st} running statistics)"
+                     for st, m in measures if m is not None)  # fmt: skip
+    lost = sum(int(np.isnan(k).sum()) for k in kernels.values())
+    note = (f" Blank pixels: {lost} stored entries above float16's range (records made before "
+            "the scaled storage)." if lost else "")  # fmt: skip
+    return fig, f"Correlation of the full initial and trained kernels: {corr}.{note}"
+
+
+def show_kernels(records: list[dict], family: str, width_index: int, root=None) -> None:
+    """:func:`kernel_view` drawn in a notebook, its sentence below the heat maps."""
+    import matplotlib.pyplot as plt
+    from IPython.display import Markdown, display
+
+    _, text = kernel_view(records, family, width_index, root)
+    plt.show()
+    display(Markdown(text))
 
 
 def explorer(records: list[dict], root=None):

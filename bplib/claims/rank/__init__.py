@@ -20,6 +20,7 @@ interval across seeds) and turns the records into Table 4, the verdict and the g
 from __future__ import annotations
 
 import itertools
+import re
 
 import torch
 
@@ -31,7 +32,7 @@ from bplib.device import resolve_device
 from bplib.measures.rank import RankProjection, layer_spectra
 from bplib.models import make_model
 from bplib.pgd import pgd_adversary
-from bplib.results import load_arrays, save_arrays
+from bplib.results import describe, load_arrays, save_arrays
 from bplib.stats import Summary
 from bplib.train import TrainConfig, correct, fit
 
@@ -264,7 +265,12 @@ def summarize(records: list[dict], cfg) -> Summary:
         for s in heads[:2]
     )
     facts = rg.rank_sentence(rg.rank_facts(records, cfg), stats)
-    verdict = f"{rr.verdict_text(stats, cfg.margin)} {facts}"
-    return Summary(
-        ours=ours, verdict=verdict, glue=rg.glue_values(records, cfg, stats), tables=tables
-    )
+    headline = rr.verdict_text(stats, cfg.margin)
+    verdict = f"{headline} {facts}"
+    glue = rg.glue_values(records, cfg, stats)
+    # Text for the verdict box and the front page's status block: the verdict's first sentence
+    # (its decision, without the list of comparisons behind it), the whole verdict, ours.
+    status = re.split(r"\.(?:\s|$)", headline)[0].split(" (")[0]
+    glue.update(rank_status=status, rank_verdict=verdict, rank_ours=ours)
+    glue["rank_provenance"] = describe(records)  # for figure captions and the verdict box
+    return Summary(ours=ours, verdict=verdict, glue=glue, tables=tables)

@@ -103,18 +103,27 @@ def glue_values(records, cfg, stats: list[dict]) -> dict:
         out.update(zip(FACT_GLUE[name], map(float, stat or ())))
     t4 = paper.TABLE4
     out["rank_paper_rankmax_drop1"] = t4["natural"][3] - t4["RankMax"][3]
+    # The paper's contrast, RankMax - natural, beside ours with the same sign (chapter contract
+    # 15): the verdict's natural - RankMax, negated, its interval mirrored.
+    out["rank_paper_rankmax_minus_nat_rob1"] = t4["RankMax"][3] - t4["natural"][3]
+    out["rank_paper_rankmin_minus_nat_test"] = t4["RankMin"][1] - t4["natural"][1]
+    if "rank_d_nat_rankmax150_rob1" in out:
+        out["rank_rankmax150_minus_nat_rob1"] = -out["rank_d_nat_rankmax150_rob1"]
+        out["rank_rankmax150_minus_nat_rob1_lo"] = -out["rank_d_nat_rankmax150_rob1_hi"]
+        out["rank_rankmax150_minus_nat_rob1_hi"] = -out["rank_d_nat_rankmax150_rob1_lo"]
     return out
 
 
 def rank_sentence(facts: dict, stats: list[dict]) -> str:
     """The paper's own evidence for the belief (its RankMax row at 1/255) beside ours, and
     what the effective ranks say about adversarial training and initialization."""
-    drop = paper.TABLE4["natural"][3] - paper.TABLE4["RankMax"][3]
-    text = f"The paper's own RankMax row lost {drop:.2f} points of robust accuracy at 1/255"
+    drop = paper.TABLE4["RankMax"][3] - paper.TABLE4["natural"][3]
+    text = f"The paper's own RankMax row at 1/255: RankMax − natural = {drop:+.2f} points"
     for s in stats:
         if (s["kind"], s["arm"], s["metric"]) == ("natural", "RankMax 1.5", "robust 1/255"):
-            ci = rr.fmt_interval((s["diff"], s["low"], s["high"]))
-            text += f"; ours: natural − RankMax 1.5 = {ci} points ({s['status']})"
+            # the paper's sign: RankMax minus natural (the verdict's difference, negated)
+            ci = rr.fmt_interval((-s["diff"], -s["high"], -s["low"]))
+            text += f"; ours: RankMax 1.5 − natural = {ci} points ({s['status']})"
             break
     text += "."
     for name, what in (("adv_ratio", "adversarial / natural"), ("init_ratio", "natural / init")):

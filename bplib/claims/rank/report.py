@@ -305,7 +305,9 @@ def plot_figure2(records, cfg, dataset: str, skip: bool):
             ax.plot(x, mean_ranks(records, w, arm), marker="o", ms=3, label=label(w[0], arm))
         title = f"{model_label(skip)}, {dataset}: {w[0]}"
         ax.set(title=title, xlabel="block conv (input → output)")
-        ax.legend(fontsize=7)
+    axes[0][-1].legend(
+        fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0
+    )  # outside the data, beside the last panel
     axes[0][0].set_ylabel(r"effective rank $\|W\|_* / \|W\|_F$")
     fig.tight_layout()
     return fig
@@ -324,7 +326,10 @@ def plot_spectra(records, cfg, w, layer: int, ax=None):
     for name, d in curves:
         q = np.asarray(d["spectrum_quantiles"])
         ax.plot(np.linspace(0, 1, len(q)), q, label=f"{name} (eff. rank {d['effective_rank']:.1f})")
+    size = f"input {init['n']}×{init['n']}"  # n here is the layer's input size, not seeds
     ax.set(yscale="log", xlabel="fraction of singular values (sorted)", ylabel="singular value",
-           title=f"{model_label(w[2])}, {w[0]}: {init['name']} (n={init['n']})")  # fmt: skip
-    ax.legend(fontsize=7)
+           title=f"{model_label(w[2])}, {w[0]}: {init['name']}, {size}")  # fmt: skip
+    ax.legend(
+        fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0
+    )  # outside the data
     return ax

@@ -29,7 +29,7 @@ from bplib.device import resolve_device
 from bplib.measures.norm_bias import make_regularizer, norm_split
 from bplib.models import count_parameters, make_model
 from bplib.profiles import get_profile
-from bplib.results import COMMITTED
+from bplib.results import COMMITTED, describe
 from bplib.stats import Summary
 from bplib.train import TrainConfig, TrainingDiverged, fit, squared_norm
 
@@ -172,9 +172,27 @@ def summarize(records: list[dict], cfg) -> Summary:
     verdict = [x for x in tables["verdict"][1] if x[6] != r.NOT_TESTED]  # for the results page
     tables["paper"] = (r.PAPER_HEADERS, r.paper_rows())
     where = "held-out" if cfg.n_holdout else "test"
+    glue = r.headline_glue(groups, cfg)
+    # Ours beside the paper's on the same contrast with the same sign (contract item 15): Table
+    # 3's norm-bias minus weight decay at the model's own coefficient, in the first model row.
+    first = cfg.models[next(iter(groups))[0]]
+    label = f"{r.LABELS[first['paper_arm']]} − {r.LABELS['weight_decay']}"
+    same = next((x for x in tables["differences"][1] if x[2] == label), None)
+    t3 = paper.TABLE3["ResNet-18"]
+    glue["wd_paper_nb_minus_wd"] = t3[2] - t3[1]
+    glue["wd_ours_nb_minus_wd"] = same[3] if same else "n/a (an arm is not in this profile)"
+    ours = f"{where} accuracy, paired: {same[0]} {label} {same[3]}" if same else "n/a"
+    # The decision in a few words for the status block: why it cannot be tested, or the
+    # reading of the paper's norm-bias arm against weight decay at the same coefficient.
+    blocked = verdict[0][6] if verdict and verdict[0][6].startswith("cannot") else None
+    deciding = f"{r.LABELS[first['paper_arm']]} − {r.LABELS['wd_strong']}"
+    readings = [x[6] for x in verdict if x[2] == deciding] or ["n/a"]
+    glue["wd_status"] = (blocked or readings[0]).split(":")[0]
+    glue["wd_ours"] = ours
+    glue["wd_provenance"] = describe(records)  # for figure captions and the verdict box
     return Summary(
-        ours=f"{where} accuracy, paired: " + "; ".join(f"{x[0]} {x[2]} {x[3]}" for x in verdict),
+        ours=ours,
         verdict="; ".join(f"{x[0]}, {x[2]}: {x[6]}" for x in verdict),
-        glue=r.headline_glue(groups, cfg),
+        glue=glue,
         tables=tables,
     )
