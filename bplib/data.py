@@ -86,6 +86,18 @@ class CifarData:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def first_test(self, n: int | None, name: str = "n_test"):
+        """``(x, y)``: the first ``n`` test images (None: all). More than the split holds is
+        refused, naming the parameter: slicing would quietly take fewer while the record keeps
+        the asked-for number (the offline copy holds only the first 1,000 test images)."""
+        if n is not None and n > len(self.x_test):
+            raise ValueError(
+                f"parameter {name}={n:,} asks for more test images than {self.test_name} holds "
+                f"({len(self.x_test):,}); give {name} <= {len(self.x_test):,}, or point data_dir "
+                "at the full test set (torchvision downloads it where there is internet)"
+            )
+        return self.x_test[:n], self.y_test[:n]
+
     def to(self, device) -> CifarData:
         moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")}
         return dataclasses.replace(self, **moved)

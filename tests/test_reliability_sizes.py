@@ -91,3 +91,28 @@ def test_context_checkpoints_must_be_a_folder():
     with pytest.raises(ValueError, match=r"checkpoints=5 must be a folder \(a string or path\)"):
         Context("smoke", checkpoints=5)
     assert str(Context("smoke", checkpoints="ck").checkpoints) == "ck"
+
+
+def test_a_test_split_smaller_than_n_test_is_refused_not_clipped():
+    """The offline copy holds the first 1,000 test images; n_test=10,000 used to slice quietly
+    to 1,000 while the record kept n_test=10000. Now the chapter stops, naming the parameter."""
+    import torch
+
+    from bplib.data import CifarData
+
+    x, y = torch.zeros(3, 3, 32, 32, dtype=torch.uint8), torch.arange(3)
+    data = CifarData(x, y, x, y, ["a", "b", "c"], "synthetic", "synthetic test, 3 images")
+    assert len(data.first_test(None)[0]) == 3 and len(data.first_test(2)[1]) == 2
+    with pytest.raises(ValueError, match=r"n_test=5 asks for more test images .* \(3\)"):
+        data.first_test(5)
+
+
+def test_rank_attacks_no_fewer_images_than_n_robust_says():
+    import torch
+
+    from bplib.claims import rank
+
+    x, y = torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long)
+    p = {"n_robust": 5, "eval_eps": [1 / 255]}
+    with pytest.raises(ValueError, match="n_robust=5 exceeds the 2 test images"):
+        rank.robust_bits(torch.nn.Identity(), x, y, torch.ones(2, dtype=torch.bool), p)

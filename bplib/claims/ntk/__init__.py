@@ -162,7 +162,7 @@ def _measure(job: runner.Job, ctx: runner.Context) -> dict:
         keep_freed_memory()  # large Jacobian blocks: reuse memory instead of page-faulting
     data = load_cifar(p["dataset"], ctx.data_dir)
     x, y = data.x_train[: p["n_train"]].to(device), data.y_train[: p["n_train"]].to(device)
-    x_te, y_te = data.x_test[: p["n_test"]].to(device), data.y_test[: p["n_test"]].to(device)
+    x_te, y_te = (t.to(device) for t in data.first_test(p["n_test"]))
     samples = p["samples"]
     images = {s: x[ntk_images(x, y, p["n_images"], s, seed).to(device)] for s in samples}
     timer = {"ntk_s": 0.0}

@@ -147,7 +147,7 @@ def _data(base: dict, data_dir, device):
     the pool is the training set minus the held-out split (fixed data seed 0)."""
     d = data.load_cifar(base["dataset"], data_dir=data_dir)
     split = data.holdout_split(d.x_train, d.y_train, base["n_holdout"], seed=0)
-    xt, yt = d.x_test[: base["n_test"]], d.y_test[: base["n_test"]]  # None: all
+    xt, yt = d.first_test(base["n_test"])  # None: all
     return [t.to(device) for t in (*split, xt, yt)], d.test_name
 
 
@@ -218,7 +218,9 @@ def robust_bits(model, x, y, clean_ok: torch.Tensor, p: dict) -> dict[str, str]:
     at every smaller radius, and after PGD at ``eps``. An adversarial example found at a smaller
     radius lies inside the larger ball, so the cascade is never weaker than PGD at ``eps``
     alone, and only images not yet fooled are attacked (the cost drops by half or more)."""
-    n = len(x) if p["n_robust"] is None else min(p["n_robust"], len(x))
+    n = len(x) if p["n_robust"] is None else p["n_robust"]
+    if n > len(x):  # never attack fewer images than the record's n_robust says
+        raise ValueError(f"parameter n_robust={n:,} exceeds the {len(x):,} test images evaluated")
     alive, out = clean_ok[:n].clone(), {}
     for eps in sorted(p["eval_eps"]):
         idx = alive.nonzero().flatten()

@@ -107,8 +107,8 @@ def work(job: runner.Job, ctx: runner.Context) -> dict:
     model = make_model(p["model"], normalize=normalize, num_classes=data.num_classes,
                        **p["model_kw"]).to(dev)  # fmt: skip
     reg = make_regularizer(p["kind"], p["coef"], p["mu2"], p["form"], p["scope"])
-    n_test = p.get("n_test")  # the first n test images; absent: all of them
-    evals = {"test": (data.x_test[:n_test].to(dev), data.y_test[:n_test].to(dev))}
+    x_te, y_te = data.first_test(p.get("n_test"))  # the first n; absent: all of them
+    evals = {"test": (x_te.to(dev), y_te.to(dev))}
     if len(x_hold):
         evals["holdout"] = (x_hold.to(dev), y_hold.to(dev))
     result = {"n_params": count_parameters(model), "init_sq_norm": squared_norm(model)}
