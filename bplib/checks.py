@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 def check_choice(name: str, value, allowed: Iterable):
@@ -57,8 +57,10 @@ def check_folder(name: str, value):
 
 def check_seeds(seeds) -> list[int]:
     """Seeds as a non-empty list of distinct non-negative integers (an int means one seed)."""
-    if isinstance(seeds, list | tuple):
-        seeds = list(seeds)
+    if getattr(seeds, "ndim", None) == 1:  # a numpy (or torch) vector of seeds
+        seeds = seeds.tolist()
+    if isinstance(seeds, Sequence) and not isinstance(seeds, str | bytes):
+        seeds = list(seeds)  # a list, tuple or range
     else:  # "abc" was split into letters, 3.0 gave a TypeError
         try:
             if isinstance(seeds, bool):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from bplib.checks import check_choice, check_folder, check_int
 from bplib.data import data_identity
 from bplib.device import resolve_device, set_threads
 from bplib.files import note_records_read
-from bplib.parallel import map_jobs
+from bplib.parallel import default_jobs, map_jobs
 from bplib.results import (
     PROFILES,
     CorruptFile,
@@ -174,7 +175,12 @@ def _owning(folder: Path):
         lock.parent.mkdir(parents=True, exist_ok=True)
         while fcntl is not None and fd is None:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # say why nothing moves: the wait may last a whole job
+                print(f"waiting for another run of the same job to finish ({lock})",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 current = os.stat(lock)
             except FileNotFoundError:
@@ -258,8 +264,11 @@ def run(
             )
             for j in todo
         ]
-        in_process_cpu = n_procs == 1 and resolve_device(ctx.device).type == "cpu"
-        with set_threads(1 if in_process_cpu else None):  # as in worker processes
+        # map_jobs runs in-process for one worker or one job: on a CPU with one thread too, as
+        # in a worker process, so a record never depends on how many jobs were missing.
+        in_process = len(todo) <= 1 or (default_jobs() if n_procs is None else n_procs) <= 1
+        in_process_cpu = in_process and resolve_device(ctx.device).type == "cpu"
+        with set_threads(1 if in_process_cpu else None):
             map_jobs(_run_one, kwargs, jobs=n_procs, desc=desc)
     records = stored(jobs, ctx.profile, ctx.root)
     missing = [j for j, r in zip(jobs, records) if r is None]

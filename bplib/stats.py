@@ -4,8 +4,8 @@ into what a chapter shows (mean +- std over seeds, tables beside the paper's num
 Intervals are Student-t intervals across replicates (seeds). A paired comparison is the interval
 of the per-pair differences (:func:`paired_interval`), read by :func:`decide` against 0 and an
 equivalence margin fixed before the run, with the smallest effect the design detects
-(:func:`detectable`, exact under the noncentral t). Several comparisons behind one verdict get
-Holm's step-down adjustment (:func:`holm`).
+(:func:`detectable`, exact under the noncentral t). :func:`holm` adjusts the p-values of several
+comparisons behind one verdict (a chapter applies it where its verdict counts such comparisons).
 """
 
 from __future__ import annotations
@@ -141,14 +141,19 @@ def holm(pvalues) -> np.ndarray:
     """Holm's step-down adjusted p-values, in the input order: the ``i``-th smallest of ``m``
     is multiplied by ``m - i`` (``i`` from 0), made non-decreasing along that order and capped
     at 1. Rejecting where the adjusted value is ``<= alpha`` keeps the family-wise error rate
-    at ``alpha`` under any dependence. (scipy.stats has Benjamini-Hochberg, not Holm.)"""
+    at ``alpha`` under any dependence. A nan (a comparison with too few pairs or no spread, as
+    :func:`paired_interval` gives it) stays nan and the others are adjusted among themselves.
+    (scipy.stats has Benjamini-Hochberg, not Holm.)"""
     p = np.asarray(pvalues, dtype=float)
-    if p.ndim != 1 or not np.all((p >= 0) & (p <= 1)):
-        raise ValueError(f"pvalues={pvalues!r} must be a list of numbers in [0, 1]")
-    order = np.argsort(p, kind="stable")
-    steps = (len(p) - np.arange(len(p))) * p[order]
-    out = np.empty_like(p)
-    out[order] = np.minimum(1.0, np.maximum.accumulate(steps))
+    known = ~np.isnan(p)
+    if p.ndim != 1 or not np.all((p[known] >= 0) & (p[known] <= 1)):
+        raise ValueError(f"pvalues={pvalues!r} must be a list of numbers in [0, 1] (or nan)")
+    out = np.full_like(p, np.nan)
+    order = np.argsort(p[known], kind="stable")
+    steps = (known.sum() - np.arange(known.sum())) * p[known][order]
+    adjusted = np.empty(known.sum())
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(steps))
+    out[known] = adjusted
     return out
 
 

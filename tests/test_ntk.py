@@ -444,3 +444,25 @@ def test_stored_kernels_above_the_float16_range_round_trip(tmp_path):
         save_arrays(path, phi0=phi.numpy().astype(np.float16))
     old = load_kernels(record, tmp_path)["phi0"]
     assert np.isnan(old).any() and not np.isinf(old).any()
+
+
+def test_a_diverged_run_is_stored_once_not_retrained_on_every_run(
+    cifar_small, tmp_path, monkeypatch
+):
+    """A diverged run has no kernels to keep, but its job declares arrays: without an (empty)
+    arrays file the runner took it for lost and retrained it on every run and every build."""
+    from bplib.train import TrainingDiverged
+
+    calls = []
+
+    def diverge(*args, **kwargs):
+        calls.append(1)
+        raise TrainingDiverged("loss is nan at epoch 1")
+
+    monkeypatch.setattr(claim, "fit", diverge)
+    cfg = _tiny_cfg(widths={"mlp2": [8]}, linearize=[], samples=["random"])
+    ctx = runner.Context("smoke", device="cpu", root=tmp_path / "r", checkpoints=tmp_path / "c",
+                         jobs=1)  # fmt: skip
+    first = claims.run("ntk", cfg, ctx)
+    again = claims.run("ntk", cfg, ctx)
+    assert first[0]["result"]["diverged"] and again == first and len(calls) == 1

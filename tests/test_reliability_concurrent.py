@@ -116,3 +116,23 @@ def test_two_writers_of_one_kept_notebook_do_not_share_a_temporary_file(tmp_path
     batch._collect(job, done)
     assert nested and os.listdir(job.output.parent) == ["seeds-0.ipynb"]
     assert nbformat.read(job.output, as_version=4).metadata["bplib_run"]["status"] == "ok"
+
+
+def test_a_kept_notebook_that_cannot_be_written_fails_its_job_not_the_batch(tmp_path, monkeypatch):
+    """A full runs disk while keeping one executed notebook: that job is reported failed with
+    the file named, and run_batch goes on with the others (before: WriteFailed ended it)."""
+    from bplib.files import WriteFailed
+
+    output = tmp_path / "ch" / "seeds-0.ipynb"
+    job = batch.Job("ch", "smoke", [0], {}, "", "", output, tmp_path, {})
+    result = {"notebook": nbformat.writes(nbformat.v4.new_notebook()), "status": "ok"}
+    result.update(wall_s=1.0, worker={"host": "h", "pid": 1}, error=None, cell=None, records=[])
+    done = Future()
+    done.set_result(result)
+
+    def full_disk(path, write, what):
+        raise WriteFailed(28, f"cannot write {what} {path}: No space left on device")
+
+    monkeypatch.setattr(batch, "write_file", full_disk)
+    failed = batch._collect(job, done)
+    assert failed.status == "failed" and str(output) in failed.error

@@ -33,6 +33,7 @@ def test_seeds_that_are_not_integers_are_one_clear_error(seeds):
     with pytest.raises(ValueError, match=message):
         get_profile("minima", "smoke", seeds=seeds if seeds is not None else "x")
     assert check_seeds(3) == [3] and check_seeds((1, 2)) == [1, 2]
+    assert check_seeds(range(3)) == [0, 1, 2]  # any iterable of integers, not only lists
 
 
 def test_unreachable_scheduler_is_one_line_and_exit_2(monkeypatch, tmp_path, capsys):

@@ -136,3 +136,19 @@ def test_a_record_whose_declared_arrays_are_lost_is_recomputed(records_dir, dama
     path.unlink() if damage == "deleted" else path.write_bytes(b"not an npz")
     runner.run([job], with_arrays, ctx, n_procs=1)
     assert CALLS.count(x) == 2 and runner.load_arrays(path)["v"].tolist() == [x]
+
+
+def threads(job, ctx):  # module level: what a job sees of torch's threads
+    import torch
+
+    return {"threads": torch.get_num_threads()}
+
+
+def test_a_lone_missing_job_runs_on_one_thread_as_in_a_worker(records_dir):
+    """map_jobs runs one missing job in-process whatever the worker count; it must see one
+    thread, as every job in a worker process does, so a record never depends on how many jobs
+    happened to be missing (before: all threads unless jobs=1)."""
+    for jobs in (None, 2):
+        job = runner.job(EXPERIMENT, {"x": 100 + (jobs or 0)}, 0)
+        record = runner.run([job], threads, runner.Context("smoke", jobs=jobs))[0]
+        assert record["result"]["threads"] == 1, jobs

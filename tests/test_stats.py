@@ -118,7 +118,7 @@ def test_holm_is_monotone_and_between_the_raw_and_bonferroni():
     assert adjusted.min() == pytest.approx(len(p) * p.min())
 
 
-@pytest.mark.parametrize("bad", [[0.1, 1.5], [-0.1], [math.nan], [[0.1, 0.2]]])
+@pytest.mark.parametrize("bad", [[0.1, 1.5], [-0.1], [math.inf], [[0.1, 0.2]]])
 def test_holm_refuses_what_is_not_a_list_of_p_values(bad):
     with pytest.raises(ValueError, match="pvalues"):
         holm(bad)
@@ -138,3 +138,14 @@ def test_a_pipe_in_a_table_cell_is_escaped_so_the_table_renders():
     text = markdown_table(["row", "max |logit gap|"], [["a|b", 1.5]])
     assert text.splitlines()[0] == "| row | max \\|logit gap\\| |"
     assert text.splitlines()[2] == "| a\\|b | 1.5 |"
+
+
+def test_holm_leaves_an_undefined_p_value_undefined():
+    """paired_interval gives p = nan for fewer than 2 pairs or no spread; Holm adjusts the others
+    among themselves (here as a family of 2) instead of refusing the whole family."""
+    from bplib.stats import paired_interval
+
+    p = [paired_interval([1.0, 2.0, 3.0])["p"], paired_interval([1.0, 1.0, 1.0])["p"], 0.01]
+    adjusted = holm(p)
+    assert np.isnan(adjusted[1])
+    assert adjusted[[0, 2]] == pytest.approx(holm([p[0], p[2]]))

@@ -206,9 +206,12 @@ def _collect(job: Job, future: Future) -> JobResult:
             source_sha256=job.source_sha256, places=job.places,
             wall_s=round(result["wall_s"], 3), worker=result["worker"], records=result["records"],
         )  # fmt: skip
-        job.output.parent.mkdir(parents=True, exist_ok=True)
-        # A unique temporary name: two runs keeping the same notebook at once never share one.
-        write_file(job.output, lambda tmp: nbformat.write(nb, tmp), "executed notebook")
+        try:  # a full runs disk fails this job, never the others (nor the batch)
+            job.output.parent.mkdir(parents=True, exist_ok=True)
+            # A unique temporary name: two runs keeping one notebook at once never share one.
+            write_file(job.output, lambda tmp: nbformat.write(nb, tmp), "executed notebook")
+        except OSError as err:
+            return JobResult(job, "failed", error=f"{type(err).__name__}: {err}")
     return JobResult(job, result["status"], result["error"], result["cell"])
 
 

@@ -49,7 +49,7 @@ UPPER = {
 # (training, test) images of every data set a profile may name (bplib.data.DATASETS), here
 # because bplib.data imports torch and bplib-run checks sizes without it (tests check the two
 # agree). The offline CIFAR-10 copy holds only the first 1,000 test images: n_test up to 10,000
-# passes here and the chapters take the first n_test they have.
+# passes here, and a job refuses a larger n_test than its loaded data holds (CifarData.first_test).
 DATA_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
               "cifar10_small": (2_000, 1_000), "cifar100_standin": (320, 20)}  # fmt: skip
 # Image counts drawn from the training images left after the held-out split (None: all); the

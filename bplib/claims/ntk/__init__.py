@@ -190,6 +190,7 @@ def _measure(job: runner.Job, ctx: runner.Context) -> dict:
         hist = fit(model, x, y, TrainConfig.from_params(p), seed=seed, progress=False,
                    on_epoch_end=hook, run_dir=ctx.run_dir(job))  # fmt: skip
     except TrainingDiverged as err:  # recorded as such: a diverged run has no "after" kernel
+        save_arrays(ctx.arrays(job))  # an empty file: else the runner recomputes it every time
         return {"diverged": str(err), "n_params": count_parameters(model)}
     train_s = time.perf_counter() - t1
     phi1 = both(model)

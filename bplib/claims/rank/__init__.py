@@ -166,6 +166,8 @@ def work(job: runner.Job, ctx: runner.Context) -> dict:
     base = p if is_base else p["base"]
     (x, y, xh, yh, xt, yt), test_name = _data(base, ctx.data_dir, resolve_device(ctx.device))
     torch.manual_seed(job.seed if is_base else p["base_seed"])
+    if "eval_eps" in p:
+        robust_count(p, len(xt))  # a bad n_robust fails now, not after the training
     model, out = _model(base).to(xt.device), {"test_name": test_name}
     if is_base:
         out["spectra_init"] = layer_spectra(model, base["num_quantiles"], digits=4)
@@ -212,16 +214,22 @@ def measure(model, p: dict, split) -> dict:
     return {**out, "spectra": layer_spectra(model, p["num_quantiles"], digits=4)}
 
 
+def robust_count(p: dict, n_test: int) -> int:
+    """How many of the ``n_test`` evaluated test images are attacked: ``n_robust`` (None: all);
+    more than are evaluated is refused, never attacked as fewer than the record says."""
+    n = n_test if p["n_robust"] is None else p["n_robust"]
+    if n > n_test:
+        raise ValueError(f"parameter n_robust={n:,} exceeds the {n_test:,} test images evaluated")
+    return n
+
+
 def robust_bits(model, x, y, clean_ok: torch.Tensor, p: dict) -> dict[str, str]:
     """Per-image robustness of the first ``n_robust`` images at each ``eval_eps``, smallest
     first, as a cascade: an image is robust at ``eps`` when it is classified correctly clean,
     at every smaller radius, and after PGD at ``eps``. An adversarial example found at a smaller
     radius lies inside the larger ball, so the cascade is never weaker than PGD at ``eps``
     alone, and only images not yet fooled are attacked (the cost drops by half or more)."""
-    n = len(x) if p["n_robust"] is None else p["n_robust"]
-    if n > len(x):  # never attack fewer images than the record's n_robust says
-        raise ValueError(f"parameter n_robust={n:,} exceeds the {len(x):,} test images evaluated")
-    alive, out = clean_ok[:n].clone(), {}
+    alive, out = clean_ok[: robust_count(p, len(x))].clone(), {}
     for eps in sorted(p["eval_eps"]):
         idx = alive.nonzero().flatten()
         if len(idx):
