@@ -27,6 +27,8 @@ import json
 import math
 from functools import cache
 
+from paper_estimate import workload  # benchmarks/ is on the path: run as a script beside it
+
 # Sustained throughput assumed per GPU (TFLOP/s) and per precision, and the time per ATen
 # operator in eager mode (microseconds: dispatch + kernel launch, on the host such a GPU has).
 # Training in mixed precision: 6% of the datasheet's dense bf16/fp16 tensor-core peak, because
@@ -84,8 +86,6 @@ def step_seconds(count: dict, batch: int, precision: str, gpu: dict) -> float:
 
 def chapter_estimate(chapter: str, profile: str) -> dict:
     """Steps, FLOPs and estimated minutes per GPU of ``chapter`` at ``profile``."""
-    from paper_estimate import workload
-
     load = workload(chapter, profile, precision=True)
     out = {"steps": sum(load.values()), "flops": 0.0, "minutes": dict.fromkeys(GPUS, 0.0)}
     for (spec, batch, precision), steps in load.items():

@@ -4,7 +4,8 @@ cores), ``paper`` (the paper's stated hyperparameters, for a GPU) and ``gpu`` (t
 design at the sizes one GPU affords in about an hour: the paper's networks, more data, epochs
 and seeds; issue 26). Each claim's module here is written as CONTRIBUTING.md's recipe says
 (``PAPER`` in full, the others as the keys they change, ``DRYRUN``). :func:`get_profile` returns
-one with a chapter's overrides applied, after checking their names, values and sizes. Where a run happens is :class:`bplib.runner.Context`'s.
+one with a chapter's overrides applied, after checking their names, values and sizes. Where a
+run happens is :class:`bplib.runner.Context`'s.
 """
 
 from __future__ import annotations
