@@ -88,11 +88,17 @@ def chapter_estimate(chapter: str, profile: str) -> dict:
     """Steps, FLOPs and estimated minutes per GPU of ``chapter`` at ``profile``."""
     load = workload(chapter, profile, precision=True)
     out = {"steps": sum(load.values()), "flops": 0.0, "minutes": dict.fromkeys(GPUS, 0.0)}
+    largest = 0.0
     for (spec, batch, precision), steps in load.items():
         count = count_step(spec)
         out["flops"] += steps * count["flops_per_image"] * batch
         for g, gpu in GPUS.items():
             out["minutes"][g] += steps * step_seconds(count, batch, precision, gpu) / 60
+        h100 = step_seconds(count, batch, precision, GPUS["H100"])
+        if steps * h100 > largest:  # the model gpu_check.py times to project the chapter
+            largest = steps * h100
+            out["dominant"] = {"model": json.loads(spec), "batch": batch, "precision": precision,
+                               "h100_step_s": h100}  # fmt: skip
     return out
 
 
