@@ -110,6 +110,12 @@ def test_the_parameters_cell_quotes_the_t4_estimate(chapter):
     text = (REPO / "chapters" / f"{chapter}.md").read_text()
     quoted = re.findall(r"profile = 'gpu': about ([\d,]+) minutes on a T4 \(estimate\)", text)
     assert quoted == [f"{n:,}"], (chapter, quoted, n)
+    # the Colab paragraph types both estimates too (they are not glued: it precedes the setup)
+    h100 = round(record["estimate"]["gpu"][chapter]["minutes"]["H100"])
+    prose = " ".join(text.split())
+    assert (
+        f"about {h100} minutes on an H100-class GPU and about {n:,} minutes on Colab's T4" in prose
+    )
     assert "BPLIB_RECORDS" in text and "checkpoints" in text and "'gpu'" in text
 
 
