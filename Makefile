@@ -44,7 +44,7 @@ paper-dryrun: $(VENV)/.installed
 
 # The same for the gpu profile (issue 26): its models, widths, arms and data sets, 2 batches per
 # phase. A separate target: with the paper dry run it would pass 15 minutes on 2 cores (ESTIMATE
-# from per-job costs: about 15 CPU-minutes, 8 minutes on 2 idle cores; not measured as a whole).
+# from per-job costs: about 16 CPU-minutes, 8-9 minutes on 2 idle cores; not run as a whole).
 GPU_DRYRUN := _build/gpu-dryrun
 gpu-dryrun: $(VENV)/.installed
 	rm -rf $(GPU_DRYRUN)
