@@ -13,7 +13,9 @@ the paper profile take? Each item is timed and guarded by a time budget, in this
 (d) the NTK (``bplib.measures.ntk``) of each family's widest paper width on the paper's number of
     images, the widest network first, as long as the budget lasts;
 (e) the peak GPU memory of each (``torch.cuda.max_memory_allocated``, reset between items; for
-    the chapters, run in other processes, the GPU's peak use sampled by nvidia-smi).
+    the chapters, run in other processes, the GPU's peak use sampled by nvidia-smi);
+(f) each chapter's ``gpu`` profile (issue 26): its dominant model timed for a few training steps
+    and the chapter's minutes projected against the 60-minute budget (``gpu_check_parts``).
 
 A failing item is recorded with its error (and printed), the others go on; exit status 1 unless
 every item ran. Writes one JSON record with provenance to ``benchmarks/records/gpu_check.json``
@@ -31,7 +33,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gpu_check_parts import GpuMemoryPoller, project
 
 from bplib.claims.ntk import FAMILIES, build_family
 from bplib.data import NPZ_FILES, load_cifar, offline_dir
@@ -147,6 +149,8 @@ class Check:
         """(name, budget in seconds, function) in the order they run."""
         a = self.args
         out = [("chapters", a.chapters_budget, self.chapters)]
+        for c in a.chapters:  # (f) right after (a): the gpu profile is what a reader runs
+            out.append((f"gpu:{c}", a.gpu_budget, lambda c=c: self.gpu_profile(c)))
         for name in TRAINING:
             out.append((f"train:{name}", a.train_budget, lambda n=name: self.train(n)))
         out.append(("hvp:mlp_12.6M", a.hvp_budget, self.hvp))
@@ -190,6 +194,11 @@ class Check:
             bad = [c for c, r in per_chapter.items() if not r["ok"]]
             raise RuntimeError(f"bplib-run exit status {proc.returncode}; failed: {bad}")
         return self.partial
+
+    # (f) the gpu profile of a chapter, projected
+    def gpu_profile(self, chapter: str) -> dict:
+        warmup, steps = (1, 2) if self.tiny else (self.args.warmup, self.args.steps)
+        return project(chapter, self.x, self.y, self.tiny, warmup, steps)
 
     # (b) training
     def train(self, name: str) -> dict:
@@ -271,32 +280,6 @@ class Check:
                 "seconds": time.perf_counter() - t0}  # fmt: skip
 
 
-class GpuMemoryPoller:
-    """The GPU's peak used memory (MiB, all processes, CUDA contexts included) while the block
-    runs, sampled twice a second by nvidia-smi; None without CUDA or nvidia-smi."""
-
-    def __init__(self, device: torch.device):
-        self.peak_mib, self._stop = None, threading.Event()
-        smi = shutil.which("nvidia-smi") if device.type == "cuda" else None
-        query = ["--query-gpu=memory.used", "--format=csv,noheader,nounits"]
-        self._cmd = smi and [smi, *query, "-i", str(device.index or 0)]
-
-    def _poll(self):
-        while self._cmd and not self._stop.wait(0.5):
-            with contextlib.suppress(OSError, ValueError, IndexError, subprocess.SubprocessError):
-                out = subprocess.run(self._cmd, capture_output=True, text=True, timeout=5).stdout
-                self.peak_mib = max(self.peak_mib or 0.0, float(out.split()[0]))  # else: missed
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
 def run_items(check: Check, total_budget: float) -> dict:
     """Run every item within its budget and what is left of ``total_budget``; a failure is
     printed and recorded, and the next item runs."""
@@ -335,6 +318,9 @@ def run_items(check: Check, total_budget: float) -> dict:
 def _brief(entry: dict) -> str:
     if entry["status"] != "ok":
         return entry.get("error", "")
+    if "projected_min" in entry:
+        return (f"projected {entry['projected_min']:,.0f} min of a {entry['budget_min']} min "
+                f"budget ({entry['ratio']:.2f} x the H100-class estimate per step)")  # fmt: skip
     if "float32" in entry:
         f, m = entry["float32"], entry["mixed"]
         return (f"{f['images_per_s']:,.0f} img/s fp32, {m['images_per_s']:,.0f} mixed; epoch "
@@ -357,6 +343,7 @@ def main(argv=None) -> int:
     add("--threads", type=int, default=None, help="torch CPU threads (default 1 on the CPU)")
     add("--budget-s", type=float, default=570.0, help="all items together (default 9.5 min)")
     add("--chapters-budget", type=float, default=240.0, help="seconds for item (a)")
+    add("--gpu-budget", type=float, default=30.0, help="seconds per chapter of item (f)")
     add("--train-budget", type=float, default=40.0, help="seconds per model of item (b)")
     add("--hvp-budget", type=float, default=60.0, help="seconds for item (c)")
     add("--ntk-budget", type=float, default=60.0, help="seconds per network of item (d)")

@@ -1,11 +1,16 @@
 """Time and memory of each chapter at the paper profile: measured cost per step x steps (issue 12).
 
-Steps are counted from the paper profile's own jobs (``jobs(get_profile(chapter, "paper"))``):
-one SGD step of the job's model at its batch size is the unit; a PGD-k training step counts as
-k + 1 steps, a PGD-k evaluation of n images as k + 1 steps per batch, a Hessian-vector product
-over n training images as 2 steps per batch, a linearized model's step (jvp + vjp) as 3.
-Evaluation passes, kernels (NTK), singular values and data loading are not counted, so every
-figure is a lower bound on a job's cost.
+Steps are counted from a profile's own jobs (``jobs(get_profile(chapter, profile))``): one SGD
+step of the job's model at its batch size is the unit; a PGD-k training step counts as k + 1
+steps, a PGD-k evaluation of n images as k + 1 steps per batch, a Hessian-vector product over n
+training images as 2 steps per batch of 2,500 (its batches; Hessians at initialization and after
+training, in float32), a full-batch epoch as one step of all n images, a linearized model's step
+(jvp + vjp) as 3. (The committed paper record predates the Hessian at initialization, the
+2,500-image batches and the full-batch steps: its minima row counts fewer steps.) Evaluation
+passes, kernels (NTK), singular values and data loading are not counted, so every figure is a
+lower bound on a job's cost.
+Each step also says its precision: ``"mixed"`` where the job trains under ``bf16`` (autocast on
+a GPU), ``"float32"`` otherwise and for every measurement.
 
 Each distinct model is timed on this machine's CPU in its own process: float32 (as the paper
 profiles train), one thread, 1 warm-up and 3 timed SGD steps (1 when the warm-up took > 5 s) on
@@ -20,6 +25,7 @@ about a third of an H100/H200's dense TF32 peak; state your own). GPU memory is 
 
     python benchmarks/paper_estimate.py                 # ~10 min of CPU; writes the record
     python benchmarks/paper_estimate.py --chapters ntk --out /tmp/e.json
+    python benchmarks/paper_estimate.py --profile gpu   # GPU minutes only (gpu_estimate.py)
 """
 
 from __future__ import annotations
@@ -34,45 +40,60 @@ from collections import defaultdict
 from pathlib import Path
 
 from bplib import claims
-from bplib.profiles import CHAPTERS, get_profile
+from bplib.profiles import CHAPTERS, PROFILE_NAMES, get_profile
 from bplib.results import provenance
 
 OUT = Path(__file__).resolve().parent / "records" / "paper_estimate.json"
+GPU_OUT = OUT.with_name("gpu_estimate.json")
 N_TRAIN, N_TEST = 50_000, 10_000  # the paper's CIFAR sizes (None in a profile means all)
+HVP_BATCH = 2500  # images per batch of a Hessian-vector product (bplib.measures.hessian)
 
 
 def _batches(n, batch) -> int:
     return math.ceil((n or N_TRAIN) / batch)
 
 
-# ------------------------------------------------------------------ steps of each paper job
-# Each returns [(model spec, batch size, steps)]; a model spec is (make_model name, kwargs).
+def _precision(bf16: bool) -> str:
+    return "mixed" if bf16 else "float32"
+
+
+# ------------------------------------------------------------------ steps of each job
+# Each returns [(model spec, batch size, steps, precision)]; a model spec is (make_model name,
+# kwargs); precision "mixed" (bf16 autocast on a GPU) or "float32".
 def minima_steps(p: dict) -> list:
     mlp, b, n = ("mlp", {"widths": list(p["widths"])}), p["batch_size"], p["n_train"]
-    per_epoch = _batches(n, b)
+    per_epoch, train = _batches(n, b), _precision(p["bf16"])
     hvps = 2 * p["power_iters"] if p["eig_method"] == "power" else 2 * p["lanczos_max_hvp"]
-    hvps += 2 * p["compare_power_iters"]
-    out = [(mlp, b, 2 * hvps * per_epoch)]  # the Hessian of the final point
+    points = 1 if p["row"] == "lemma1_theorem" else 2  # at initialization, and trained
+    hvps = points * hvps + 2 * p["compare_power_iters"]
+    hvp_b = min(HVP_BATCH, p["hessian_images"] or n)  # HessianOperator's batches
+    out = [(mlp, hvp_b, 2 * hvps * _batches(p["hessian_images"] or n, hvp_b), "float32")]
+    if p["row"] == "lemma1_theorem":  # no training: L-BFGS of the linear model, not counted
+        return out
     if p["row"].startswith("lemma1"):
         linear = ("mlp", {"widths": []})
-        out.append((linear, b, p["linear_epochs"] * per_epoch))
-        out.append((mlp, b, (p["lemma1_epochs"] + p["lemma1_gd_epochs"]) * per_epoch))
+        out.append((linear, b, p["linear_epochs"] * per_epoch, "float32"))
+        sgd, gd = p["lemma1_epochs"], p["lemma1_gd_epochs"]
     else:
-        out.append((mlp, b, (p["epochs"] + p["gd_epochs"]) * per_epoch))
+        witness = p["witness_epochs"] if p["row"] == "default" else 0
+        sgd, gd = p["epochs"] + witness, p["gd_epochs"]
+    out.append((mlp, b, sgd * per_epoch, train))
+    out.append((mlp, n, gd, train))  # a full-batch epoch is one step of all n images
     return out
 
 
 def weight_decay_steps(p: dict) -> list:
     t = p["train"]
     return [((p["model"], dict(p["model_kw"])), t["batch_size"],
-             t["epochs"] * _batches(p["n_train"], t["batch_size"]))]  # fmt: skip
+             t["epochs"] * _batches(p["n_train"], t["batch_size"]),
+             _precision(t["bf16"]))]  # fmt: skip
 
 
 def ntk_steps(p: dict) -> list:
     from bplib.claims.ntk import family_spec
 
     steps = p["epochs"] * _batches(p["n_train"], p["batch_size"]) * (4 if p["linearize"] else 1)
-    return [(family_spec(p["family"], p["width"]), p["batch_size"], steps)]
+    return [(family_spec(p["family"], p["width"]), p["batch_size"], steps, _precision(p["bf16"]))]
 
 
 def rank_steps(p: dict) -> list:
@@ -83,7 +104,7 @@ def rank_steps(p: dict) -> list:
     if p["phase"] == "finetune":  # PGD evaluation at each radius of the test images
         robust = _batches(p["n_robust"] or N_TEST, b) * (p["eval_steps"] + 1)
         steps += len(p["eval_eps"]) * robust
-    return [(model, b, steps)]
+    return [(model, b, steps, _precision(base["bf16"]))]
 
 
 # The step model of each claim (it reads the claim's params). The claims estimated are those of
@@ -92,13 +113,15 @@ STEPS = {"minima": minima_steps, "weight_decay": weight_decay_steps, "ntk": ntk_
          "rank": rank_steps}  # fmt: skip
 
 
-def workload(chapter: str) -> dict:
-    """{(model spec as JSON, batch): total steps} over every paper job of ``chapter``."""
-    cfg = get_profile(chapter, "paper")
+def workload(chapter: str, profile: str = "paper", precision: bool = False) -> dict:
+    """{(model spec as JSON, batch): total steps} over every job of ``chapter`` at ``profile``;
+    ``precision=True``: {(model spec as JSON, batch, precision): total steps}."""
+    cfg = get_profile(chapter, profile)
     total = defaultdict(int)
     for job in claims.claim(chapter).jobs(cfg):
-        for spec, batch, steps in STEPS[chapter]({**job.params}):
-            total[(json.dumps(spec, sort_keys=True), batch)] += steps
+        for spec, batch, steps, how in STEPS[chapter]({**job.params}):
+            key = (json.dumps(spec, sort_keys=True), batch)
+            total[(*key, how) if precision else key] += steps
     return dict(total)
 
 
@@ -115,6 +138,9 @@ def time_step(spec_json: str, batch: int, timed: int = 3) -> dict:
     name, kw = json.loads(spec_json)
     model = make_model(name, **kw)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    # A full-batch step (minima: all n images) is timed at HVP_BATCH and scaled: a step of
+    # 50,000 images would hold GiBs of activations for a cost that grows linearly anyway.
+    scale, batch = batch / min(batch, HVP_BATCH), min(batch, HVP_BATCH)
     x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8).float() / 255
     y = torch.randint(0, 10, (batch,))
 
@@ -132,7 +158,7 @@ def time_step(spec_json: str, batch: int, timed: int = 3) -> dict:
         step()
     cpu_s = (time.process_time() - t0) / timed
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GiB
-    return {"cpu_s_per_step": cpu_s, "flops_per_step": counter.get_total_flops(),
+    return {"cpu_s_per_step": cpu_s * scale, "flops_per_step": counter.get_total_flops() * scale,
             "peak_rss_gib": peak, "n_params": count_parameters(model)}  # fmt: skip
 
 
@@ -171,10 +197,17 @@ def main(argv=None) -> None:
     parser.add_argument("--chapters", nargs="+", default=modelled, choices=modelled)
     parser.add_argument("--gpu-tflops", type=float, default=20.0,
                         help="assumed sustained GPU float32 TFLOP/s for the estimate")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", type=Path, default=None, help=f"default {OUT} (--profile "
+                        f"paper), else {GPU_OUT} (the GPU estimate only)")  # fmt: skip
+    parser.add_argument("--profile", default="paper", choices=PROFILE_NAMES,
+                        help="paper: CPU timing and a GPU column; any other: GPU minutes from "
+                        "counted work only (gpu_estimate.py), beside the paper's")  # fmt: skip
     args = parser.parse_args(argv)
     if unmodelled := [c for c in CHAPTERS if c not in STEPS]:
         print(f"not estimated (no step model in STEPS): {', '.join(unmodelled)}")
+    if args.profile != "paper":
+        return gpu_main(args.chapters, args.profile, args.out or GPU_OUT)
+    args.out = args.out or OUT
     t0 = time.perf_counter()
     record = estimate(args.chapters, args.gpu_tflops)
     record["provenance"] = provenance("cpu", time.perf_counter() - t0)
@@ -182,6 +215,19 @@ def main(argv=None) -> None:
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     (args.out.with_suffix(".md")).write_text(table(record) + "\n")
     print(table(record), f"\nwrote {args.out} and {args.out.with_suffix('.md')}", sep="\n")
+
+
+def gpu_main(chapters, profile: str, out: Path) -> None:
+    """The GPU estimate (``gpu_estimate.py``) of ``profile`` beside the paper's, as a record."""
+    import gpu_estimate
+
+    t0 = time.perf_counter()
+    record = gpu_estimate.estimate(chapters, profiles=(profile, "paper"))
+    record["provenance"] = provenance("cpu", time.perf_counter() - t0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    out.with_suffix(".md").write_text(gpu_estimate.table(record) + "\n")
+    print(gpu_estimate.table(record), f"\nwrote {out} and {out.with_suffix('.md')}", sep="\n")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ experiment's parameters. It holds::
 Files are written atomically by :mod:`bplib.files` (a kill leaves the old file or the new one).
 A record that does not load raises :class:`CorruptFile` naming it and is never silently
 recomputed (an arrays file beside a record is, when its job declares it: :mod:`bplib.runner`).
-``cpu`` and ``paper`` records are committed; ``smoke`` records are a git-ignored cache. The root
+``cpu`` and ``paper`` records are committed (``gpu`` records in ``gpu/`` would be, once a GPU has
+made them: none exist yet); ``smoke`` records are a git-ignored cache. The root
 is ``$BPLIB_RECORDS`` when set, else ``data/records`` in the repository.
 """
 
@@ -35,8 +36,8 @@ import torch
 from bplib import COMMITTED, REPO_ROOT
 from bplib.checks import check_choice
 from bplib.files import TMP_PREFIX, write_file
+from bplib.profiles import PROFILE_NAMES as PROFILES  # the one list of profiles
 
-PROFILES = ("smoke", "cpu", "paper")
 RECORD_KEYS = ("experiment", "profile", "seed", "params", "result", "provenance")
 
 

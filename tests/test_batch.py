@@ -61,7 +61,7 @@ def stdout_of(path):
     "args, message",
     [
         (["nope"], "unknown chapter 'nope'; choose from tiny"),
-        (["tiny", "--profile", "gpu"], "unknown profile 'gpu'; choose from smoke, cpu, paper"),
+        (["tiny", "--profile", "tpu"], "unknown profile 'tpu'; choose from smoke, cpu, paper, gpu"),
         (["tiny", "-p", "epochs", "3"], "unknown parameter 'epochs' for chapter 'tiny'; choose"),
         (["tiny", "-p", "seeds", "[1]"], "parameter 'seeds' is set with --seeds"),
         (["tiny", "--seeds", "1", "1"], "has repeats"),

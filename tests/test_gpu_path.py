@@ -27,6 +27,7 @@ from bplib.device import (
 from bplib.measures.ntk import ntk, ntk_naive
 from bplib.models import make_model
 from bplib.pgd import pgd_attack
+from bplib.profiles import CHAPTERS
 from bplib.train import TrainConfig, evaluate, fit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -245,6 +246,10 @@ def test_gpu_check_runs_every_item_tiny_on_the_cpu(tmp_path):
         "train:mobilenetv2", "train:mlp_12.6M",
     }  # fmt: skip
     assert "chapters" in items and "hvp:mlp_12.6M" in items
+    # (f) every chapter's gpu profile, projected against its budget from a timed model
+    gpu = {k: v for k, v in items.items() if k.startswith("gpu:")}
+    assert set(gpu) == {f"gpu:{c}" for c in CHAPTERS}
+    assert all(v["projected_min"] > 0 and v["budget_min"] == 60 for v in gpu.values())
     assert any(k.startswith("ntk:") for k in items)
     assert all(v["status"] == "ok" for v in items.values()), items
     train = items["train:mlp_12.6M"]

@@ -1,14 +1,21 @@
 import pytest
 
-from bplib.profiles import CHAPTERS, POSITIVE, PROFILE_NAMES, chapter_profiles, get_profile
+from bplib.profiles import (
+    CHAPTERS,
+    DRYRUN_PROFILES,
+    POSITIVE,
+    PROFILE_NAMES,
+    chapter_profiles,
+    get_profile,
+)
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
-def test_every_chapter_defines_three_profiles_with_the_same_keys(chapter):
+def test_every_chapter_defines_every_profile_with_the_same_keys(chapter):
     profiles = chapter_profiles(chapter)
-    assert set(profiles) == set(PROFILE_NAMES)
+    assert set(profiles) == set(PROFILE_NAMES) == {"smoke", "cpu", "paper", "gpu"}
     keys = {name: set(values) for name, values in profiles.items()}
-    assert keys["smoke"] == keys["cpu"] == keys["paper"]
+    assert keys["smoke"] == keys["cpu"] == keys["paper"] == keys["gpu"]
     assert "seeds" in keys["smoke"]
     for name in PROFILE_NAMES:
         assert get_profile(chapter, name).profile == name
@@ -40,8 +47,8 @@ def test_every_profile_value_passes_its_own_rule(chapter, profile):
     assert POSITIVE <= keys, POSITIVE - keys  # no stale name in the positive-count list
 
 
-# What the paper dry run may change: sizes, epochs, schedules inside them, seeds and measurement
-# budgets. Models, widths, arms, learning rates and every other code-path switch stay the paper's.
+# What a dry run may change: sizes, epochs, schedules inside them, seeds and measurement budgets.
+# Models, widths, arms, learning rates and every other code-path switch stay the profile's.
 DRYRUN_BUDGETS = {
     "n_train", "n_test", "epochs", "milestones", "linear_epochs", "linear_milestones",
     "lemma1_epochs", "lemma1_gd_epochs", "lemma1_milestones", "theorem_lbfgs_iters",
@@ -50,6 +57,8 @@ DRYRUN_BUDGETS = {
     "finetune_milestones", "rank_epochs", "n_robust", "max_elems",
     "batch_size", "batch_size_cifar100",  # 2 batches of 16: a size, no code path depends on it
     "samples",  # the NTK's image samples measured: the official one differs in images only
+    "gd_epochs", "witness_epochs",  # phases that run stay run (1 epoch), absent ones stay absent
+    "n_holdout",  # rank at gpu: 20 held-out images, not 5,000 (a size)
 }  # fmt: skip
 STANDIN_KEYS = {"datasets", "extra_datasets", "bases"}  # CIFAR-100 -> its offline stand-in
 
@@ -62,15 +71,17 @@ def _unstand(value):
     return "cifar100" if value == "cifar100_standin" else value
 
 
-def _no_milestones(recipes: dict) -> dict:
-    return {f: {k: v for k, v in r.items() if k != "milestones"} for f, r in recipes.items()}
+def _no_milestones(recipes: dict) -> dict:  # nor epochs: a dry run trains one
+    cut = ("milestones", "epochs")
+    return {f: {k: v for k, v in r.items() if k not in cut} for f, r in recipes.items()}
 
 
+@pytest.mark.parametrize("profile", DRYRUN_PROFILES)
 @pytest.mark.parametrize("chapter", CHAPTERS)
-def test_the_dry_run_keeps_the_papers_models_and_code_paths(chapter):
+def test_the_dry_run_keeps_the_profiles_models_and_code_paths(chapter, profile):
     paper, dry = (
-        vars(get_profile(chapter, "paper")),
-        vars(get_profile(chapter, "paper", dryrun=True)),
+        vars(get_profile(chapter, profile)),
+        vars(get_profile(chapter, profile, dryrun=True)),
     )
     assert dry.pop("dryrun") is True and "dryrun" not in paper
     changed = {k for k in paper if dry[k] != paper[k]}
@@ -84,9 +95,13 @@ def test_the_dry_run_keeps_the_papers_models_and_code_paths(chapter):
         }
     assert not changed - DRYRUN_BUDGETS - STANDIN_KEYS - {"recipes", "arms"}, changed
     assert dry["seeds"] == [0] and dry.get("epochs", 1) == 1
+    assert all(r.get("epochs", 1) == 1 for r in dry.get("recipes", {}).values())
+    for key in ("gd_epochs", "witness_epochs"):  # a phase the profile runs stays, for 1 epoch
+        if key in paper:
+            assert dry[key] == min(paper[key], 1), key
 
 
-def test_dry_run_is_for_the_paper_profile_only():
+def test_dry_run_is_for_the_gpu_profiles_only():
     with pytest.raises(ValueError, match="dryrun=True.*profile='cpu'"):
         get_profile("rank", "cpu", dryrun=True)
     with pytest.raises(ValueError, match="dryrun"):

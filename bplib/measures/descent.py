@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from bplib.checks import check_float
 from bplib.data import batches
+from bplib.device import exact_matmul
 from bplib.measures.hessian import (
     HessianOperator,
     _copy_as,
@@ -91,6 +92,7 @@ def active_projection(model: nn.Module, x: Tensor):
 
 
 @torch.no_grad()
+@exact_matmul()  # TF32 off on a GPU (bplib.measures.hessian's rule): decreases of 1e-3 nats
 def line_search(model: nn.Module, x: Tensor, y: Tensor, weight_decay: float, direction, steps,
                 dtype: str = "float32", batch_size: int = 2500,
                 logit_penalty: float = 0.0) -> list[float]:  # fmt: skip
@@ -186,6 +188,7 @@ def classify(test: dict, activity: dict) -> str:
     return "trivial minimum" if any(d == 1.0 for d in activity["dead"]) else "minimum"
 
 
+@exact_matmul()  # every measurement inside, activity signs included, without TF32
 def examine(model, x, y, x_test, y_test, weight_decay: float, p: dict, n_batches: int,
             test: bool = False, logit_penalty: float = 0.0) -> dict:  # fmt: skip
     """Table 1's measurements of ``model`` on its training set ``(x, y)`` (loss, accuracy, both

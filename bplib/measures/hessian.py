@@ -11,7 +11,10 @@ Conventions
   on a linearly separable set, cross-entropy alone has no linear minimum). ``wd = kappa = 0``
   gives the plain data loss.
 - Every measurement runs in eval mode, with no autocast, in ``dtype`` (float32 or float64, never
-  bf16): the model is copied to ``dtype`` and left untouched.
+  bf16): the model is copied to ``dtype`` and left untouched. On a GPU, TF32 is off
+  (:func:`bplib.device.exact_matmul`): its ~1e-3 relative error in float32 matrix products
+  would reach the gradient norms and eigenvalues that the minimum test compares with its
+  tolerances.
 - Means over the data set are exact: batch sums divided by ``N`` (no mean of batch means).
 - Hessian-vector products (HVPs) use double backprop, batch by batch, without forming the
   Hessian; ``HessianOperator.n_hvp`` counts them, so every eigenvalue routine reports its cost.
@@ -32,6 +35,7 @@ from torch import Tensor, nn
 
 from bplib.checks import check_dtype, check_float, check_int
 from bplib.data import batches, to_float
+from bplib.device import exact_matmul
 from bplib.models import unwrap
 
 
@@ -55,6 +59,7 @@ def loss_sum(out: Tensor, y: Tensor, logit_penalty: float = 0.0) -> Tensor:
     return loss + 0.5 * logit_penalty * out.pow(2).sum() if logit_penalty else loss
 
 
+@exact_matmul()
 def full_loss_grad(model: nn.Module, x: Tensor, y: Tensor, weight_decay: float = 0.0,
                    batch_size: int = 1000, dtype: str = "float32", n_batches: int | None = None,
                    return_grad: bool = False, logit_penalty: float = 0.0) -> dict:  # fmt: skip
@@ -120,6 +125,7 @@ class HessianOperator:
         self.dim = sum(p.numel() for p in self.params)
         self.n_hvp = 0
 
+    @exact_matmul()
     def matvec(self, v) -> np.ndarray:
         v_t = torch.as_tensor(np.asarray(v, dtype=np.float64).reshape(-1))
         v_t = v_t.to(self.device, self.dtype)

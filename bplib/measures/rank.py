@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from bplib.checks import check_choice, check_float, check_int
+from bplib.device import exact_matmul
 from bplib.models import block_convs
 
 OPS = ("rankmin", "rankmax")
@@ -152,6 +153,10 @@ def quantiles(sorted_desc: torch.Tensor, num: int = 200) -> list[float]:
     return s[idx].tolist()
 
 
+# The singular values are float64 (conv_frequency_matrices), where TF32 never applies; the
+# decorator states the measurement rule anyway (no TF32: bplib.device.exact_matmul), so that the
+# input-size probe's float32 forward and any later float32 change stay exact on a GPU.
+@exact_matmul()
 def layer_spectra(
     model: nn.Module, num_quantiles: int = 200, image_size: int = 32, digits: int | None = None
 ) -> list[dict]:
@@ -196,6 +201,7 @@ class RankProjection:
         self.sizes = None
 
     @torch.no_grad()
+    @exact_matmul()  # as layer_spectra
     def __call__(self, model: nn.Module, epoch: int):
         if epoch not in self.epochs:
             return None

@@ -1,9 +1,11 @@
-"""The three profiles of every chapter, in one place: ``smoke`` (seconds per chapter on a CPU;
+"""The four profiles of every chapter, in one place: ``smoke`` (seconds per chapter on a CPU;
 CI, tests and every parameters cell's default), ``cpu`` (the paper's qualitative claim on 2 CPU
-cores) and ``paper`` (the paper's stated hyperparameters, for a GPU). Each claim's module here
-is written as CONTRIBUTING.md's recipe says (``PAPER`` in full, the others as the keys they
-change, ``DRYRUN``). :func:`get_profile` returns one with a chapter's overrides applied, after
-checking their names, values and sizes. Where a run happens is :class:`bplib.runner.Context`'s.
+cores), ``paper`` (the paper's stated hyperparameters, for a GPU) and ``gpu`` (the ``cpu``
+design at the sizes one GPU affords in about an hour: the paper's networks, more data, epochs
+and seeds; issue 26). Each claim's module here is written as CONTRIBUTING.md's recipe says
+(``PAPER`` in full, the others as the keys they change, ``DRYRUN``). :func:`get_profile` returns
+one with a chapter's overrides applied, after checking their names, values and sizes. Where a
+run happens is :class:`bplib.runner.Context`'s.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from types import SimpleNamespace
 from bplib.checks import check_choice, check_seeds
 from bplib.registry import CLAIMS
 
-PROFILE_NAMES = ("smoke", "cpu", "paper")
+PROFILE_NAMES = ("smoke", "cpu", "paper", "gpu")
+# The profiles a dry run (2 batches per training phase, DRYRUN) cuts down: the two for a GPU.
+DRYRUN_PROFILES = ("paper", "gpu")
 CHAPTERS = CLAIMS  # the registry is the only list of claims
 
 # Sizes whose 0 makes no sense: every number in them must be > 0 (integers: >= 1). A 0 there
@@ -67,7 +71,7 @@ def _module(chapter: str):
 
 
 def chapter_profiles(chapter: str) -> dict:
-    """``{"smoke": {...}, "cpu": {...}, "paper": {...}}`` of one chapter."""
+    """``{"smoke": {...}, "cpu": {...}, "paper": {...}, "gpu": {...}}`` of one chapter."""
     return _module(chapter).PROFILES
 
 
@@ -197,11 +201,23 @@ def check_sizes(chapter: str, values: dict) -> None:
             _refuse(chapter, key, value, f"it counts images of {what}: at most {high:,}")
 
 
-def dryrun_overrides(chapter: str) -> dict:
-    """What the paper dry run changes in ``chapter``'s paper profile: the module's ``DRYRUN``
-    dict (data set sizes, epochs, seeds, measurement budgets, CIFAR-100 -> its offline stand-in),
-    checked like any override. Models, widths, arms and code paths stay the paper's."""
-    return check_overrides(chapter, _module(chapter).DRYRUN)
+def standin(datasets):
+    """``datasets`` (a list, or a dict of lists) with CIFAR-100 replaced by its 20-image offline
+    stand-in: what a dry run trains on, where the offline folder has no CIFAR-100."""
+    if isinstance(datasets, dict):
+        return {k: standin(v) for k, v in datasets.items()}
+    return ["cifar100_standin" if d == "cifar100" else d for d in datasets]
+
+
+def dryrun_overrides(chapter: str, profile: str = "paper") -> dict:
+    """What the dry run changes in ``chapter``'s ``profile`` (one of :data:`DRYRUN_PROFILES`):
+    the module's ``DRYRUN`` dict (data set sizes, epochs, seeds, measurement budgets), where a
+    callable value is applied to the profile's own value (CIFAR-100 -> its offline stand-in by
+    :func:`standin`, a per-family recipe cut to one epoch), checked like any override. Models,
+    widths, arms and code paths stay the profile's."""
+    base = chapter_profiles(chapter)[profile]
+    dry = {k: v(base[k]) if callable(v) else v for k, v in _module(chapter).DRYRUN.items()}
+    return check_overrides(chapter, dry)
 
 
 def assigned_names(source: str) -> list[str]:
@@ -239,16 +255,17 @@ def get_profile(
 ) -> SimpleNamespace:
     """The sizes of ``chapter`` at ``profile``; ``overrides`` (a chapter's parameter: a dict or
     None) and keyword arguments (``epochs=3``, for code) that are not None replace them;
-    ``seeds=None`` takes the profile's. ``dryrun=True`` (paper only) applies
+    ``seeds=None`` takes the profile's. ``dryrun=True`` (paper and gpu only) applies
     :func:`dryrun_overrides` first, and the namespace then has ``dryrun=True``. Every check
     above raises one ``ValueError`` naming what is wrong, before anything is computed."""
     check_injected_parameters()
     check_choice("profile", profile, PROFILE_NAMES)
     check_choice("dryrun", dryrun, (False, True))
-    if dryrun and profile != "paper":
-        raise ValueError(f"dryrun=True cuts the paper profile down; profile={profile!r} is not it")
+    if dryrun and profile not in DRYRUN_PROFILES:
+        raise ValueError(f"dryrun=True cuts the GPU profiles ({', '.join(DRYRUN_PROFILES)}) down;"
+                         f" profile={profile!r} is not one")  # fmt: skip
     values = dict(chapter_profiles(chapter)[profile])
-    values.update(dryrun_overrides(chapter) if dryrun else {})
+    values.update(dryrun_overrides(chapter, profile) if dryrun else {})
     values.update(check_overrides(chapter, overrides))
     values.update(check_overrides(chapter, more))
     check_sizes(chapter, values)

@@ -98,7 +98,29 @@ SMOKE = {
     "witness_epochs": 1,
     "seeds": [0],
 }
-PROFILES = {"smoke": SMOKE, "cpu": CPU, "paper": PAPER}
+# One GPU for about an hour (issue 26): the cpu design (every row, the minimum test by Lanczos,
+# the theorem arm, the witness) on the paper's 12.6M-parameter MLP 3072-2048-2048-1024-10, with
+# the paper's 450 epochs and schedule, every Table 1 row ending with a full-batch phase
+# (gd_epochs) as the Lemma-1 arms do (the official 401 + 399 epochs). On cpu's 10,000 images,
+# where the Hessian (float32, TF32 off) of 12.6M parameters costs 1.3 TFLOP per product: the
+# Lanczos budget (2 x 600 products per point, 2 points per row) is most of the hour. Training
+# stays float32: the MLP's steps of 128 images are bound by kernel launches, so mixed precision
+# would save nothing, and it would perturb the Lemma-1 embedding whose pre-activations must stay
+# positive.
+GPU = {
+    **CPU,
+    "gd_epochs": 100,  # full-batch epochs after SGD for every Table 1 row
+    "lanczos_max_hvp": 600,  # per eigsh call (cpu: 300 for 418k parameters; paper: 1500)
+    "widths": PAPER["widths"],  # 12,598,282 parameters
+    "epochs": PAPER["epochs"],
+    "milestones": PAPER["milestones"],
+    "lemma1_epochs": PAPER["lemma1_epochs"],
+    "lemma1_gd_epochs": PAPER["lemma1_gd_epochs"],
+    "lemma1_milestones": PAPER["lemma1_milestones"],
+    "compare_power_iters": PAPER["compare_power_iters"],
+    "witness_epochs": 50,
+}
+PROFILES = {"smoke": SMOKE, "cpu": CPU, "paper": PAPER, "gpu": GPU}
 
 
 def describe_setup(c) -> str:
@@ -112,8 +134,9 @@ def describe_setup(c) -> str:
             f"line-search decrease <= {c.descent_tol}")  # fmt: skip
 
 
-# The paper dry run (make paper-dryrun): the paper profile with 2 batches per training phase
-# of 16 images (1 epoch; the full-batch phases are then 1 batch of 32) and tiny solver budgets.
+# The dry run (make paper-dryrun, make gpu-dryrun): the profile with 2 batches per training phase
+# of 16 images (1 epoch; the full-batch phases are then 1 batch of 32, one epoch where the
+# profile has one) and tiny solver budgets.
 DRYRUN = {
     "n_train": 32,  # 2 batches of 16: the Hessian measures run on these images too
     "batch_size": 16,
@@ -124,6 +147,8 @@ DRYRUN = {
     "lemma1_epochs": 1,
     "lemma1_gd_epochs": 1,
     "lemma1_milestones": (),
+    "gd_epochs": lambda epochs: min(epochs, 1),  # paper: none; gpu: one full-batch epoch
+    "witness_epochs": lambda epochs: min(epochs, 1),
     "theorem_lbfgs_iters": 2,
     "power_iters": 2,
     "compare_power_iters": 2,
