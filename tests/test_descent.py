@@ -166,6 +166,13 @@ def test_full_batch_phase_stops_by_its_rules_synthetic():
     model = MLP((), in_features=5, num_classes=3).double()
     out = full_batch_phase(model, x, y, 0.05, 1e-3, 2000, 1e-6, 1e-2, 10)
     assert out["stop"] == "plateau" and out["epochs"] == 10  # fell by < 1% in 10 epochs
+    # heavy ball with restarts: monotone, and no slower than plain descent
+    plain, ball = (MLP((), in_features=5, num_classes=3).double() for _ in range(2))
+    ball.load_state_dict(plain.state_dict())
+    slow = full_batch_phase(plain, x, y, 0.05, 0.2, 2000, 1e-4, -1.0, 10)  # no plateau rule
+    fast = full_batch_phase(ball, x, y, 0.05, 0.2, 2000, 1e-4, -1.0, 10, momentum=0.9)
+    assert fast["stop"] == slow["stop"] == "gradient" and fast["epochs"] < slow["epochs"] / 3
+    assert all(a >= b * (1 - 1e-6) for a, b in zip(fast["loss"], fast["loss"][1:]))
     out = full_batch_phase(model, x, y, 0.05, 50.0, 5, 1e-9, 0.0, 10)  # too large: halved
     assert out["stop"] == "budget" and out["epochs"] == 5 and out["lr"] < 50.0
 

@@ -256,7 +256,7 @@ def _record(row, seed, loss, kind="minimum", stop="gradient"):
     if row != "lemma1_theorem":
         result["trained"] = _stage(loss, kind)
         fb = {"stop": stop, "epochs": 40, "lam_max": 200.0, "lr": 0.009, "loss": [loss + 0.2, loss],
-              "grad_active": [0.3, KINDS[kind][0]]}  # fmt: skip
+              "data_loss": [loss + 0.1, loss], "grad_active": [0.3, KINDS[kind][0]]}  # fmt: skip
         result["train"] = {
             "lr": 0.01,
             "sgd": hist,

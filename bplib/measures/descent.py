@@ -215,18 +215,20 @@ def classify(test: dict, eig: dict, activity: dict, p: dict, stop: str | None = 
 
 
 def full_batch_phase(model, x, y, weight_decay: float, lr, max_epochs: int, grad_tol: float,
-                     rtol: float, window: int) -> dict:  # fmt: skip
-    """Gradient descent on the whole objective ``L`` (in place, no momentum) until the active
+                     rtol: float, window: int, momentum: float = 0.0) -> dict:  # fmt: skip
+    """Gradient descent on the whole objective ``L`` (in place; heavy-ball ``momentum``, reset to
+    zero whenever a step would raise ``L``: adaptive restart) until the active
     gradient norm is at most ``grad_tol`` (``stop="gradient"``, checked every ``window``
     epochs), or the loss stopped falling: ``L`` fell by less than ``rtol * L`` over the last
     ``window`` epochs (``"plateau"``), or ``max_epochs`` ran out (``"budget"``). ``lr``: the
     step, or a function giving it, called only when a step is taken; a step that would raise
     ``L`` by more than its float32 rounding (relative 1e-6) is retried at half the rate.
-    Returns ``{"stop", "epochs", "lr", "loss", "grad_active"}`` (``loss`` per epoch from the
-    start, ``grad_active`` at each check)."""
+    Returns ``{"stop", "epochs", "lr", "loss", "data_loss", "grad_active"}`` (``loss``: ``L``
+    per epoch from the start, ``data_loss`` its cross-entropy, ``grad_active`` at each check)."""
     params = [q for q in model.parameters() if q.requires_grad]
     m = full_loss_grad(model, x, y, weight_decay, return_grad=True)
-    losses, grads, stop, epoch = [m["loss_wd"]], [], "budget", 0
+    losses, grads, stop, epoch, velocity = [m["loss_wd"]], [], "budget", 0, None
+    data = [m["loss"]]
     while True:
         if epoch % window == 0 or epoch == max_epochs:
             grads.append(active_projection(model, x)[0](m["grad"]).norm().item())
@@ -241,16 +243,23 @@ def full_batch_phase(model, x, y, weight_decay: float, lr, max_epochs: int, grad
         lr = lr() if callable(lr) else lr
         prev = torch.nn.utils.parameters_to_vector(params).detach().clone()
         step = m["grad"].to(prev)
+        velocity = torch.zeros_like(prev) if velocity is None else velocity
         while True:
-            torch.nn.utils.vector_to_parameters(prev - lr * step, params)
+            move = momentum * velocity - lr * step
+            torch.nn.utils.vector_to_parameters(prev + move, params)
             new = full_loss_grad(model, x, y, weight_decay, return_grad=True)
             if new["loss_wd"] <= losses[-1] * (1 + 1e-6) or lr < 1e-12:  # float32 rounding
+                velocity = move
                 break
-            lr /= 2
+            if velocity.any():  # restart: drop the momentum first, then halve the rate
+                velocity.zero_()
+            else:
+                lr /= 2
         m, epoch = new, epoch + 1
         losses.append(m["loss_wd"])
+        data.append(m["loss"])
     return {"stop": stop, "epochs": epoch, "lr": None if callable(lr) else lr, "loss": losses,
-            "grad_active": grads}  # fmt: skip
+            "data_loss": data, "grad_active": grads}  # fmt: skip
 
 
 def examine(model, x, y, x_test, y_test, weight_decay: float, p: dict, n_batches: int,

@@ -224,10 +224,13 @@ def fullbatch_rows(records: list[dict]) -> tuple[list[str], list[list]] | None:
                          ", ".join(str(f["epochs"]) for f in fb), ", ".join(lam),
                          ", ".join(f"{f['lr']:.3g}" if f["lr"] else "-" for f in fb),
                          ", ".join(f"{f['loss'][0]:.4f} -> {f['loss'][-1]:.4f}" for f in fb),
+                         ", ".join(f"{f['data_loss'][0]:.4f} -> {f['data_loss'][-1]:.4f}"
+                                   for f in fb),
                          ", ".join(f"{f['grad_active'][0]:.3f} -> {f['grad_active'][-1]:.3f}"
                                    for f in fb)])  # fmt: skip
     headers = ["init", "stopped by (per seed)", "epochs", "lambda_max at start", "step",
-               "objective: start -> end", "active gradient: start -> last check"]  # fmt: skip
+               "objective: start -> end", "data loss: start -> end",
+               "active gradient: start -> last check"]  # fmt: skip
     return (headers, rows) if rows else None
 
 
