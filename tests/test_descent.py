@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from bplib.measures.descent import classify, decide, descent_test, inert_mask, line_search
+from bplib.measures.descent import (
+    classify,
+    decide,
+    descent_test,
+    full_batch_phase,
+    inert_mask,
+    line_search,
+)
 from bplib.measures.hessian import HessianOperator, extreme_eigenvalues_lanczos
 from bplib.models import MLP
 
@@ -48,7 +55,7 @@ def test_minimum_passes_and_a_slope_fails_synthetic():
     assert not slope["grad_ok"] and not slope["descent_ok"] and not slope["minimum"]
     _lbfgs(model, x, y, 0.05)
     out, eig = _test(model, x, y, 0.05)
-    assert out["grad_ok"] and out["curvature_ok"] and out["descent_ok"], out
+    assert out["grad_ok"] and out["certified"] and out["descent_ok"], out
     assert out["minimum"] and out["max_decrease"] <= 1e-7 and eig["min_eig"] > 0
     assert set(out["line_search"]) == {"-grad", "+v", "-v"}
 
@@ -64,7 +71,7 @@ def test_saddle_with_zero_gradient_fails_synthetic():
             p.zero_()
     out, eig = _test(model, x, y, 0.0)
     assert out["grad_norm_active"] < 1e-12 and out["grad_ok"]
-    assert eig["min_eig"] < -0.1 and not out["curvature_ok"]
+    assert eig["min_eig"] < -0.1 and not out["certified"]
     assert not out["descent_ok"] and not out["minimum"]  # a step along the eigenvector descends
 
 
@@ -112,22 +119,65 @@ def test_line_search_matches_direct_evaluation_synthetic():
 
 
 def test_decide_and_classify_synthetic():
-    eig = {"min_eig": -0.01, "max_eig": 20.0, "converged": True}
+    # the certificate: the smallest Ritz value minus its residual above -eig_tol * lambda_max
+    eig = {"min_eig": -0.01, "max_eig": 20.0, "min_residual": 1e-3, "converged": True}
     test = {"grad_norm_active": 0.01, "max_decrease": 1e-4}
     p = {"grad_tol": 0.05, "eig_tol": 1e-3, "descent_tol": 1e-3}
-    assert decide(test, eig, p) == {"grad_ok": True, "curvature_ok": True, "descent_ok": True,
-                                    "minimum": True}  # fmt: skip
-    assert not decide(test, {**eig, "min_eig": -0.03}, p)["curvature_ok"]  # below -1e-3 * 20
+    d = decide(test, eig, p)
+    assert d["minimum"] and d["certified"] and d["tolerance"] == pytest.approx(0.02)
+    assert d["margin"] == pytest.approx(0.01) and d["residual"] == 1e-3
+    # a residual larger than the margin: not certified, never a minimum
+    wide = {**eig, "min_residual": 0.015}
+    assert not decide(test, wide, p)["certified"] and not decide(test, wide, p)["minimum"]
+    assert classify(test, wide, {"dead": [0.0]}, p) == "not certified"
+    # a Ritz value below the floor shows negative curvature: descent found
+    neg = {**eig, "min_eig": -0.03}
+    assert classify(test, neg, {"dead": [0.0]}, p) == "not a minimum (descent found)"
     assert not decide(test, {**eig, "converged": False}, p)["minimum"]
     assert not decide(test, {**eig, "min_eig": None}, p)["minimum"]
-    assert not decide({**test, "max_decrease": 0.01}, eig, p)["minimum"]
-    ok = {**test, **decide(test, eig, p)}
-    assert classify(ok, {"dead": [0.0, 0.1]}) == "minimum"
-    assert classify(ok, {"dead": [0.0, 1.0]}) == "trivial minimum"
-    assert classify({**ok, "minimum": False}, {"dead": [1.0]}) == "not a minimum"
+    assert not decide(test, {**eig, "min_residual": None}, p)["certified"]
+    big = {**test, "max_decrease": 0.01}
+    assert classify(big, eig, {"dead": [0.0]}, p) == "not a minimum (descent found)"
+    assert classify(test, eig, {"dead": [0.0, 0.1]}, p) == "minimum"
+    assert classify(test, eig, {"dead": [0.0, 1.0]}, p) == "plateau of the data loss"
+    # a gradient above the threshold, no descent found: why the training stopped decides
+    slow = {**test, "grad_norm_active": 0.2}
+    assert classify(slow, eig, {"dead": [0.0]}, p, "plateau") == "plateau"
+    assert classify(slow, eig, {"dead": [0.0]}, p, "budget") == "still descending"
+    assert classify(slow, eig, {"dead": [0.0]}, p) == "still descending"
 
 
-def test_dead_layer_with_drifting_biases_is_a_trivial_minimum_synthetic():
+def test_full_batch_phase_stops_by_its_rules_synthetic():
+    x, y = _data()
+    torch.manual_seed(0)
+    model = MLP((), in_features=5, num_classes=3).double()  # convex with weight decay
+    calls = []
+
+    def lr():
+        calls.append(1)
+        return 1.0
+
+    out = full_batch_phase(model, x, y, 0.05, lr, 2000, 1e-4, 0.0, 10)
+    assert out["stop"] == "gradient" and out["grad_active"][-1] <= 1e-4 and calls == [1]
+    assert all(a >= b * (1 - 1e-6) for a, b in zip(out["loss"], out["loss"][1:]))  # monotone
+    again = full_batch_phase(model, x, y, 0.05, lr, 2000, 1e-4, 0.0, 10)
+    assert again["epochs"] == 0 and again["stop"] == "gradient" and calls == [1]  # no step
+    torch.manual_seed(0)
+    model = MLP((), in_features=5, num_classes=3).double()
+    out = full_batch_phase(model, x, y, 0.05, 1e-3, 2000, 1e-6, 1e-2, 10)
+    assert out["stop"] == "plateau" and out["epochs"] == 10  # fell by < 1% in 10 epochs
+    # heavy ball with restarts: monotone, and no slower than plain descent
+    plain, ball = (MLP((), in_features=5, num_classes=3).double() for _ in range(2))
+    ball.load_state_dict(plain.state_dict())
+    slow = full_batch_phase(plain, x, y, 0.05, 0.2, 2000, 1e-4, -1.0, 10)  # no plateau rule
+    fast = full_batch_phase(ball, x, y, 0.05, 0.2, 2000, 1e-4, -1.0, 10, momentum=0.9)
+    assert fast["stop"] == slow["stop"] == "gradient" and fast["epochs"] < slow["epochs"] / 3
+    assert all(a >= b * (1 - 1e-6) for a, b in zip(fast["loss"], fast["loss"][1:]))
+    out = full_batch_phase(model, x, y, 0.05, 50.0, 5, 1e-9, 0.0, 10)  # too large: halved
+    assert out["stop"] == "budget" and out["epochs"] == 5 and out["lr"] < 50.0
+
+
+def test_dead_layer_with_drifting_biases_is_a_plateau_of_the_data_loss_synthetic():
     # The last hidden layer is off everywhere: the network outputs its output biases b. With the
     # zero-mean part d of b at the minimum of CE(d) + (wd/2)||d||^2 and a common +20 added, only
     # weight decay acts on the rest: it pulls every inert parameter and the common shift of the
@@ -144,10 +194,10 @@ def test_dead_layer_with_drifting_biases_is_a_trivial_minimum_synthetic():
     with torch.no_grad():
         model.layers[1].bias.fill_(-1e3)
         model.layers[2].bias.copy_(d + 20.0)
-    out, _ = _test(model, x, y, 0.01)
+    out, eig = _test(model, x, y, 0.01)
     assert out["minimum"] and out["grad_norm_active"] < 1e-10, out
     assert out["inert_penalty"] > 0.005 * 3 * 19**2  # mostly the common bias shift
-    assert classify(out, {"dead": [0.0, 1.0]}) == "trivial minimum"
+    assert classify(out, eig, {"dead": [0.0, 1.0]}, P) == "plateau of the data loss"
     # a bias pattern off the class frequencies is a slope, even on the plateau
     with torch.no_grad():
         model.layers[2].bias[0] += 1.0

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bplib import REPO_ROOT, runner
+from bplib import REPO_ROOT, runner, stats
 from bplib.claims import minima as claim
 from bplib.claims.minima import report
 from bplib.measures.hessian import full_loss_grad, relu_activity
@@ -230,98 +230,152 @@ def test_jobs_keys_and_rows():
     assert not runner.stored(jobs, "cpu", REPO_ROOT / "data" / "records")[0] or True
 
 
-def _stage(loss, grad, min_eig, cls=None, dead=(0.0, 0.0, 0.0)):
+# what each kind of synthetic end point measures (grad, line-search decrease, residual, dead)
+KINDS = {"minimum": (0.01, 1e-5, 1e-3, 0.0), "uncertified": (0.01, 1e-5, 0.5, 0.0),
+         "descent": (0.3, 0.5, 1e-3, 0.0), "slope": (0.2, 1e-4, 1e-3, 0.0),
+         "dead": (0.01, 1e-6, 1e-8, 1.0)}  # fmt: skip
+
+
+def _stage(loss, kind="minimum"):
+    grad, drop, res, dead = KINDS[kind]
     train = {"loss": loss, "loss_wd": loss + 0.1, "grad_norm_wd": grad, "grad_norm_code": grad,
              "grad_norm": grad, "acc": 90.0}  # fmt: skip
-    eig = {"min_eig": min_eig, "max_eig": 10.0, "min_residual": 1e-3, "n_hvp": 50,
-           "converged": True}  # fmt: skip
-    out = {"train": train, "test_acc": 40.0, "eig": eig,
-           "activity": {"positive": [0.5, 0.6, 0.7], "dead": list(dead)}}  # fmt: skip
-    if cls is not None:
-        out["test"] = {"class": cls, "grad_norm_active": grad, "max_decrease": 1e-5}
-    return out
+    # tolerance 1e-3 x 10 = 0.01, margin 1e-3 + 0.01: a residual of 0.5 exceeds it
+    eig = {"min_eig": 1e-3, "max_eig": 10.0, "min_residual": res, "n_hvp": 50, "converged": True}
+    test = {"class": "stored, not read", "grad_norm_active": grad, "max_decrease": drop,
+            "inert_penalty": 0.05 if dead else 0.0}  # fmt: skip
+    return {"train": train, "test_acc": 40.0, "eig": eig, "test": test,
+            "activity": {"positive": [0.5, 0.6, 0.7], "dead": [0.0, 0.0, dead]}}  # fmt: skip
 
 
-def _record(row, seed, loss, cls="minimum", dead=(0.0, 0.0, 0.0)):
+def _record(row, seed, loss, kind="minimum", stop="gradient"):
     """A made-up minima_table1 record."""
     hist = {"epoch": [1, 2], "train_loss": [3.0, loss],
             "eval": {"test": {"epoch": [1, 2], "acc": [20.0, 40.0]}}}  # fmt: skip
-    result = {"init": _stage(0.6, 1e-5, 1e-4, cls if row == "lemma1_theorem" else None)}
+    result = {"init": _stage(0.6, kind if row == "lemma1_theorem" else "slope")}
     if row != "lemma1_theorem":
-        result["trained"] = _stage(loss, 0.01, 1e-3, cls, dead)
-        result["train"] = {"lr": 0.01, "sgd": hist}
+        result["trained"] = _stage(loss, kind)
+        fb = {"stop": stop, "epochs": 40, "lam_max": 200.0, "lr": 0.009, "loss": [loss + 0.2, loss],
+              "data_loss": [loss + 0.1, loss], "grad_active": [0.3, KINDS[kind][0]]}  # fmt: skip
+        result["train"] = {
+            "lr": 0.01,
+            "sgd": hist,
+            **({"fullbatch": fb} if row != "lemma1" else {}),
+        }
+    else:
+        result["objective64"] = 0.7 + 1e-7
     if row.startswith("lemma1"):
         linear = {"loss": 1.5, "grad_norm_wd": 1e-3, "test_acc": 38.0}
         result["lemma1"] = {"max_logit_gap": 1e-5, "offset_max": 12.0, "linear": linear}
     if row == "default":
-        result["witness"] = {"value": 0.3 + 0.01 * seed, "scale": 0.2}
+        result["witness"] = {"value": 0.3 + 0.01 * seed, "value64": 0.3 + 0.01 * seed + 2e-7,
+                             "rescaled": 0.75, "scale": 0.2}  # fmt: skip
     if row == "default" and seed == 0:
         result["power"] = {"trace": {"1": 0.5, "10": -0.2}, "min_eig": -0.2}
     prov = {"commit": "0123456789", "dirty": False, "device": "cpu"}
-    return {"seed": seed, "profile": "smoke", "params": {"row": row}, "result": result,
+    params = {"row": row, "grad_tol": 0.05, "eig_tol": 1e-3, "descent_tol": 1e-3, "n_train": 1000}
+    return {"seed": seed, "profile": "smoke", "params": params, "result": result,
             "provenance": prov}  # fmt: skip
 
 
-def _records(classes=None, losses=None):
-    losses = {"default": (0.02, 0.03), "lemma1": (1.4, 1.5), "lemma1_all": (0.5, 0.51),
-              "bias_plus20": (2.30, 2.31), "bias_uniform50": (9.0, 12.0),
-              "bias_uniform10": (0.30, 0.32), "bias_uniform10_mom": (0.02, 0.04),
-              **(losses or {})}  # fmt: skip
-    classes = {"bias_uniform50": "not a minimum", **(classes or {})}
-    out = [_record("lemma1_theorem", 0, 0.0, classes.get("lemma1_theorem", "minimum"))]
+def _records(kinds=None, losses=None, stops=None):
+    losses = {"default": (0.02, 0.03, 0.025), "lemma1": (1.4, 1.5, 1.45),
+              "lemma1_all": (0.5, 0.51, 0.52), "bias_plus20": (2.30, 2.31, 2.30),
+              "bias_uniform50": (9.0, 12.0, 8.0), "bias_uniform10": (0.30, 0.32, 0.31),
+              "bias_uniform10_mom": (0.02, 0.04, 0.03), **(losses or {})}  # fmt: skip
+    kinds = {"lemma1_all": "descent", "bias_plus20": "dead", "bias_uniform50": "slope",
+             "bias_uniform10_mom": "uncertified", **(kinds or {})}  # fmt: skip
+    stops = {"bias_uniform50": "budget", **(stops or {})}
+    out = [_record("lemma1_theorem", 0, 0.0, kinds.get("lemma1_theorem", "minimum"))]
     for row, values in losses.items():
         for seed, loss in enumerate(values):
-            dead = (0.0, 0.0, 1.0) if row == "bias_plus20" else (0.0, 0.0, 0.0)
-            cls = classes.get(row, "trivial minimum" if row == "bias_plus20" else "minimum")
-            out.append(_record(row, seed, loss, cls, dead))
+            kind, stop = kinds.get(row, "minimum"), stops.get(row, "gradient")
+            out.append(_record(row, seed, loss, kind, stop))
     return out
 
 
-def test_summarize_verdict_rule_synthetic():
+def test_summarize_verdict_words_synthetic():
+    # the issue's three cases: a certified minimum above its witness (the theorem arm), a point
+    # whose residual exceeds its margin (U(-10, 10) with momentum), a row still descending
+    # (U(-50, 50)); plus a plateau, a dead layer and a descent direction
     cfg = get_profile("minima", "smoke")
     records = _records()
     s = claim.summarize(records, cfg)
-    # U(-50, 50) fails the test; +20 is trivial; the momentum row is not above the default
+    cl = report.classes(records)
+    assert cl["lemma1_theorem"] == ["minimum"]
+    assert cl["bias_uniform10_mom"] == ["not certified"] * 3
+    assert cl["bias_uniform50"] == ["still descending"] * 3
+    assert cl["bias_plus20"] == ["plateau of the data loss"] * 3
+    assert cl["lemma1_all"] == ["not a minimum (descent found)"] * 3
+    w = report.witness(records)
+    assert [x["word"] for x in w] == ["a suboptimal local minimum exhibited"] * 3
+    assert w[0]["arm"] == pytest.approx(0.7) and w[0]["tol"] == pytest.approx(1000 * 2**-23 * 0.7)
     f = report.found(records)
-    assert f == {"nontrivial": ["lemma1", "lemma1_all", "lemma1_theorem", "bias_uniform10"],
-                 "trivial": ["bias_plus20"]}  # fmt: skip
-    assert s.verdict == (
-        "agrees with the paper: suboptimal local minima from bad initializations (biases ~ "
-        "U(-10, 10), no momentum); by Lemma 1 too (Lemma 1, output layer (official), Lemma 1, "
-        "all layers, Lemma 1, theorem arm (no decay))"
+    assert f["suboptimal"] == ["lemma1", "bias_uniform10"] and f["exhibited"] == ["lemma1_theorem"]
+    assert f["not certified"] == ["bias_uniform10_mom"]  # never counted a minimum
+    assert (
+        s.verdict
+        == s.glue["minima_verdict"]
+        == (
+            "agrees with the paper: suboptimal local minima from bad initializations (biases ~ "
+            "U(-10, 10), no momentum); a suboptimal local minimum exhibited by Lemma 1's "
+            "construction (theorem arm); the other rows: not a minimum (descent found): Lemma 1, "
+            "all layers; plateau of the data loss: all biases +20; not certified: biases ~ U(-10, "
+            "10), momentum; still descending: biases ~ U(-50, 50)"
+        )
     )
-    assert s.glue["minima_n_found"] == 4 and s.glue["minima_n_trivial"] == 1
-    # the theorem arm (objective 0.7) against the default networks' witnesses (0.30, 0.31)
-    assert report.loss_gaps(records)["lemma1_theorem"][0] == pytest.approx(0.395)
-    assert s.glue["minima_class_bias_uniform50"] == "not a minimum, not a minimum"
-    assert s.glue["minima_gap_halfwidth"] == "0.572"  # the Lemma-1 row's: 12.71 * 0.064 / sqrt(2)
-    assert s.ours.startswith("final training loss: default 0.025 ± 0.007 (n=2); Lemma 1")
+    # Holm over the two candidate rows; the detectable effect is an exact power statement
+    comp = report.comparisons(records)
+    assert comp["bias_uniform10"]["holm"] == pytest.approx(
+        min(1, 2 * min(comp["bias_uniform10"]["p"], comp["lemma1"]["p"]))
+        if comp["bias_uniform10"]["p"] < comp["lemma1"]["p"]
+        else max(comp["lemma1"]["p"] * 2, comp["bias_uniform10"]["p"])
+    )
+    d = comp["bias_uniform10"]
+    assert stats.t_power(d["detectable"], d["sd"], 3, level=1 - 0.05 / 2) == pytest.approx(0.8)
+    assert s.glue["minima_n_family"] == 2 and s.glue["minima_n_seeds"] == 3
+    assert s.glue["minima_rescaled_alone"] == "not below"  # 0.75 > 0.7: only SGD got below
+    assert "would reject" in s.glue["minima_grad_note"]  # 0.0564 > 0.05
+    assert (
+        s.glue["minima_class_bias_uniform50"]
+        == "still descending, still descending, still descending"
+    )
+    assert s.ours.startswith("final training loss: default 0.025 ± 0.005 (n=3); Lemma 1")
+    assert "theorem arm objective 0.7000 vs witnesses 0.3000, 0.3100, 0.3200" in s.ours
     sizes = {name: len(rows) for name, (_, rows) in s.tables.items()}
-    assert sizes == {"table1": 15, "test": 8, "lemma1": 3, "power": 3}
-    assert s.glue["minima_power_min"] == "-0.2" and s.glue["minima_power_steps"] == "10 + 10"
+    assert sizes == {"table1": 15, "test": 8, "fullbatch": 6, "power": 3, "witness": 3,
+                     "lemma1": 3}  # fmt: skip
     assert all(len(r) == len(h) for h, rows in s.tables.values() for r in rows)
     test = {r[0]: r for r in s.tables["test"][1]}
-    assert test["default"][7] == "-" and test["all biases +20"][6] == "0 / 0 / 100"
-    assert test["biases ~ U(-10, 10), no momentum"][7].startswith("0.285 [")
+    assert test["default"][10] == "-" and test["all biases +20"][8] == "0 / 0 / 100"
+    assert test["biases ~ U(-10, 10), momentum"][6] == "no, no, no"
+    assert test["biases ~ U(-10, 10), momentum"][4] == "0.5"  # the residual beside its value
     t1 = {(r[0], r[1]): r for r in s.tables["table1"][1]}
     assert t1[("default", "trained")][3] == 0.0061  # the paper's number beside ours
-    assert t1[("biases ~ U(-10, 10), momentum", "trained")][3] == "-"  # no paper row
     assert "2.3301" in claim.paper_headline() and "0.0061" in claim.paper_headline()
 
 
 def test_verdict_not_decided_synthetic():
     cfg = get_profile("minima", "smoke")
-    slow = {r: "not a minimum" for r in ("lemma1", "lemma1_all", "bias_uniform10")}
-    s = claim.summarize(_records(classes=slow), cfg)
-    assert s.verdict.startswith("agrees in part: Lemma 1's construction is a suboptimal local")
-    assert "not decided at this scale (failing the minimum test: Lemma 1, output" in s.verdict
-    assert s.verdict.endswith("only trivial minima (a dead layer): all biases +20)")
-    s = claim.summarize(_records(classes={**slow, "lemma1_theorem": "not a minimum"}), cfg)
-    assert s.verdict.startswith("not decided at this scale (failing the minimum test: Lemma 1,")
-    # one seed: no interval, nothing decided
-    one = [r for r in _records() if r["seed"] == 0]
-    assert report.found(one) == {"nontrivial": [], "trivial": []}
-    assert claim.summarize(one, cfg).verdict.startswith("not decided at this scale")
-    # overlapping seeds: the interval includes zero
-    close = _records(losses={"bias_uniform10": (0.01, 0.06)})
-    assert "bias_uniform10" not in report.found(close)["nontrivial"]
+    # the bad-init rows on a plateau, the theorem arm certified and above its witnesses
+    plateau = {r: "slope" for r in ("bias_uniform10", "bias_uniform10_mom")}
+    recs = _records(kinds=plateau, stops={"bias_uniform10": "plateau"})
+    assert report.classes(recs)["bias_uniform10"] == ["plateau"] * 3
+    s = claim.summarize(recs, cfg)
+    assert s.verdict.startswith("agrees in part: a suboptimal local minimum exhibited by Lemma")
+    assert "from bad initializations not decided at this scale" in s.verdict
+    assert "plateau: biases ~ U(-10, 10), no momentum" in s.verdict
+    # the theorem arm not certified: nothing exhibited, whatever its witnesses
+    recs = _records(kinds={**plateau, "lemma1_theorem": "uncertified"})
+    assert {w["word"] for w in report.witness(recs)} == {"not decided (the arm: not certified)"}
+    assert claim.summarize(recs, cfg).verdict.startswith("not decided at this scale (")
+    # a witness above the arm by less than the tolerance: no lower point found
+    near = [r for r in _records() if r["params"]["row"] != "default"]
+    for seed in range(3):
+        rec = _record("default", seed, 0.02)
+        rec["result"]["witness"]["value"] = 0.7 - 1e-6
+        near.append(rec)
+    assert {w["word"] for w in report.witness(near)} == {"no lower point found"}
+    # overlapping seeds: no Holm-adjusted gap, not suboptimal
+    close = _records(losses={"bias_uniform10": (0.01, 0.06, 0.0)})
+    assert "bias_uniform10" not in report.found(close)["suboptimal"]

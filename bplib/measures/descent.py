@@ -5,9 +5,12 @@ slope with little curvature has both. The test here asks three things of the obj
 ``L`` of :mod:`bplib.measures.hessian` over one fixed data set (the one it was trained on):
 
 1. **gradient**: ``||grad L||`` over the *active* parameters is at most ``grad_tol`` (absolute);
-2. **curvature**: Lanczos converged, and its smallest eigenvalue is not below
-   ``-eig_tol * lambda_max`` (negative curvature under a thousandth of the sharpest direction is
-   within the solver's accuracy); the residuals ``||H v - lambda v||`` are reported with it;
+2. **curvature, certified**: Lanczos converged, and its smallest Ritz value ``theta`` (a
+   Rayleigh quotient: an *upper* bound on the smallest eigenvalue) minus its residual
+   ``||H v - theta v||`` is not below ``-eig_tol * lambda_max``: some eigenvalue lies within
+   the residual of ``theta``, so a residual larger than the margin ``theta + eig_tol *
+   lambda_max`` leaves the point *not certified*. Lanczos cannot exclude an eigenvalue it did
+   not find below ``theta``: the certificate is of the pair it converged to;
 3. **descent**: no step of a line search along minus the (active) gradient, or along either
    sign of the smallest eigenvalue's eigenvector, lowers ``L`` by more than ``descent_tol``.
    The steps are a fixed grid of lengths plus the quadratic model's best step along the
@@ -21,8 +24,9 @@ which shrinks them without changing any output. So is the common shift of all ou
 on the inert block), so Lanczos on the full Hessian is unaffected; the gradient test and the line
 searches use the active parameters, and the inert ones are reported (fraction, and the penalty
 they still carry).
-A minimum whose network is constant on the data (some hidden layer off on every image) is
-*trivial*.
+A point whose network is constant on the data (some hidden layer off on every image) is a
+*plateau of the data loss*: the objective still falls there, by shrinking the inert weights.
+:func:`classify` names every point with one of :data:`CLASSES`.
 """
 
 from __future__ import annotations
@@ -129,8 +133,7 @@ def descent_test(model, x, y, weight_decay: float, eig: dict, p: dict,
     """The three checks of this module's docstring at the point ``model`` (``eig``: the Lanczos
     result of :func:`bplib.measures.hessian.extreme_eigenvalues_lanczos` for the same objective
     and data). ``p``: ``grad_tol``, ``eig_tol``, ``descent_tol``, ``descent_steps``,
-    ``measure_dtype``. Returns the numbers, each check's outcome (``grad_ok``, ``curvature_ok``,
-    ``descent_ok``) and ``minimum`` (all three)."""
+    ``measure_dtype``. Returns the numbers and :func:`decide`'s outcome."""
     dt = p["measure_dtype"]
     active, mask, shift = active_projection(model, x)
     theta = _flat(q.detach() for q in model.parameters() if q.requires_grad).double().cpu()
@@ -168,29 +171,103 @@ def descent_test(model, x, y, weight_decay: float, eig: dict, p: dict,
 
 
 def decide(test: dict, eig: dict, p: dict) -> dict:
-    """The outcome of the three checks from their numbers (pure; see the module docstring)."""
+    """The outcome of the three checks from their numbers (pure; see the module docstring).
+    ``tolerance`` = ``eig_tol * |lambda_max|``; ``margin`` = ``min_eig + tolerance``, how far
+    the smallest Ritz value (an upper bound on the smallest eigenvalue) sits above the floor
+    ``-tolerance``. ``certified``: Lanczos converged and the residual is at most the margin, so
+    the eigenvalue within the residual of the Ritz value is above the floor too.
+    ``negative``: a Ritz value (a Rayleigh quotient) below the floor, negative curvature shown."""
     check_float("grad_tol", p["grad_tol"], low=0.0)
-    lam_min, lam_max = eig["min_eig"], eig["max_eig"]
-    finite = all(v is not None and math.isfinite(v) for v in (lam_min, lam_max))
-    grad_ok = test["grad_norm_active"] <= p["grad_tol"]
-    curvature_ok = bool(eig["converged"]) and finite
-    curvature_ok = curvature_ok and lam_min >= -p["eig_tol"] * abs(lam_max)
-    descent_ok = test["max_decrease"] <= p["descent_tol"]
-    ok = {"grad_ok": grad_ok, "curvature_ok": curvature_ok, "descent_ok": descent_ok}
-    return {**ok, "minimum": all(ok.values())}
+    lam_min, lam_max, res = (_nan(eig.get(k)) for k in ("min_eig", "max_eig", "min_residual"))
+    tolerance = p["eig_tol"] * abs(lam_max)
+    margin = lam_min + tolerance
+    certified = bool(eig["converged"]) and res <= margin  # False on nan
+    negative = lam_min < -tolerance
+    out = {"grad_ok": test["grad_norm_active"] <= p["grad_tol"], "certified": certified,
+           "descent_ok": test["max_decrease"] <= p["descent_tol"] and not negative,
+           "tolerance": tolerance, "margin": margin, "residual": res}  # fmt: skip
+    return {**out, "minimum": out["grad_ok"] and certified and out["descent_ok"]}
 
 
-def classify(test: dict, activity: dict) -> str:
-    """``"trivial minimum"`` (a minimum whose network is constant on the data: some hidden layer
-    off on every image), ``"minimum"``, or ``"not a minimum"``."""
-    if not test["minimum"]:
-        return "not a minimum"
-    return "trivial minimum" if any(d == 1.0 for d in activity["dead"]) else "minimum"
+def _nan(v) -> float:
+    return math.nan if v is None else float(v)
+
+
+# Every word :func:`classify` can return, most decided first.
+CLASSES = ("minimum", "not a minimum (descent found)", "plateau of the data loss",
+           "not certified", "plateau", "still descending")  # fmt: skip
+
+
+def classify(test: dict, eig: dict, activity: dict, p: dict, stop: str | None = None) -> str:
+    """The class of a point from its test numbers (:func:`decide`): ``"not a minimum (descent
+    found)"`` (a line search lowered ``L`` by more than ``descent_tol``, or a Ritz value below
+    the curvature floor); else, gradient above ``grad_tol``: ``"plateau"`` when the full-batch
+    phase stopped because the loss stopped falling (``stop == "plateau"``), ``"still
+    descending"`` otherwise; else ``"plateau of the data loss"`` when a hidden layer is off on
+    every image (the network is constant; only weight decay on inert parameters still acts);
+    else ``"not certified"`` (residual above the margin) or ``"minimum"``."""
+    d = decide(test, eig, p)
+    if not d["descent_ok"]:
+        return "not a minimum (descent found)"
+    if not d["grad_ok"]:
+        return "plateau" if stop == "plateau" else "still descending"
+    if any(x == 1.0 for x in activity["dead"]):
+        return "plateau of the data loss"
+    return "minimum" if d["certified"] else "not certified"
+
+
+def full_batch_phase(model, x, y, weight_decay: float, lr, max_epochs: int, grad_tol: float,
+                     rtol: float, window: int, momentum: float = 0.0) -> dict:  # fmt: skip
+    """Gradient descent on the whole objective ``L`` (in place; heavy-ball ``momentum``, reset to
+    zero whenever a step would raise ``L``: adaptive restart) until the active
+    gradient norm is at most ``grad_tol`` (``stop="gradient"``, checked every ``window``
+    epochs), or the loss stopped falling: ``L`` fell by less than ``rtol * L`` over the last
+    ``window`` epochs (``"plateau"``), or ``max_epochs`` ran out (``"budget"``). ``lr``: the
+    step, or a function giving it, called only when a step is taken; a step that would raise
+    ``L`` by more than its float32 rounding (relative 1e-6) is retried at half the rate.
+    Returns ``{"stop", "epochs", "lr", "loss", "data_loss", "grad_active"}`` (``loss``: ``L``
+    per epoch from the start, ``data_loss`` its cross-entropy, ``grad_active`` at each check)."""
+    params = [q for q in model.parameters() if q.requires_grad]
+    m = full_loss_grad(model, x, y, weight_decay, return_grad=True)
+    losses, grads, stop, epoch, velocity = [m["loss_wd"]], [], "budget", 0, None
+    data = [m["loss"]]
+    while True:
+        if epoch % window == 0 or epoch == max_epochs:
+            grads.append(active_projection(model, x)[0](m["grad"]).norm().item())
+            if grads[-1] <= grad_tol:
+                stop = "gradient"
+                break
+        if epoch >= window and losses[-window - 1] - losses[-1] < rtol * losses[-1]:
+            stop = "plateau"
+            break
+        if epoch == max_epochs:
+            break
+        lr = lr() if callable(lr) else lr
+        prev = torch.nn.utils.parameters_to_vector(params).detach().clone()
+        step = m["grad"].to(prev)
+        velocity = torch.zeros_like(prev) if velocity is None else velocity
+        while True:
+            move = momentum * velocity - lr * step
+            torch.nn.utils.vector_to_parameters(prev + move, params)
+            new = full_loss_grad(model, x, y, weight_decay, return_grad=True)
+            if new["loss_wd"] <= losses[-1] * (1 + 1e-6) or lr < 1e-12:  # float32 rounding
+                velocity = move
+                break
+            if velocity.any():  # restart: drop the momentum first, then halve the rate
+                velocity.zero_()
+            else:
+                lr /= 2
+        m, epoch = new, epoch + 1
+        losses.append(m["loss_wd"])
+        data.append(m["loss"])
+    return {"stop": stop, "epochs": epoch, "lr": None if callable(lr) else lr, "loss": losses,
+            "data_loss": data, "grad_active": grads}  # fmt: skip
 
 
 @exact_matmul()  # every measurement inside, activity signs included, without TF32
 def examine(model, x, y, x_test, y_test, weight_decay: float, p: dict, n_batches: int,
-            test: bool = False, logit_penalty: float = 0.0) -> dict:  # fmt: skip
+            test: bool = False, logit_penalty: float = 0.0,
+            stop: str | None = None) -> dict:  # fmt: skip
     """Table 1's measurements of ``model`` on its training set ``(x, y)`` (loss, accuracy, both
     gradient-norm conventions, Hessian extremes by ``p["eig_method"]``, ReLU activity) and on
     ``(x_test, y_test)``; with ``test``, also the minimum test (:func:`descent_test`) and its
@@ -209,7 +286,7 @@ def examine(model, x, y, x_test, y_test, weight_decay: float, p: dict, n_batches
             eig = eigenvalues(model, x, y, weight_decay, p, "lanczos", logit_penalty)
             out["eig_lanczos"] = {k: v for k, v in eig.items() if k != "min_vec"}
         out["test"] = descent_test(model, x, y, weight_decay, eig, p, logit_penalty)
-        out["test"]["class"] = classify(out["test"], out["activity"])
+        out["test"]["class"] = classify(out["test"], eig, out["activity"], p, stop)
     return out
 
 

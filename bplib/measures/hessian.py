@@ -239,6 +239,13 @@ def extreme_eigenvalues_lanczos(op: HessianOperator, tol: float = 1e-3, ncv: int
     return {**out, "n_hvp": op.n_hvp - start, "converged": ok_max and ok_min}
 
 
+def largest_eigenvalue(op: HessianOperator, p: dict) -> float:
+    """``lambda_max`` of ``op`` by Lanczos with a profile's ``lanczos_tol`` / ``lanczos_ncv`` /
+    ``lanczos_max_hvp`` (nan when nothing converged)."""
+    args = (p["lanczos_tol"], p["lanczos_ncv"], p["lanczos_max_hvp"], 0)
+    return _eigsh_one(op.matvec, op.dim, "LA", *args)[0]
+
+
 @torch.no_grad()
 def alive_units(model: nn.Module, x: Tensor, batch_size: int = 2500):
     """Per hidden layer of an MLP over all of ``x``: the fraction of strictly positive

@@ -34,7 +34,8 @@ CHAPTER = "minima"  # chapters/minima.md
 PARAMS = ("dataset", "lr", "batch_size", "momentum", "weight_decay", "gamma", "gd_epochs",
           "linear_lr", "linear_momentum", "lemma1_lr", "lemma1_momentum", "lemma1_lr_frac",
           "offset_margin", "measure_dtype", "bf16", "power_iters", "lanczos_tol", "lanczos_ncv",
-          "lanczos_max_hvp", "grad_tol", "eig_tol", "descent_tol", "descent_steps",
+          "lanczos_max_hvp", "grad_tol", "eig_tol", "descent_tol", "descent_steps", "gd_frac",
+          "gd_momentum", "plateau_rtol", "plateau_window",
           "hessian_images", "eig_method", "n_train", "widths", "epochs", "milestones",
           "linear_epochs", "linear_milestones", "linear_lbfgs_iters", "linear_weight_decay",
           "lemma1_epochs", "lemma1_gd_epochs", "lemma1_milestones", "lemma1_normalize",
@@ -60,12 +61,12 @@ def jobs(cfg) -> list[runner.Job]:
 
 
 def cost(job: runner.Job) -> float:
-    """Relative cost, to start the slow jobs first: a Lemma-1 arm trains less (1), every other
-    row 2; the power-iteration comparison adds 1."""
+    """Relative cost, to start the slow jobs first: a Lemma-1 arm without a full-batch phase 1,
+    the default, +20 (their phase stops at once) and the all-layer arm 2, the other bad
+    initializations (SGD, then the full phase) 3; the power-iteration comparison adds 1."""
     p = job.params
-    return {"lemma1": 1.0, "lemma1_theorem": 1.0}.get(p["row"], 2.0) + (
-        p["compare_power_iters"] > 0
-    )
+    cheap = {"lemma1": 1.0, "lemma1_theorem": 1.0, "default": 2.0, "bias_plus20": 2.0}
+    return {**cheap, "lemma1_all": 2.0}.get(p["row"], 3.0) + (p["compare_power_iters"] > 0)
 
 
 def lemma1_model(p: dict, row: str, x, y, data, seed: int, run_dir) -> tuple[nn.Module, dict]:
@@ -94,19 +95,22 @@ def lemma1_model(p: dict, row: str, x, y, data, seed: int, run_dir) -> tuple[nn.
 
 
 def _train(model, x, y, p: dict, row: str, lam_max: float, job, ctx, eval_sets) -> dict:
-    """SGD, then full-batch epochs as the official code (summed batch-mean gradients, decay added
-    once: lr x n_batches, decay / n_batches). The Lemma-1 arms: the official arm trains only the
-    output layer; the all-layer arm every layer at ``min(lr, lemma1_lr_frac * 2 / lambda_max)``
-    (stable for heavy-ball SGD), which also caps their full-batch steps."""
+    """SGD, then full-batch gradient descent. The official Lemma-1 arm trains only the output
+    layer and ends with the official full-batch epochs (summed batch-mean gradients, decay added
+    once: lr x n_batches, decay / n_batches). Every other row ends with
+    :func:`bplib.measures.descent.full_batch_phase` on the objective itself, at ``gd_frac * 2 /
+    lambda_max`` (``lambda_max`` measured at the start of the phase), until the gradient test
+    passes or the loss stops falling (``plateau_rtol`` over ``plateau_window`` epochs), at most
+    ``gd_epochs``. The all-layer arm's SGD runs at ``min(lr, lemma1_lr_frac * 2 / lambda_max)``
+    of the embedding (stable for heavy-ball SGD)."""
     wd, n_b = p["weight_decay"], len(x) // p["batch_size"]
     safe = p["lemma1_lr_frac"] * 2 / lam_max if math.isfinite(lam_max) and lam_max > 0 else 0.0
     if row.startswith("lemma1"):
         lr = p["lemma1_lr"] if row == "lemma1" else min(p["lr"], safe)
-        momentum, epochs = p["lemma1_momentum"], p["lemma1_epochs"]
-        gd_epochs, ms = p["lemma1_gd_epochs"], tuple(p["lemma1_milestones"])
+        momentum, epochs, ms = p["lemma1_momentum"], p["lemma1_epochs"], p["lemma1_milestones"]
     else:
         lr, momentum = p["lr"], 0.0 if row == "bias_uniform10" else p["momentum"]
-        epochs, gd_epochs, ms = p["epochs"], p["gd_epochs"], tuple(p["milestones"])
+        epochs, ms = p["epochs"], p["milestones"]
     common = {"momentum": momentum, "gamma": p["gamma"], "bf16": p["bf16"], "max_loss": 1e6}
     sgd = TrainConfig(epochs=epochs, lr=lr, weight_decay=wd, batch_size=p["batch_size"],
                       milestones=[m for m in ms if m < epochs], **common)  # fmt: skip
@@ -114,14 +118,25 @@ def _train(model, x, y, p: dict, row: str, lam_max: float, job, ctx, eval_sets) 
         q.requires_grad_(False)
     out = {"lr": lr, "sgd": fit(model, x, y, sgd, seed=job.seed, eval_sets=eval_sets,
                                 run_dir=ctx.run_dir(job, "sgd"), progress=False)}  # fmt: skip
-    if gd_epochs:
+    if row == "lemma1" and p["lemma1_gd_epochs"]:
         out["after_sgd"] = hessian.full_loss_grad(model, x, y, wd)
-        out["gd_lr"] = min(sgd.lr_at(epochs) * n_b, safe if row.startswith("lemma1") else math.inf)
-        gd = TrainConfig(epochs=gd_epochs, lr=out["gd_lr"], weight_decay=wd / n_b,
+        out["gd_lr"] = min(sgd.lr_at(epochs) * n_b, safe)
+        gd = TrainConfig(epochs=p["lemma1_gd_epochs"], lr=out["gd_lr"], weight_decay=wd / n_b,
                          batch_size=len(x), milestones=[m - epochs for m in ms if m > epochs],
                          **common)  # fmt: skip
         out["gd"] = fit(model, x, y, gd, seed=job.seed, run_dir=ctx.run_dir(job, "gd"),
                         progress=False)  # fmt: skip
+    elif row != "lemma1" and p["gd_epochs"]:
+        lam = {}
+
+        def step() -> float:  # measured only when the phase takes a step
+            op = hessian.HessianOperator(model, x, y, wd, dtype=p["measure_dtype"])
+            lam["max"] = hessian.largest_eigenvalue(op, p)
+            return p["gd_frac"] * 2 / lam["max"]
+
+        rule = (p["gd_epochs"], p["grad_tol"], p["plateau_rtol"], p["plateau_window"])
+        out["fullbatch"] = descent.full_batch_phase(model, x, y, wd, step, *rule, p["gd_momentum"])
+        out["fullbatch"]["lam_max"] = lam.get("max")
     model.requires_grad_(True)  # the output-layer arm froze the others
     return out
 
@@ -149,7 +164,11 @@ def work(job: runner.Job, ctx: runner.Context) -> dict:
     if not theorem:
         lam = report.top(out["init"]["eig"])
         out["train"] = _train(model, x, y, p, row, lam, job, ctx, {"test": (xt, yt)})
-        out["trained"] = descent.examine(model, x, y, xt, yt, wd, p, n_b, test=True)
+        stop = out["train"].get("fullbatch", {}).get("stop")
+        out["trained"] = descent.examine(model, x, y, xt, yt, wd, p, n_b, True, stop=stop)
+    else:  # the objective in float64 too, for the witness comparison's tolerance
+        out["objective64"] = hessian.full_loss_grad(model, x, y, dtype="float64",
+                                                    logit_penalty=kappa)["loss_wd"]  # fmt: skip
     if row == "default":  # a point of lower theorem-arm objective, if there is one
         out["witness"] = _witness(model, x, y, p, job, ctx)
     return out
@@ -167,8 +186,10 @@ def _witness(model, x, y, p: dict, job, ctx) -> dict:
     fit(model, x, y, cfg, seed=job.seed, regularizer=pen, run_dir=ctx.run_dir(job, "witness"),
         progress=False)  # fmt: skip
     pen.remove()
-    value = hessian.full_loss_grad(model, x, y, logit_penalty=kappa)["loss_wd"]
-    return {"rescaled": scaled["value"], "scale": scaled["scale"], "value": value}
+    value, value64 = (hessian.full_loss_grad(model, x, y, dtype=d, logit_penalty=kappa)["loss_wd"]
+                      for d in (p["measure_dtype"], "float64"))  # fmt: skip
+    return {"rescaled": scaled["value"], "scale": scaled["scale"], "value": value,
+            "value64": value64}  # fmt: skip
 
 
 # ----------------------------------------------------------------------- the claim's summary
@@ -182,19 +203,27 @@ def paper_headline() -> str:
 
 
 def summarize(records: list[dict], cfg) -> Summary:
-    """Tables ``table1``, ``test``, ``lemma1``, ``power`` (when run), the verdict and the glue
-    values of the chapter's prose from the records of ``jobs(cfg)``. ``ours``: the final
-    training loss of the default row and of the rows the verdict counts."""
-    rows, f, gaps = report.by_row(records), report.found(records), report.loss_gaps(records)
+    """Tables ``table1``, ``test``, ``fullbatch``, ``witness``, ``lemma1``, ``power`` (those
+    run), the verdict and the glue values of the chapter's prose from the records of
+    ``jobs(cfg)``. ``ours``: the final training loss of the default row and of the rows the
+    verdict counts, and the theorem arm's witness comparison."""
+    rows, f = report.by_row(records), report.found(records)
     loss = {r: fmt_mean_std([report.final(x)["train"]["loss"] for x in recs], 3)
             for r, recs in rows.items()}  # fmt: skip
-    shown = ["default", *(f["nontrivial"] or [r for r in ("bias_uniform10",) if r in rows])]
-    ours = "; ".join(f"{report.ROW_NAMES[r]} {loss[r]}" for r in shown if r in loss)
-    ours = f"final training loss: {ours}"
+    shown = ["default", *(f["suboptimal"] or [r for r in ("bias_uniform10",) if r in rows])]
+    ours = "final training loss: " + "; ".join(
+        f"{report.ROW_NAMES[r]} {loss[r]}" for r in shown if r in loss
+    )
+    if w := report.witness(records):
+        ours += (f"; theorem arm objective {w[0]['arm']:.4f} vs witnesses "
+                 + ", ".join(f"{x['witness']:.4f}" for x in w))  # fmt: skip
     tables = {"table1": report.table1_rows(records), "test": report.test_rows(records)}
+    for name, make in (("fullbatch", report.fullbatch_rows), ("power", report.power_rows)):
+        if (t := make(records)) is not None:
+            tables[name] = t
+    if w:
+        tables["witness"] = report.witness_rows(records)
     if any(r.startswith("lemma1") for r in rows):
         tables["lemma1"] = report.lemma1_rows(records)
-    if report.power_rows(records) is not None:
-        tables["power"] = report.power_rows(records)
-    glue = report.glue(records, f, gaps, loss)
-    return Summary(ours, report.verdict(records), glue, tables)
+    glue = {**report.glue(records, loss, cfg), "minima_verdict": report.verdict(records)}
+    return Summary(ours, glue["minima_verdict"], glue, tables)

@@ -11,8 +11,9 @@ from functools import reduce
 import numpy as np
 
 from bplib import paper
-from bplib.profiles.minima import ROWS
-from bplib.stats import fmt_mean_std, mean_std, t_interval
+from bplib.measures import descent
+from bplib.profiles.minima import CPU, ROWS
+from bplib.stats import detectable, fmt_mean_std, holm, mean_std, paired_interval
 
 ROW_NAMES = {
     "default": "default", "lemma1": "Lemma 1, output layer (official)",
@@ -22,7 +23,9 @@ ROW_NAMES = {
     "bias_uniform10_mom": "biases ~ U(-10, 10), momentum",
 }  # fmt: skip
 PAPER_ROW = {"lemma1_all": "lemma1", "lemma1_theorem": "lemma1"}  # Table 1 row compared with
-MINIMA = ("minimum", "trivial minimum")
+ALPHA = 0.05  # family-wise error rate of the loss-gap comparisons (Holm)
+EPS32 = float(np.finfo(np.float32).eps)
+WITNESS_WORDS = ("a suboptimal local minimum exhibited", "no lower point found", "not decided")
 # The glue name of each row's class (spelled out so that a chapter's glue name is found by grep).
 CLASS_GLUE = {"default": "minima_class_default", "lemma1": "minima_class_lemma1",
               "lemma1_all": "minima_class_lemma1_all",
@@ -78,68 +81,164 @@ def table1_rows(records: list[dict], digits: int = 4) -> tuple[list[str], list[l
     return headers, rows
 
 
-def loss_gaps(records: list[dict]) -> dict[str, tuple[float, float, float]]:
-    """Final training loss of each row minus the default row's, paired by seed: (mean, low,
-    high) of the 95% t-interval (nan bounds for one seed). The theorem arm (one seed, its own
-    objective) is compared with every default network's witness (its output layer rescaled to
-    the lowest theorem-arm objective, :func:`bplib.measures.descent.scaled_logit_objective`)."""
+def _p(r: dict) -> dict:
+    """The minimum test's tolerances of a record (its params, else the cpu profile's)."""
+    return {**CPU, **r["params"]}
+
+
+def stop(r: dict) -> str | None:
+    """Why the full-batch phase of a record stopped (None: no phase)."""
+    return r["result"].get("train", {}).get("fullbatch", {}).get("stop")
+
+
+def cls(r: dict) -> str:
+    """The class of a record's final point (:func:`bplib.measures.descent.classify`),
+    recomputed from its numbers."""
+    t = final(r)
+    return descent.classify(t["test"], _test_eig(r), t["activity"], _p(r), stop(r))
+
+
+def classes(records: list[dict]) -> dict[str, list[str]]:
+    """The class of every row's final point, per seed."""
+    return {k: [cls(r) for r in v] for k, v in by_row(records).items()}
+
+
+def certificate(r: dict) -> dict:
+    """:func:`bplib.measures.descent.decide` of a record's final point (tolerance, margin,
+    residual, certified)."""
+    return descent.decide(final(r)["test"], _test_eig(r), _p(r))
+
+
+def comparisons(records: list[dict]) -> dict[str, dict]:
+    """Final training loss of each trained row minus the default row's, paired by seed
+    (:func:`bplib.stats.paired_interval`). The rows whose every seed ends at a ``"minimum"``
+    form one family: their p-values get Holm's adjustment (``"holm"``) and ``"suboptimal"`` is
+    True where the adjusted p is at most 0.05 and the mean gap positive; ``"detectable"``: the
+    smallest gap the paired t-test finds with power 0.8 at the family's most stringent
+    (first-step) level ``0.05 / m`` (exact noncentral t)."""
     rows = by_row(records)
     base = {r["seed"]: final(r)["train"]["loss"] for r in rows.get("default", [])}
     out = {}
     for row, recs in rows.items():
-        if row == "lemma1_theorem":
-            value = final(recs[0])["train"]["loss_wd"]
-            diffs = [value - r["result"]["witness"]["value"] for r in rows.get("default", [])]
-        elif row != "default":
+        if row not in ("default", "lemma1_theorem"):
             diffs = [final(r)["train"]["loss"] - base[r["seed"]] for r in recs if r["seed"] in base]
-        if row != "default" and diffs:
-            out[row] = t_interval(diffs)
+            out[row] = {
+                **paired_interval(diffs),
+                "candidate": all(cls(r) == "minimum" for r in recs),
+            }
+    family = [r for r, c in out.items() if c["candidate"] and math.isfinite(c["p"])]
+    adjusted = dict(zip(family, holm([out[r]["p"] for r in family]))) if family else {}
+    for row, c in out.items():
+        c["holm"] = adjusted.get(row, math.nan)
+        c["suboptimal"] = bool(c["holm"] <= ALPHA and c["mean"] > 0)
+        level = 1 - ALPHA / max(1, len(family))
+        c["detectable"] = detectable(c["sd"], c["n"], level=level) if c["n"] > 1 else math.nan
     return out
 
 
-def classes(records: list[dict]) -> dict[str, list[str]]:
-    """The minimum test's class of every row's final point, per seed."""
-    return {k: [final(r)["test"]["class"] for r in v] for k, v in by_row(records).items()}
+def witness(records: list[dict]) -> list[dict]:
+    """The theorem arm against each default network's witness (same MLP, same objective), per
+    seed: both objective values (float32 as measured, and float64), the rescaled-only value,
+    the tolerance ``n_train * eps_float32 * |objective|`` (the worst-case relative rounding
+    error of a float32 sum of ``n_train`` per-image terms) and the word: ``"a suboptimal local
+    minimum exhibited"`` when the arm is a certified minimum and the witness is lower by more
+    than the tolerance. Empty without a theorem arm."""
+    arm = by_row(records).get("lemma1_theorem")
+    if not arm:
+        return []
+    a, word = arm[0], cls(arm[0])
+    value, value64 = final(a)["train"]["loss_wd"], _num(a["result"].get("objective64"))
+    out = []
+    for r in by_row(records).get("default", []):
+        w = r["result"]["witness"]
+        tol = _p(a)["n_train"] * EPS32 * max(abs(value), abs(w["value"]))
+        spread = max(abs(value - value64), abs(w["value"] - _num(w.get("value64"))))
+        lower = value - w["value"] > tol
+        say = (WITNESS_WORDS[0] if lower else WITNESS_WORDS[1]) if word == "minimum" else (
+            f"{WITNESS_WORDS[2]} (the arm: {word})")  # fmt: skip
+        out.append({"seed": r["seed"], "arm": value, "witness": w["value"], "rescaled":
+                    w["rescaled"], "tol": tol, "f32_f64": spread, "word": say})  # fmt: skip
+    return out
 
 
-def found(records: list[dict]) -> dict[str, list[str]]:
-    """The verdict rule. A row is a *suboptimal local minimum* when every seed's final point
-    passes the minimum test and its paired loss gap to the default row has a 95% interval above
-    zero; ``"trivial"`` lists those whose network is constant on the data (a dead layer), which
-    the paper sets aside, ``"nontrivial"`` the others."""
-    cls, gaps = classes(records), loss_gaps(records)
-    rows = [r for r, g in gaps.items() if g[1] > 0 and all(c in MINIMA for c in cls[r])]
-    trivial = [r for r in rows if "trivial minimum" in cls[r]]
-    return {"nontrivial": [r for r in rows if r not in trivial], "trivial": trivial}
+def witness_rows(records: list[dict]) -> tuple[list[str], list[list]]:
+    """The witness table: one row per default seed."""
+    headers = ["default seed", "theorem arm: objective", "witness: output layer rescaled",
+               "witness: + SGD on the objective", "arm - witness", "tolerance",
+               "|float32 - float64|", "verdict"]  # fmt: skip
+    rows = [[w["seed"], f"{w['arm']:.4f}", f"{w['rescaled']:.4f}", f"{w['witness']:.4f}",
+             f"{w['arm'] - w['witness']:.4f}", f"{w['tol']:.1e}", f"{_num(w['f32_f64']):.1e}",
+             w["word"]] for w in witness(records)]  # fmt: skip
+    return headers, rows
 
 
-def _interval(gap) -> str:
-    if gap is None:
+def _g(x, spec: str) -> str:
+    """``x`` formatted, or "n/a (not measured)" where it is None or nan (never "nan")."""
+    return "n/a (not measured)" if x is None or not math.isfinite(x) else format(x, spec)
+
+
+def _interval(c) -> str:
+    if c is None:
         return "-"
-    if not math.isfinite(gap[1]):  # one seed: no interval (never "[nan, nan]")
-        return f"{gap[0]:.3f} (one seed: no interval)"
-    return f"{gap[0]:.3f} [{gap[1]:.3f}, {gap[2]:.3f}]"
+    if not math.isfinite(c["low"]):  # one seed: no interval (never "[nan, nan]")
+        return f"{c['mean']:.3f} (one seed: no interval)"
+    out = f"{c['mean']:.3f} [{c['low']:.3f}, {c['high']:.3f}], n={c['n']}"
+    return out + (f"; Holm p {c['holm']:.2g}" if math.isfinite(c["holm"]) else "")
+
+
+def _wd_share(t: dict) -> str:
+    """Weight decay's share of the objective, and the inert parameters' share, in %."""
+    lwd = t["train"]["loss_wd"]
+    inert = t["test"].get("inert_penalty", math.nan)
+    return f"{100 * (lwd - t['train']['loss']) / lwd:.0f} ({100 * inert / lwd:.0f})"
 
 
 def test_rows(records: list[dict]) -> tuple[list[str], list[list]]:
-    """The minimum test of every row's final point (worst case over seeds) and its loss gap."""
-    headers = ["init", "class (per seed)", "grad norm (active)", "min eig ± residual", "max eig",
-               "largest line-search decrease", "dead units % per layer",
-               "loss - default's [95% CI] (theorem arm: objective - witness)"]  # fmt: skip
-    gaps, rows = loss_gaps(records), []
+    """The minimum test of every row's final point, the certificate of the seed with the
+    smallest margin over its residual, and the loss gap to the default row."""
+    headers = ["init", "class (per seed)", "grad norm (active, max)",
+               "min Ritz value (upper bound)", "residual", "tolerance eig_tol x lambda_max",
+               "certified (per seed)", "largest line-search decrease",
+               "dead units % per layer", "weight decay % of objective (inert)",
+               "loss - default's [95% CI]"]  # fmt: skip
+    comp, rows = comparisons(records), []
     for row, recs in by_row(records).items():
-        tests, eig = [final(r)["test"] for r in recs], [_test_eig(r) for r in recs]
-        low = min(eig, key=lambda e: _num(e["min_eig"]))
+        certs = [certificate(r) for r in recs]
+        i = min(range(len(recs)), key=lambda k: certs[k]["margin"] - certs[k]["residual"])
+        tests = [final(r)["test"] for r in recs]
         dead = np.max([final(r)["activity"]["dead"] for r in recs], axis=0)
-        rows.append([ROW_NAMES[row], ", ".join(t["class"] for t in tests),
+        rows.append([ROW_NAMES[row], ", ".join(cls(r) for r in recs),
                      f"{max(t['grad_norm_active'] for t in tests):.2g}",
-                     f"{_num(low['min_eig']):.2g} ± {_num(low.get('min_residual')):.1g}"
-                     if low["min_eig"] is not None else "n/a (not measured)",  # never "nan ± nan"
-                     f"{max(top(e) for e in eig):.3g}",
+                     _g(_test_eig(recs[i])["min_eig"], ".2g"),  # never "nan": "n/a"
+                     _g(certs[i]["residual"], ".1g"), _g(certs[i]["tolerance"], ".2g"),
+                     ", ".join("yes" if c["certified"] else "no" for c in certs),
                      f"{max(t['max_decrease'] for t in tests):.1e}",
-                     " / ".join(f"{100 * d:.0f}" for d in dead),
-                     _interval(gaps.get(row))])  # fmt: skip
+                     " / ".join(f"{100 * d:.0f}" for d in dead), _wd_share(final(recs[i])),
+                     _interval(comp.get(row))])  # fmt: skip
     return headers, rows
+
+
+def fullbatch_rows(records: list[dict]) -> tuple[list[str], list[list]] | None:
+    """The full-batch phase of every row that had one: why it stopped, per seed, its length,
+    step, and the objective and active gradient from its start to its end."""
+    rows = []
+    for row, recs in by_row(records).items():
+        fb = [r["result"]["train"]["fullbatch"] for r in recs
+              if "fullbatch" in r["result"].get("train", {})]  # fmt: skip
+        if fb:
+            lam = [f"{_num(f['lam_max']):.3g}" if f["lam_max"] else "-" for f in fb]
+            rows.append([ROW_NAMES[row], ", ".join(f["stop"] for f in fb),
+                         ", ".join(str(f["epochs"]) for f in fb), ", ".join(lam),
+                         ", ".join(f"{f['lr']:.3g}" if f["lr"] else "-" for f in fb),
+                         ", ".join(f"{f['loss'][0]:.4f} -> {f['loss'][-1]:.4f}" for f in fb),
+                         ", ".join(f"{f['data_loss'][0]:.4f} -> {f['data_loss'][-1]:.4f}"
+                                   for f in fb),
+                         ", ".join(f"{f['grad_active'][0]:.3f} -> {f['grad_active'][-1]:.3f}"
+                                   for f in fb)])  # fmt: skip
+    headers = ["init", "stopped by (per seed)", "epochs", "lambda_max at start", "step",
+               "objective: start -> end", "data loss: start -> end",
+               "active gradient: start -> last check"]  # fmt: skip
+    return (headers, rows) if rows else None
 
 
 def lemma1_rows(records: list[dict]) -> tuple[list[str], list[list]]:
@@ -160,7 +259,7 @@ def lemma1_rows(records: list[dict]) -> tuple[list[str], list[list]]:
                 f"{max(top(i['eig']) for i in init):.3g}", f"{max(lr):.2g}" if lr else "-",
                 f"{loss[0]:.4f} -> {loss[1]:.4f}",
                 f"{100 * min(min(final(r)['activity']['positive']) for r in recs):.2f}",
-                ", ".join(classes(recs)[row])])  # fmt: skip
+                ", ".join(cls(r) for r in recs)])  # fmt: skip
     return headers, rows
 
 
@@ -182,36 +281,72 @@ def _names(rows) -> str:
     return ", ".join(ROW_NAMES[r] for r in rows)
 
 
+def found(records: list[dict]) -> dict[str, list[str]]:
+    """The verdict's sets of rows: ``"suboptimal"`` (every seed a certified minimum and a
+    Holm-adjusted loss gap above the default), ``"exhibited"`` (the theorem arm, when some
+    witness is lower), and every other trained row by the worst class over its seeds."""
+    comp, cl = comparisons(records), classes(records)
+    out = {"suboptimal": [r for r, c in comp.items() if c["suboptimal"]],
+           "exhibited": ["lemma1_theorem"] if any(w["word"] == WITNESS_WORDS[0]
+                                                  for w in witness(records)) else []}  # fmt: skip
+    for row, words in cl.items():
+        if row not in ("default", "lemma1_theorem", *out["suboptimal"]):
+            worst = min(words, key=descent.CLASSES.index)
+            out.setdefault(worst, []).append(row)
+    return out
+
+
 def verdict(records: list[dict]) -> str:
-    """The verdict from :func:`found`, for the rows from bad initializations and for Lemma 1's
-    construction apart; says why where nothing is decided."""
-    f, cls = found(records), classes(records)
-    made = [r for r in f["nontrivial"] if r.startswith("lemma1")]
-    bad = [r for r in f["nontrivial"] if r not in made]
-    failing = [r for r, c in cls.items() if r != "default" and not set(c) <= set(MINIMA)]
-    why = f"failing the minimum test: {_names(failing) or 'none'}"
-    why += f"; only trivial minima (a dead layer): {_names(f['trivial'])}" if f["trivial"] else ""
+    """The verdict from :func:`found`: Lemma 1's construction (the claim that suboptimal minima
+    *exist*: decided by its witness) and the trained rows (the claim that training *finds* them:
+    a certified minimum in every seed and a Holm-adjusted loss gap), apart."""
+    f = found(records)
+    made, bad = f["exhibited"], [r for r in f["suboptimal"] if not r.startswith("lemma1")]
+    rest = [f"{w}: {_names(f[w])}" for w in descent.CLASSES if f.get(w)]
+    why = "; ".join(rest) or "no other row"
+    head = "a suboptimal local minimum exhibited by Lemma 1's construction (theorem arm)"
     if bad:
         out = "agrees with the paper: suboptimal local minima from bad initializations"
-        return out + f" ({_names(bad)})" + (f"; by Lemma 1 too ({_names(made)})" if made else "")
+        return (
+            out + f" ({_names(bad)})" + (f"; {head}" if made else "") + f"; the other rows: {why}"
+        )
     if made:
-        return (f"agrees in part: Lemma 1's construction is a suboptimal local minimum "
-                f"({_names(made)}); from bad initializations not decided at this scale "
-                f"({why})")  # fmt: skip
+        return (f"agrees in part: {head}; from bad initializations not decided at this scale "
+                f"(no row is a certified minimum with a loss gap; {why})")  # fmt: skip
     return f"not decided at this scale ({why})"
 
 
-def glue(records: list[dict], f: dict, gaps: dict, loss: dict) -> dict:
+def glue(records: list[dict], loss: dict, cfg) -> dict:
     """The values the chapter's prose quotes (every name present, "not run" where missing)."""
-    cls, power = classes(records), power_rows(records)
-    out = {"minima_n_found": len(f["nontrivial"]), "minima_n_trivial": len(f["trivial"]),
-           "minima_found": _names(f["nontrivial"]) or "none",
-           "minima_default_loss": loss.get("default", "not run")}  # fmt: skip
+    cl, power, f, comp = classes(records), power_rows(records), found(records), comparisons(records)
+    out = {"minima_n_found": len(f["suboptimal"]), "minima_found": _names(f["suboptimal"]) or
+           "none", "minima_default_loss": loss.get("default", "not run")}  # fmt: skip
     for row, name in CLASS_GLUE.items():
-        out[name] = ", ".join(cls.get(row, ["not run"]))
-    half = [(g[2] - g[1]) / 2 for r, g in gaps.items() if set(cls[r]) <= set(MINIMA)]
-    half = [h for h in half if math.isfinite(h)]  # rows the verdict could count
-    out["minima_gap_halfwidth"] = f"{max(half):.3f}" if half else "n/a (one seed)"
+        out[name] = ", ".join(cl.get(row, ["not run"]))
+    w = witness(records)
+    out["minima_theorem"] = "; ".join(f"seed {x['seed']}: {x['word']}" for x in w) or "not run"
+    out["minima_theorem_objective"] = f"{w[0]['arm']:.4f}" if w else "not run"
+    out["minima_witnesses"] = ", ".join(f"{x['witness']:.4f}" for x in w) or "not run"
+    out["minima_rescaled"] = ", ".join(f"{x['rescaled']:.4f}" for x in w) or "not run"
+    out["minima_rescaled_alone"] = (  # the caveat: is the rescaling alone below the arm?
+        "not run" if not w else "below" if all(x["rescaled"] < x["arm"] - x["tol"] for x in w)
+        else "not below")  # fmt: skip
+    out["minima_witness_tol"] = f"{max(x['tol'] for x in w):.1e}" if w else "not run"
+    out["minima_witness_f32"] = f"{max(_num(x['f32_f64']) for x in w):.1e}" if w else "not run"
+    cand = [c for c in comp.values() if c["candidate"]]
+    out["minima_n_family"] = len(cand)
+    det = [c["detectable"] for c in cand if math.isfinite(c["detectable"])]
+    out["minima_detectable"] = f"{max(det):.3f}" if det else "n/a (no row in the family)"
+    noisy = max((c["sd"] for c in cand), default=math.nan)
+    out["minima_detectable_sd"] = f"{noisy:.3f}" if math.isfinite(noisy) else "n/a"
+    out["minima_n_seeds"] = max((c["n"] for c in comp.values()), default=0)
+    g = paper.TABLE1["bias_uniform10"][4]
+    out["minima_grad_note"] = (
+        f"the paper's own no-momentum row ends at gradient {g}, which this "
+        f"threshold would {'reject' if g > cfg.grad_tol else 'accept'}"
+    )
+    plus = [final(r) for r in by_row(records).get("bias_plus20", [])]
+    out["minima_plus20_share"] = ", ".join(_wd_share(t) for t in plus) or "not run"
     last, lan = power[1][-2:] if power else (["", "not run", "", 0], ["", "not run", "not run"])
     out.update(minima_power_steps=f"{last[3] // 2} + {last[3] // 2}" if power else "not run",
                minima_power_min=f"{last[1]:.3g}" if power else "not run",
