@@ -131,7 +131,8 @@ PROFILES = {"smoke": SMOKE, "cpu": CPU, "paper": PAPER}
 
 def describe_setup(c) -> str:
     """The configuration a profile ``c`` runs, in one paragraph (printed by the chapter)."""
-    fb = (f"then full-batch gradient descent at {c.gd_frac} x 2 / lambda_max until the gradient "
+    fb = (f"then full-batch gradient descent (heavy-ball momentum {c.gd_momentum}) at "
+          f"{c.gd_frac} x 2 / lambda_max until the gradient "
           f"test passes or the objective falls by less than {c.plateau_rtol:g} (relative) over "
           f"{c.plateau_window} epochs, at most {c.gd_epochs} epochs" if c.gd_epochs else
           "no full-batch phase")  # fmt: skip
