@@ -25,6 +25,7 @@ ROW_NAMES = {
 PAPER_ROW = {"lemma1_all": "lemma1", "lemma1_theorem": "lemma1"}  # Table 1 row compared with
 ALPHA = 0.05  # family-wise error rate of the loss-gap comparisons (Holm)
 EPS32 = float(np.finfo(np.float32).eps)
+MIXED, NO_GAP = "different classes over seeds", "minimum, loss gap not decided"
 WITNESS_WORDS = ("a suboptimal local minimum exhibited", "no lower point found", "not decided")
 # The glue name of each row's class (spelled out so that a chapter's glue name is found by grep).
 CLASS_GLUE = {"default": "minima_class_default", "lemma1": "minima_class_lemma1",
@@ -67,7 +68,8 @@ def _test_eig(r: dict) -> dict:
 def table1_rows(records: list[dict], digits: int = 4) -> tuple[list[str], list[list]]:
     """Headers and rows of Table 1: ours (mean +- std, n) beside the paper, per stage."""
     headers = ["init", "stage", "loss", "paper", "grad norm", "grad norm (code)", "paper",
-               "min eig", "paper", "train acc %", "test acc %"]  # fmt: skip
+               "min eig (Ritz, upper bound)", "residual (max)", "tolerance (max)", "paper",
+               "train acc %", "test acc %"]  # fmt: skip
     keys = [("train", "loss"), ("train", "grad_norm_wd"), ("train", "grad_norm_code"),
             ("eig", "min_eig"), ("train", "acc"), ("test_acc",)]  # fmt: skip
     rows = []
@@ -76,8 +78,12 @@ def table1_rows(records: list[dict], digits: int = 4) -> tuple[list[str], list[l
         for s, stage in enumerate(s for s in ("init", "trained") if s in recs[0]["result"]):
             c = [fmt_mean_std([reduce(dict.get, k, r["result"][stage]) for r in recs],
                               2 if i > 3 else digits) for i, k in enumerate(keys)]  # fmt: skip
+            eig = [r["result"][stage]["eig"] for r in recs]
+            res = max(_num(e.get("min_residual")) for e in eig)
+            tol = max(_p(r)["eig_tol"] * abs(top(e)) for r, e in zip(recs, eig))
             rows.append([ROW_NAMES[row], ("at init", "trained")[s], c[0], ref[3 * s], c[1], c[2],
-                         ref[3 * s + 1], c[3], ref[3 * s + 2], c[4], c[5]])  # fmt: skip
+                         ref[3 * s + 1], c[3], f"{res:.1g}", f"{tol:.2g}", ref[3 * s + 2], c[4],
+                         c[5]])  # fmt: skip
     return headers, rows
 
 
@@ -114,8 +120,8 @@ def comparisons(records: list[dict]) -> dict[str, dict]:
     (:func:`bplib.stats.paired_interval`). The rows whose every seed ends at a ``"minimum"``
     form one family: their p-values get Holm's adjustment (``"holm"``) and ``"suboptimal"`` is
     True where the adjusted p is at most 0.05 and the mean gap positive; ``"detectable"``: the
-    smallest gap the paired t-test finds with power 0.8 at the family's most stringent
-    (first-step) level ``0.05 / m`` (exact noncentral t)."""
+    smallest gap the paired t-test finds with power 0.8 at level ``0.05 / m``, ``m`` the number
+    of compared rows (the most stringent first Holm step; exact noncentral t)."""
     rows = by_row(records)
     base = {r["seed"]: final(r)["train"]["loss"] for r in rows.get("default", [])}
     out = {}
@@ -131,7 +137,7 @@ def comparisons(records: list[dict]) -> dict[str, dict]:
     for row, c in out.items():
         c["holm"] = adjusted.get(row, math.nan)
         c["suboptimal"] = bool(c["holm"] <= ALPHA and c["mean"] > 0)
-        level = 1 - ALPHA / max(1, len(family))
+        level = 1 - ALPHA / len(out)  # the most stringent first step any family here could use
         c["detectable"] = detectable(c["sd"], c["n"], level=level) if c["n"] > 1 else math.nan
     return out
 
@@ -183,7 +189,8 @@ def _interval(c) -> str:
     if not math.isfinite(c["low"]):  # one seed: no interval (never "[nan, nan]")
         return f"{c['mean']:.3f} (one seed: no interval)"
     out = f"{c['mean']:.3f} [{c['low']:.3f}, {c['high']:.3f}], n={c['n']}"
-    return out + (f"; Holm p {c['holm']:.2g}" if math.isfinite(c["holm"]) else "")
+    out += f"; Holm p {c['holm']:.2g}" if math.isfinite(c["holm"]) else ""
+    return out + (f"; detectable {c['detectable']:.3f}" if math.isfinite(c["detectable"]) else "")
 
 
 def _wd_share(t: dict) -> str:
@@ -291,8 +298,8 @@ def found(records: list[dict]) -> dict[str, list[str]]:
                                                   for w in witness(records)) else []}  # fmt: skip
     for row, words in cl.items():
         if row not in ("default", "lemma1_theorem", *out["suboptimal"]):
-            worst = min(words, key=descent.CLASSES.index)
-            out.setdefault(worst, []).append(row)
+            word = words[0] if len(set(words)) == 1 else MIXED
+            out.setdefault(NO_GAP if word == "minimum" else word, []).append(row)
     return out
 
 
@@ -302,7 +309,9 @@ def verdict(records: list[dict]) -> str:
     a certified minimum in every seed and a Holm-adjusted loss gap), apart."""
     f = found(records)
     made, bad = f["exhibited"], [r for r in f["suboptimal"] if not r.startswith("lemma1")]
-    rest = [f"{w}: {_names(f[w])}" for w in descent.CLASSES if f.get(w)]
+    arms = [r for r in f["suboptimal"] if r.startswith("lemma1")]
+    rest = [f"{w}: {_names(f[w])}" for w in (NO_GAP, *descent.CLASSES, MIXED) if f.get(w)]
+    rest = [f"suboptimal minimum: {_names(arms)}"] * bool(arms) + rest
     why = "; ".join(rest) or "no other row"
     head = "a suboptimal local minimum exhibited by Lemma 1's construction (theorem arm)"
     if bad:
@@ -333,12 +342,13 @@ def glue(records: list[dict], loss: dict, cfg) -> dict:
         else "not below")  # fmt: skip
     out["minima_witness_tol"] = f"{max(x['tol'] for x in w):.1e}" if w else "not run"
     out["minima_witness_f32"] = f"{max(_num(x['f32_f64']) for x in w):.1e}" if w else "not run"
-    cand = [c for c in comp.values() if c["candidate"]]
-    out["minima_n_family"] = len(cand)
-    det = [c["detectable"] for c in cand if math.isfinite(c["detectable"])]
-    out["minima_detectable"] = f"{max(det):.3f}" if det else "n/a (no row in the family)"
-    noisy = max((c["sd"] for c in cand), default=math.nan)
-    out["minima_detectable_sd"] = f"{noisy:.3f}" if math.isfinite(noisy) else "n/a"
+    out["minima_n_family"] = sum(c["candidate"] for c in comp.values())
+    out["minima_n_compared"] = len(comp)
+    det = {r: c for r, c in comp.items() if math.isfinite(c["detectable"])}
+    worst = max(det, key=lambda r: det[r]["detectable"], default=None)
+    out["minima_detectable"] = f"{det[worst]['detectable']:.3f}" if worst else "n/a (one seed)"
+    out["minima_detectable_sd"] = f"{det[worst]['sd']:.3f}" if worst else "n/a"
+    out["minima_detectable_row"] = ROW_NAMES[worst] if worst else "n/a"
     out["minima_n_seeds"] = max((c["n"] for c in comp.values()), default=0)
     g = paper.TABLE1["bias_uniform10"][4]
     out["minima_grad_note"] = (
