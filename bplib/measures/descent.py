@@ -216,6 +216,15 @@ def classify(test: dict, eig: dict, activity: dict, p: dict, stop: str | None = 
     return "minimum" if d["certified"] else "not certified"
 
 
+def _assign(params, vec: torch.Tensor) -> None:
+    """Write ``vec`` into ``params`` in place. ``vector_to_parameters`` would rebind each
+    ``.data`` to a view of ``vec``; the deep copy that every objective evaluation makes of the
+    model then copies views (on the device stand-in of the tests, a segmentation fault)."""
+    with torch.no_grad():
+        for param, chunk in zip(params, vec.split([q.numel() for q in params]), strict=True):
+            param.copy_(chunk.view_as(param))
+
+
 def full_batch_phase(model, x, y, weight_decay: float, lr, max_epochs: int, grad_tol: float,
                      rtol: float, window: int, momentum: float = 0.0) -> dict:  # fmt: skip
     """Gradient descent on the whole objective ``L`` (in place; heavy-ball ``momentum``, reset to
@@ -248,7 +257,7 @@ def full_batch_phase(model, x, y, weight_decay: float, lr, max_epochs: int, grad
         velocity = torch.zeros_like(prev) if velocity is None else velocity
         while True:
             move = momentum * velocity - lr * step
-            torch.nn.utils.vector_to_parameters(prev + move, params)
+            _assign(params, prev + move)
             new = full_loss_grad(model, x, y, weight_decay, return_grad=True)
             if new["loss_wd"] <= losses[-1] * (1 + 1e-6) or lr < 1e-12:  # float32 rounding
                 velocity = move
