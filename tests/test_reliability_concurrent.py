@@ -94,16 +94,22 @@ def test_two_runs_of_one_job_at_once_give_one_record(tmp_path):
     assert len(stored) == 1 and stored[0].endswith(".json")  # no temporary file
 
 
-def test_two_writers_of_one_kept_notebook_do_not_share_a_temporary_file(tmp_path, monkeypatch):
-    """Two ``_collect`` calls interleaved as two ``bplib-run`` processes can interleave them: the
-    second writes and publishes its notebook while the first is between its write and its move.
-    Before the fix both wrote ``seeds-0.ipynb.part`` and the first move failed."""
+def _finished_job(tmp_path):
+    """A bplib-run job of an empty notebook, and its finished (successful) future."""
     output = tmp_path / "ch" / "seeds-0.ipynb"
     job = batch.Job("ch", "smoke", [0], {}, "", "", output, tmp_path, {})
     result = {"notebook": nbformat.writes(nbformat.v4.new_notebook()), "status": "ok"}
     result.update(wall_s=1.0, worker={"host": "h", "pid": 1}, error=None, cell=None, records=[])
     done = Future()
     done.set_result(result)
+    return job, done
+
+
+def test_two_writers_of_one_kept_notebook_do_not_share_a_temporary_file(tmp_path, monkeypatch):
+    """Two ``_collect`` calls interleaved as two ``bplib-run`` processes can interleave them: the
+    second writes and publishes its notebook while the first is between its write and its move.
+    Before the fix both wrote ``seeds-0.ipynb.part`` and the first move failed."""
+    job, done = _finished_job(tmp_path)
     real_write, nested = nbformat.write, []
 
     def write_then_let_the_other_run_keep(nb, fp, **kw):
@@ -123,16 +129,11 @@ def test_a_kept_notebook_that_cannot_be_written_fails_its_job_not_the_batch(tmp_
     the file named, and run_batch goes on with the others (before: WriteFailed ended it)."""
     from bplib.files import WriteFailed
 
-    output = tmp_path / "ch" / "seeds-0.ipynb"
-    job = batch.Job("ch", "smoke", [0], {}, "", "", output, tmp_path, {})
-    result = {"notebook": nbformat.writes(nbformat.v4.new_notebook()), "status": "ok"}
-    result.update(wall_s=1.0, worker={"host": "h", "pid": 1}, error=None, cell=None, records=[])
-    done = Future()
-    done.set_result(result)
+    job, done = _finished_job(tmp_path)
 
     def full_disk(path, write, what):
         raise WriteFailed(28, f"cannot write {what} {path}: No space left on device")
 
     monkeypatch.setattr(batch, "write_file", full_disk)
     failed = batch._collect(job, done)
-    assert failed.status == "failed" and str(output) in failed.error
+    assert failed.status == "failed" and str(job.output) in failed.error
