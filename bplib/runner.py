@@ -255,7 +255,8 @@ def run(
         check_writable(folder, ctx.root)  # arrays go beside the record: the same folder
     if todo:
         n_procs = ctx.jobs if n_procs is None else n_procs
-        if resolve_device(ctx.device).type == "cuda":
+        device = resolve_device(ctx.device).type
+        if device == "cuda":
             n_procs = 1  # one GPU: run in-process
         todo.sort(key=lambda j: -j.cost)
         kwargs = [
@@ -267,7 +268,7 @@ def run(
         # map_jobs runs in-process for one worker or one job: on a CPU with one thread too, as
         # in a worker process, so a record never depends on how many jobs were missing.
         in_process = len(todo) <= 1 or (default_jobs() if n_procs is None else n_procs) <= 1
-        in_process_cpu = in_process and resolve_device(ctx.device).type == "cpu"
+        in_process_cpu = in_process and device == "cpu"
         with set_threads(1 if in_process_cpu else None):
             map_jobs(_run_one, kwargs, jobs=n_procs, desc=desc)
     records = stored(jobs, ctx.profile, ctx.root)
