@@ -45,8 +45,9 @@ FIGURE1_TREND = {
     "mlp2": "rises toward 1, dropping again at the largest widths",
     "mlp4": "rises toward 1, dropping again at the largest widths",
     "convnet": "rises toward 1",
-    "wrn16": "falls as width grows",
-    "resnet18": "falls as width grows (ResNets; skip x BN interaction)",
+    "wrn16": "falls as width grows (section 4 and Figure 1, submission and final version)",
+    "resnet18": "falls as width grows (final version's abstract; the submission's text states "
+    "the fall for WRNs only)",
     "resnet18_noskip": "not stated in text (ablation figure only)",
     "resnet18_nobn": "not stated in text (ablation figure only)",
     "resnet18_noskip_nobn": "not stated in text (ablation figure only)",

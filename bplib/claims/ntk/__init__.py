@@ -25,9 +25,10 @@ import time
 import numpy as np
 import torch
 
-from bplib import paper, runner
-from bplib.checks import check_choice
+from bplib import runner
+from bplib.checks import check_choice, check_int
 from bplib.claims.ntk import report as nr
+from bplib.claims.ntk.trends import adjust, control
 from bplib.data import load_cifar, to_float
 from bplib.device import resolve_device, set_threads
 from bplib.measures.ntk import (
@@ -68,7 +69,8 @@ NOBN_INIT = ("resnet18_nobn", "resnet18_noskip_nobn")  # built with the profile'
 # The profile values that go into every record's params (a family's recipe may replace some).
 RECIPE = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "milestones", "gamma",
           "augment", "bf16")  # fmt: skip
-PARAMS = ("n_train", "n_test", *RECIPE, "n_images", "samples", "explorer_images", "max_elems")
+PARAMS = ("n_train", "n_test", *RECIPE, "n_images", "samples", "explorer_images", "max_elems",
+          "retest")  # fmt: skip
 
 
 def family_spec(family: str, width) -> tuple[str, dict]:
@@ -92,8 +94,11 @@ def build_family(family: str, width, init: str = "default", num_classes: int = 1
 def _check(cfg) -> None:
     """Every choice of ``cfg`` that a job reads, with one clear error for a bad one (data set
     names: :func:`bplib.profiles.check_sizes`)."""
-    for family in (*cfg.widths, *cfg.recipes, *cfg.extra_datasets, *cfg.linearize):
+    for family in (*cfg.widths, *cfg.recipes, *cfg.extra_datasets, *cfg.linearize,
+                   *cfg.seeds_per_family):  # fmt: skip
         check_choice("family", family, tuple(FAMILIES))
+    for n in cfg.seeds_per_family.values():
+        check_int("seeds_per_family value", n, low=1)
     for s in cfg.samples:
         check_choice("samples", s, SAMPLES)
     check_choice("bn_stats", cfg.bn_stats, nr.STATS)
@@ -128,7 +133,8 @@ def _step_s(family: str, width) -> float:
 
 def jobs(cfg) -> list[runner.Job]:
     """One job per (family, width, data set, seed): data sets are ``cfg.dataset`` and the
-    family's ``extra_datasets``. The first seed's run of ``trajectory_family`` at
+    family's ``extra_datasets``; seeds: ``cfg.seeds``, the first ``seeds_per_family[family]``
+    of them for a family named there. The first seed's run of ``trajectory_family`` at
     ``trajectory_width`` on ``cfg.dataset`` (when in the grid) also tracks the kernel per epoch."""
     _check(cfg)
     tracked = (cfg.trajectory_family, cfg.trajectory_width, cfg.seeds[0], cfg.dataset)
@@ -136,7 +142,7 @@ def jobs(cfg) -> list[runner.Job]:
     for family, widths in cfg.widths.items():
         for dataset in (cfg.dataset, *cfg.extra_datasets.get(family, [])):
             for width in widths:
-                for seed in cfg.seeds:
+                for seed in cfg.seeds[: cfg.seeds_per_family.get(family, len(cfg.seeds))]:
                     traj = (family, width, seed, dataset) == tracked
                     p = _params(cfg, family, width, dataset, traj)
                     out.append(runner.job(EXPERIMENT, p, seed, arrays=True))  # kernels
@@ -183,6 +189,7 @@ def _measure(job: runner.Job, ctx: runner.Context) -> dict:
     model = model.to(device)
     theta0, model0, bn = parameters_of(model), copy.deepcopy(model), has_batchnorm(model)
     phi0 = both(model)
+    retest = _retest(model, data.x_train, p, images[samples[0]], device) if bn else None
     hook = _trajectory_hook(phi0["recalibrated"][samples[0]], kernels, samples[0], p["epochs"])
     hook = hook if p["trajectory"] else None
     t1 = time.perf_counter()
@@ -204,6 +211,8 @@ def _measure(job: runner.Job, ctx: runner.Context) -> dict:
             )
     _save_kernels(ctx.arrays(job), p, phi0, phi1, samples[0], bn)
     result = {"diverged": None, "n_params": count_parameters(model), "batchnorm": bn}
+    if retest is not None:  # the instrument's ceiling: the same Phi_0, recalibrated twice
+        result["retest"] = {samples[0]: kernel_measures(phi0["recalibrated"][samples[0]], retest)}
     result.update(measures=measures, movement=relative_movement(theta0, model))
     result.update(train_loss=hist["train_loss"][-1], train_acc=hist["train_acc"][-1])
     result.update(test_acc=evaluate(model, x_te, y_te)[1], train_acc_curve=hist["train_acc"])
@@ -213,6 +222,19 @@ def _measure(job: runner.Job, ctx: runner.Context) -> dict:
     if p["linearize"]:
         result["linearized"] = _linearized(model0, model, p, (x, y, x_te, y_te), seed, ctx, job)
     return {**result, "train_s": train_s, "ntk_s": timer["ntk_s"]}
+
+
+def _retest(model, x_all: torch.Tensor, p: dict, images: torch.Tensor, device):
+    """``Phi_0`` on ``images`` with the running statistics recalibrated on a second image set
+    disjoint from the training images (the next ``n_train`` images of the training split; the
+    verdict's ``Phi_0`` is recalibrated on the first ``n_train``), None unless ``p["retest"]``.
+    Where the split has fewer than ``2 n_train`` images, the second set is what is left after
+    the training images, if at least 1 batch, else None."""
+    n, b = p["n_train"], p["batch_size"]
+    other = x_all[n : 2 * n]
+    if not p["retest"] or len(other) < min(n, b):
+        return None
+    return ntk(recalibrated(model, other.to(device), b), images, max_elems=p["max_elems"])
 
 
 def _trajectory_hook(phi0, kernels, sample: str, epochs: int):
@@ -297,53 +319,60 @@ def paper_headline() -> str:
 
 
 def summarize(records: list[dict], cfg) -> Summary:
-    """From the records of ``jobs(cfg)``: tables ``trends`` (gate, slope before and after the
-    control, verdict, paper), ``networks``, ``artifact`` (batch-norm nets per width),
-    ``linearized`` and ``samples``; the verdict per family; our headline; glued values."""
+    """From the records of ``jobs(cfg)``: tables ``trends`` (per family: gate, per-seed slopes
+    and the seed-level interval under both batch-norm statistics, Delta rho, the retest
+    ceiling, paper), ``networks``, ``artifact`` (batch-norm nets per width), ``linearized`` and
+    ``samples``; the verdict per family (the ``bn_stats`` measurement, Holm-adjusted across the
+    main data set's families; the other measurement likewise); our headline; glued values."""
     rows = nr.collect(records, cfg)
     names = list(dict.fromkeys(r["label"] for r in rows))
-    after = [nr.width_trend(rows, n) for n in names]
-    before = [nr.width_trend(rows, n, "correlation_default") for n in names]
-    verdicts = [nr.verdict_text(t) for t in after]
-    glue = {"ntk_n_seeds": len(cfg.seeds), "ntk_bn_stats": cfg.bn_stats}
+    other = next(st for st in nr.STATS if st != cfg.bn_stats)
+    trend = {st: [nr.width_trend(rows, n, f"correlation_{st}") for n in names] for st in nr.STATS}
+    for st in nr.STATS:  # Holm across the families of one verdict (the main data set's)
+        adjust([t for t in trend[st] if t["main"]])
+        adjust([t for t in trend[st] if not t["main"]])
+    after, before = trend[cfg.bn_stats], trend["default"]
+    controls = {n: control(rows, n) for n in names}
+    rec = cfg.bn_stats == "recalibrated"  # the retest ceiling is that measurement's
+    verdicts = [nr.verdict_text(t, controls[t["label"]] if rec else None) for t in after]
+    glue = {"ntk_n_seeds": len(cfg.seeds), "ntk_bn_stats": cfg.bn_stats, "ntk_other_stats": other}
     glue["ntk_gate"] = f"{sum(r['passed'] for r in rows)} of {len(rows)}"
+    glue["ntk_seed_counts"] = ", ".join(f"{t['label']} {t['n_seeds']}" for t in after if t["main"])
     for t, b, v in zip(after, before, verdicts):
         if t["main"]:
-            glue.update(zip(nr.GLUE[t["family"]], (v, nr.slope_text(t), nr.slope_text(b))))
-    for key, name in (("artifact_share", "ntk_median_artifact_share"),
-                      ("scale_fraction", "ntk_median_scale_fraction")):  # fmt: skip
-        mid = nr.median(rows, key)
-        glue[name] = "n/a" if mid is None else f"{mid:.2f}"
-    glue["ntk_artifact_text"] = nr.artifact_text(nr.median(rows, "artifact_share"))
+            glue.update(nr.family_glue(t, b, v, trend[other][after.index(t)],
+                                       controls[t["label"]]))  # fmt: skip
+    mid = nr.median(rows, "scale_fraction")
+    glue["ntk_median_scale_fraction"] = "n/a" if mid is None else f"{mid:.2f}"
     decided = [v for t, v in zip(after, verdicts) if nr.paper_direction(t) and "the paper" in v]
     glue["ntk_agreement"] = f"{sum('as the paper' in v for v in decided)} of {len(decided)}"
+    official = [f"{t['label']} {t['verdict']}" for t in trend[other]
+                if t["main"] and t["verdict"] in ("rises", "falls")]  # fmt: skip
+    glue["ntk_other_decided"] = "; ".join(official) or f"no family decided with {other} statistics"
     mine = {n: [r for r in rows if r["label"] == n] for n in names}
-    trends = [
-        [t["label"], f"{t['n']} of {t['n_runs']}", round(t["decades"], 2), nr.slope_text(b),
-         nr.slope_text(t), v, nr.median(mine[t["label"]], "artifact_share"),
-         paper.FIGURE1_TREND[t["family"]] if t["main"] else "not in the text",
-         nr.total_minutes(mine[t["label"]])]
-        for t, b, v in zip(after, before, verdicts)
-    ]  # fmt: skip
+    trends = [nr.trend_row(t, b, trend["recalibrated"][i], controls[t["label"]], v,
+                           nr.total_minutes(mine[t["label"]]))
+              for i, (t, b, v) in enumerate(zip(after, before, verdicts))]  # fmt: skip
     networks = [[("yes" if r["passed"] else "no") if k == "passed" else r[k]
                  for k in nr.NETWORK_COLS] for r in rows]  # fmt: skip
     lin = [[r[k] for k in nr.LINEARIZED_COLS] for r in rows if r["lin_test_acc"] is not None]
     tables = {
-        "trends": (nr.TREND_HEADERS[:5] + [f"verdict ({cfg.bn_stats} BN statistics)"]
-                   + nr.TREND_HEADERS[5:], trends),
+        "trends": (nr.TREND_HEADERS[:-2] + [f"verdict ({cfg.bn_stats} BN statistics)"]
+                   + nr.TREND_HEADERS[-2:], trends),
         "networks": (nr.NETWORK_HEADERS, networks),
         "artifact": (nr.ARTIFACT_HEADERS, nr.artifact_rows(rows)),
         "linearized": (nr.LINEARIZED_HEADERS, lin),
         "samples": nr.sample_table(records, cfg),
     }  # fmt: skip
     # ours on the paper headline's families (the same contrast: the slope's sign is the trend)
-    ours = "; ".join(f"{t['label']} {nr.slope_text(t)} (n={t['n']})" for t in after
+    ours = "; ".join(f"{t['label']} {nr.slope_text(t)} (seeds={t['n_seeds']})" for t in after
                      if t["main"] and t["family"] in HEADLINE_FAMILIES) or "n/a"  # fmt: skip
-    ours = f"slope of ρ per decade of parameters ({cfg.bn_stats} BN statistics): {ours}"
+    ours = f"slope of ρ per decade of parameters across seeds ({cfg.bn_stats} BN stats): {ours}"
     verdict = "; ".join(f"{t['label']}: {v}" for t, v in zip(after, verdicts))
     # The decision in a few words for the status block and the verdict box: which families an
-    # interval decided, the rest left open.
-    firm = [f"{t['label']} {v}" for t, v in zip(after, verdicts) if not v.startswith("not dec")]
+    # interval decided (after Holm), the rest left open.
+    firm = [f"{t['label']} {v.split(' (')[0]}" for t, v in zip(after, verdicts)
+            if not v.startswith("not dec")]  # fmt: skip
     glue["ntk_status"] = (f"decided for {len(firm)} of {len(after)} families"
                           + (f" ({'; '.join(firm)})" if firm else "")
                           + ("; not decided at this scale for the others"

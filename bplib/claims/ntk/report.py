@@ -9,8 +9,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from bplib import paper
+from bplib.claims.ntk.trends import (  # noqa: F401  (the names the chapter and tests use)
+    PAPER_DIRECTION,
+    instrument_text,
+    interval_text,
+    paper_direction,
+    seeds_text,
+    slope_text,
+    verdict_text,
+    width_trend,
+)
 from bplib.results import arrays_path, load_arrays
-from bplib.stats import slope_interval
 
 LABELS = {
     "mlp2": "2-layer MLP",
@@ -24,27 +34,42 @@ LABELS = {
 }
 FIGURE1 = ("mlp2", "mlp4", "convnet", "wrn16", "resnet18")  # the families of Figure 1
 RESNETS = ("resnet18", "resnet18_noskip", "resnet18_nobn", "resnet18_noskip_nobn")
-# The direction of the correlation with width that paper.FIGURE1_TREND describes (the ablation
-# variants: not stated in the text).
-PAPER_DIRECTION = {"mlp2": "rises", "mlp4": "rises", "convnet": "rises", "wrn16": "falls",
-                   "resnet18": "falls"}  # fmt: skip
 STATS = ("recalibrated", "default")  # the two Phi_0: running statistics recalibrated / as built
 MEASURES = ("correlation", "relative_change", "scale_fraction")
-# Glue names per family: its verdict, its slope (the verdict's statistics) and its slope with the
-# default statistics; spelled out so that a chapter's glue name is found by grep.
-GLUE = {
-    "mlp2": ("ntk_verdict_mlp2", "ntk_slope_mlp2", "ntk_slope_default_mlp2"),
-    "mlp4": ("ntk_verdict_mlp4", "ntk_slope_mlp4", "ntk_slope_default_mlp4"),
-    "convnet": ("ntk_verdict_convnet", "ntk_slope_convnet", "ntk_slope_default_convnet"),
-    "wrn16": ("ntk_verdict_wrn16", "ntk_slope_wrn16", "ntk_slope_default_wrn16"),
-    "resnet18": ("ntk_verdict_resnet18", "ntk_slope_resnet18", "ntk_slope_default_resnet18"),
-    "resnet18_noskip": ("ntk_verdict_resnet18_noskip", "ntk_slope_resnet18_noskip",
-                        "ntk_slope_default_resnet18_noskip"),
-    "resnet18_nobn": ("ntk_verdict_resnet18_nobn", "ntk_slope_resnet18_nobn",
-                      "ntk_slope_default_resnet18_nobn"),
-    "resnet18_noskip_nobn": ("ntk_verdict_resnet18_noskip_nobn", "ntk_slope_resnet18_noskip_nobn",
-                             "ntk_slope_default_resnet18_noskip_nobn"),
-}  # fmt: skip
+# Glue names per family f: ntk_verdict_f (the verdict), ntk_slope_f / ntk_seeds_f (the verdict's
+# slope across seeds / per seed), ntk_slope_default_f / ntk_seeds_default_f and
+# ntk_verdict_other_f (the other statistics' slope and verdict), ntk_slope_recalibrated_f,
+# ntk_delta_f (Delta rho, paired across seeds), ntk_ceiling_f (the retest ceiling's median),
+# ntk_instrument_f (what the ceiling says about the trend); see :func:`family_glue`.
+GLUE_KINDS = ("verdict", "slope", "seeds", "slope_default", "seeds_default", "slope_recalibrated",
+              "verdict_other", "delta", "ceiling", "instrument")  # fmt: skip
+
+
+def family_glue(t: dict, default: dict, verdict: str, other: dict, c: dict | None) -> dict:
+    """The glue values of one family (main data set): ``t`` the verdict's trend, ``default``
+    and ``other`` the default statistics' and the other measurement's trends, ``c`` its
+    :func:`~bplib.claims.ntk.trends.control` (None without batch norm)."""
+    f = t["family"]
+    rec = t if t["measure"] == "correlation_recalibrated" else other
+    values = {"verdict": verdict, "slope": slope_text(t), "seeds": seeds_text(t),
+              "slope_default": slope_text(default), "seeds_default": seeds_text(default),
+              "slope_recalibrated": slope_text(rec), "verdict_other": verdict_text(other),
+              "delta": interval_text(c["delta"]) if c else "no batch norm",
+              "ceiling": "no batch norm" if c is None or c["ceiling"] is None
+              else f"{c['ceiling']:.2f}",
+              "instrument": instrument_text(rec, c) or "no batch norm"}  # fmt: skip
+    return {f"ntk_{k}_{f}": values[k] for k in GLUE_KINDS}
+
+
+def trend_row(t, default, rec, c, verdict, minutes) -> list:
+    """One row of the trends table (:data:`TREND_HEADERS` with the verdict before the paper)."""
+    span = "—" if t["span"] is None else f"{t['span'][0]:,} .. {t['span'][1]:,}"
+    ceiling = None if c is None else c["ceiling"]
+    paper_cell = paper.FIGURE1_TREND[t["family"]] if t["main"] else "not in the text"
+    return [t["label"], f"{t['n']} of {t['n_runs']}", t["n_seeds"],
+            f"{span} ({t['decades']:.2f})", seeds_text(default), slope_text(default),
+            seeds_text(rec), slope_text(rec), interval_text(c["delta"]) if c else "no BN",
+            ceiling, verdict, paper_cell, minutes]  # fmt: skip
 
 
 def collect(records: list[dict], cfg, sample: str | None = None) -> list[dict]:
@@ -52,8 +77,10 @@ def collect(records: list[dict], cfg, sample: str | None = None) -> list[dict]:
     ``label`` (with the data set when it is not ``cfg.dataset``), width, seed, parameters,
     accuracies, ``passed`` (the gate: not diverged and training accuracy >= ``min_train_acc``),
     the measures with each ``Phi_0`` (``correlation_default``, ...; unsuffixed: the verdict's
-    ``cfg.bn_stats``), ``stats_correlation`` (default vs recalibrated ``Phi_0``),
-    ``artifact_share`` and the linearized model's numbers; sorted by family, data set, width."""
+    ``cfg.bn_stats``), ``stats_correlation`` (default vs recalibrated ``Phi_0``), ``delta_rho``
+    (recalibrated minus default correlation), ``retest`` (the ceiling: rho of ``Phi_0``
+    recalibrated on two disjoint image sets), ``beyond_ceiling`` (the verdict's correlation
+    minus ``retest``) and the linearized model's numbers; sorted by family, data set, width."""
     sample = sample or cfg.samples[0]
     rows = []
     for r in records:
@@ -72,8 +99,11 @@ def collect(records: list[dict], cfg, sample: str | None = None) -> list[dict]:
         row["stats_correlation"] = (m.get("stats_only") or {}).get("correlation")
         row["stats_correlation_trained"] = (m.get("stats_only_trained") or {}).get("correlation")
         before, after = row["correlation_default"], row["correlation_recalibrated"]
-        moved = res.get("batchnorm") and before is not None and before < 1.0
-        row["artifact_share"] = (after - before) / (1.0 - before) if moved else None
+        bn = res.get("batchnorm") and before is not None and after is not None
+        row["delta_rho"] = after - before if bn else None
+        row["retest"] = ((res.get("retest") or {}).get(sample) or {}).get("correlation")
+        ceiling = row["retest"] is not None and after is not None
+        row["beyond_ceiling"] = after - row["retest"] if ceiling else None
         lin = res.get("linearized") or {}
         row.update(lin_test_acc=lin.get("test_acc"), lin_agreement=lin.get("agreement"))
         row["wall_s"] = (r.get("provenance") or {}).get("wall_time_s")
@@ -81,68 +111,6 @@ def collect(records: list[dict], cfg, sample: str | None = None) -> list[dict]:
     order = list(LABELS)
     return sorted(rows, key=lambda r: (order.index(r["family"]), not r["main"], r["dataset"],
                                        r["width"], r["seed"]))  # fmt: skip
-
-
-def width_trend(rows: list[dict], name: str, measure: str = "correlation") -> dict:
-    """Least-squares slope of ``measure`` against log10(number of parameters) over the runs
-    labelled ``name`` that passed the gate (all widths and seeds), with its 95% t-interval
-    (n - 2 degrees of freedom). ``verdict``: "rises" / "falls" when the interval excludes 0,
-    "unclear" when it does not, "too few" with fewer than 3 runs or 2 widths past the gate."""
-    mine = [r for r in rows if r["label"] == name]
-    kept = [r for r in mine if r["passed"] and r[measure] is not None]
-    out = {"label": name, "family": mine[0]["family"], "main": mine[0]["main"], "n": len(kept)}
-    out.update(n_runs=len(mine), slope=np.nan, low=np.nan, high=np.nan, verdict="too few")
-    sizes = [r["n_params"] for r in kept]
-    out["decades"] = float(np.log10(max(sizes) / min(sizes))) if sizes else 0.0
-    if len(kept) < 3 or len({r["n_params"] for r in kept}) < 2:
-        return out
-    x, y = [np.log10(r["n_params"]) for r in kept], [r[measure] for r in kept]
-    out.update(zip(("slope", "low", "high"), slope_interval(x, y)))
-    out["verdict"] = "rises" if out["low"] > 0 else "falls" if out["high"] < 0 else "unclear"
-    return out
-
-
-def slope_text(t: dict) -> str:
-    """'+0.227 [-0.132, +0.585]' (slope and 95% interval), 'n/a' without a slope."""
-    if np.isnan(t["slope"]):
-        return "n/a"
-    return f"{t['slope']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}]"
-
-
-def paper_direction(t: dict) -> str | None:
-    """The paper's direction for this trend's family (None: not stated in the text)."""
-    return PAPER_DIRECTION.get(t["family"]) if t["main"] else None
-
-
-def verdict_text(t: dict) -> str:
-    """The verdict of one trend in words, beside the paper's direction."""
-    if t["verdict"] == "too few":
-        return (f"not decided: {t['n']} of {t['n_runs']} runs passed the gate (a trend needs 3, "
-                "over 2 widths)")  # fmt: skip
-    if t["verdict"] == "unclear":  # say which size of the paper's effect the runs exclude
-        interval = f"95% interval [{t['low']:+.3f}, {t['high']:+.3f}]"
-        excluded = {
-            "falls": f"; a fall steeper than {-t['low']:.3f} per decade is excluded",
-            "rises": f"; a rise steeper than {t['high']:.3f} per decade is excluded",
-        }
-        return f"not decided at this scale ({interval}{excluded.get(paper_direction(t), '')})"
-    if paper_direction(t) is None:
-        return f"{t['verdict']} (the paper's text states no direction)"
-    same = t["verdict"] == paper_direction(t)
-    return f"{t['verdict']}, {'as the paper' if same else 'against the paper'}"
-
-
-def artifact_text(share: float | None) -> str:
-    """What the median artifact share (of the runs past the gate) says, in words."""
-    if share is None:
-        return "no batch-norm network passed the gate, so the control has nothing to show"
-    if share > 0.05:
-        return (f"recalibrating the running statistics removes a median {share:.0%} of the "
-                "decorrelation that the official measurement reports")  # fmt: skip
-    if share < -0.05:
-        return ("with recalibrated running statistics the kernels decorrelate more, not less, "
-                f"than the official measurement reports (median share {share:.2f})")  # fmt: skip
-    return f"recalibrating the running statistics changes little (median share {share:.2f})"
 
 
 def median(rows, key):
@@ -161,10 +129,12 @@ def _mean(rows, key):
     return float(np.mean(vals)) if vals else None
 
 
-TREND_HEADERS = ["family", "passed the gate", "decades of parameters",
-                 "slope, default BN statistics (95% CI)",
-                 "slope, statistics of the verdict (95% CI)", "artifact share (median)",
-                 "paper", "compute (min)"]  # fmt: skip
+TREND_HEADERS = ["family", "passed the gate", "seeds", "parameters (decades)",
+                 "per-seed slopes, default BN statistics",
+                 "slope, default BN statistics (95% CI across seeds)",
+                 "per-seed slopes, recalibrated", "slope, recalibrated (95% CI across seeds)",
+                 "Δρ recalibrated − default (95% CI across seeds)", "retest ceiling (median)",
+                 "paper (source)", "compute (min)"]  # fmt: skip
 NETWORK_COLS = ("label", "width", "n_params", "seed", "train_acc", "test_acc", "passed",
                 "correlation_default", "correlation_recalibrated", "relative_change",
                 "movement")  # fmt: skip
@@ -174,18 +144,19 @@ NETWORK_HEADERS = ["family", "width", "parameters", "seed", "train acc %", "test
                    "gate", "ρ, default statistics", "ρ, recalibrated", "rel. change",
                    "param. movement"]  # fmt: skip
 ARTIFACT_HEADERS = ["family", "width", "runs", "ρ(Φ0, Φ0 recalibrated)",
-                    "ρ(Φ1, Φ1 recalibrated)", "ρ(Φ0, Φ1) default", "ρ(Φ0, Φ1) recalibrated",
-                    "artifact share"]  # fmt: skip
+                    "ρ(Φ1, Φ1 recalibrated)", "retest ceiling ρ(Φ0 rec. A, Φ0 rec. B)",
+                    "ρ(Φ0, Φ1) recalibrated", "ρ(Φ0, Φ1) default", "Δρ"]  # fmt: skip
 LINEARIZED_HEADERS = ["family", "width", "parameters", "seed", "net test acc %",
                       "linearized test acc %", "same class", "param. movement"]  # fmt: skip
 
 
 def artifact_rows(rows: list[dict]) -> list[list]:
     """Per batch-norm network (label, width): means over seeds of the statistics-only
-    correlation, the correlation before and after the control, and the artifact's share."""
-    keys = dict.fromkeys((r["label"], r["width"]) for r in rows if r["artifact_share"] is not None)
-    cols = ("stats_correlation", "stats_correlation_trained", "correlation_default",
-            "correlation_recalibrated", "artifact_share")  # fmt: skip
+    correlations, the retest ceiling beside the correlation after and before the control, and
+    Delta rho (recalibrated minus default)."""
+    keys = dict.fromkeys((r["label"], r["width"]) for r in rows if r["delta_rho"] is not None)
+    cols = ("stats_correlation", "stats_correlation_trained", "retest",
+            "correlation_recalibrated", "correlation_default", "delta_rho")  # fmt: skip
     out = []
     for key in keys:
         mine = [r for r in rows if (r["label"], r["width"]) == key]
@@ -250,14 +221,20 @@ def plot_kernels(axes, kernels: dict, title: str = ""):
     """Heat maps of the stored kernels (initialization, recalibrated when stored, trained),
     each on its own color scale, on as many of ``axes`` as there are kernels."""
     names = [k for k in ("phi0", "phi1", "phi0_recalibrated", "phi1_recalibrated") if k in kernels]
-    captions = {"phi0": "Φ0", "phi1": "Φ1 (trained)", "phi0_recalibrated": "Φ0 recalibrated",
-                "phi1_recalibrated": "Φ1 recalibrated"}  # fmt: skip
-    for ax, name in zip(axes, names):
+    captions = {
+        "phi0": "Φ0 (initial)",
+        "phi1": "Φ1 (trained)",
+        "phi0_recalibrated": "Φ0 recalibrated",
+        "phi1_recalibrated": "Φ1 recalibrated",
+    }
+    for ax, name in zip(axes, names):  # short panel titles; ``title`` (the net) above them all
         im = ax.imshow(kernels[name], cmap="viridis")
-        ax.set_title(f"{title} {captions[name]}".strip(), fontsize=10)
+        ax.set_title(captions[name], fontsize=13)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.figure.colorbar(im, ax=ax, fraction=0.046)
+    if title and len(axes):
+        axes[0].figure.suptitle(title, fontsize=14)
     return axes
 
 
@@ -274,8 +251,8 @@ def kernel_view(records: list[dict], family: str, width_index: int, root=None):
     kernels = load_kernels(rec, root)
     # two per row: each heat map wide enough to read, whatever the number of kernels
     rows = (len(kernels) + 1) // 2
-    fig, axes = plt.subplots(rows, 2, figsize=(9, 4 * rows), squeeze=False)
-    plot_kernels(axes.ravel(), kernels, f"{LABELS[family]} {width:g}")
+    fig, axes = plt.subplots(rows, 2, figsize=(9, 4 * rows + 0.5), squeeze=False)
+    plot_kernels(axes.ravel(), kernels, f"{LABELS[family]}, width {width:g}")
     for ax in axes.ravel()[len(kernels) :]:
         ax.set_visible(False)
     fig.tight_layout()
