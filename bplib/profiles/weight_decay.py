@@ -199,4 +199,9 @@ DRYRUN = {
     "epochs": 1,
     "milestones": [],
     "seeds": [0],
+    # the pilot (gpu): one cell per augmentation of 2 batches, one seed; the arms get one seed
+    "pilot_n_train": lambda v: None if v is None else [32],
+    "pilot_epochs": lambda v: None if v is None else [1],
+    "pilot_seeds": lambda v: None if v is None else [0],
+    "arm_images": lambda v: None if v is None else 5 * 32,
 }

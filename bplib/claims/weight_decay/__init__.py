@@ -329,7 +329,21 @@ def summarize(records: list[dict], cfg) -> Summary:
     arm's accuracies, gap and final norm beside the paper's), ``"differences"``
     (:func:`report.comparison_rows`), ``"verdict"`` (its rows with a reading), ``"paper"``
     (the paper's Tables 2-3, each cell with its spread) and ``"gate"`` (runs left out)."""
-    pilot, choice, tables, glue = pilot_of(records, cfg), None, {}, {}
+    pilot, choice, tables = pilot_of(records, cfg), None, {}
+    glue = dict.fromkeys(
+        (
+            "wd_plan",
+            "wd_pilot_cells",
+            "wd_pilot_fitting",
+            "wd_pilot_effect_mean",
+            "wd_pilot_effect_low",
+            "wd_pilot_effect_high",
+            "wd_pilot_seeds_needed",
+            "wd_arm_seeds",
+            "wd_arm_seeds_cap",
+        ),
+        "n/a (no pilot at this profile)",
+    )
     if pilot is not None:
         choice = plan.choose(*pilot, pilot_spec(cfg))
         _check_plan(records[len(pilot_grid(pilot_spec(cfg))) :], choice)
