@@ -83,6 +83,14 @@ def minima_steps(p: dict) -> list:
 
 
 def weight_decay_steps(p: dict) -> list:
+    if "pilot" in p:  # an arm whose cell the pilot picks: counted at the worst case, the
+        from bplib.claims.weight_decay import cell_params, plan  # costliest cell at its cap
+
+        spec = p["pilot"]
+        cell = max(spec["cells"], key=plan.cell_cost)
+        if p["slot"] >= plan.cap(cell, spec):
+            return []
+        p = {**p, **cell_params(spec, cell)}
     t = p["train"]
     return [((p["model"], dict(p["model_kw"])), t["batch_size"],
              t["epochs"] * _batches(p["n_train"], t["batch_size"]),

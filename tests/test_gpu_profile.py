@@ -37,6 +37,7 @@ SIZES = {
     "compare_power_iters", "lemma1_epochs", "lemma1_gd_epochs", "lemma1_milestones",
     "witness_epochs",
     "models",  # weight decay: rows of paper's models (checked below), their width a size
+    "pilot_n_train", "pilot_epochs", "pilot_seeds", "arm_images",  # weight decay's pilot grid
 }  # fmt: skip
 GATES = {"gate_train_acc", "min_train_acc", "gate"}
 PRECISION = {"bf16"}
@@ -80,10 +81,9 @@ def test_the_gpu_design_is_the_cpu_design_with_sizes_changed(chapter):
 
 def test_the_gpu_designs_are_the_ones_issue_26_asks_for():
     wd, ntk = get_profile("weight_decay", "gpu"), get_profile("ntk", "gpu")
-    assert set(wd.models) == {"resnet18", "resnet20_fixup"}
-    assert wd.models["resnet18"]["model_kw"] == {}  # full width
-    assert wd.n_train is None and wd.n_holdout == 0 and len(wd.arms) == 5
-    assert wd.gate_train_acc >= 95
+    # weight decay (issue 22): the cpu pilot-then-arms design on the paper's Fixup ResNet-20
+    assert set(wd.models) == {"resnet20_fixup"} and len(wd.arms) == 5
+    assert wd.gate_train_acc >= 95 and wd.pilot_n_train and wd.min_seeds >= 6
     assert ntk.widths["wrn16"] == [1, 2, 4, 8] and len(ntk.seeds) >= 4 and ntk.n_train >= 5000
     for family in ("resnet18", "resnet18_noskip", "resnet18_nobn", "resnet18_noskip_nobn"):
         ws = ntk.widths[family]  # parameters grow as width^2: 1.5 decades = width x 10^0.75

@@ -40,6 +40,9 @@ def _floats(value):
 PICKS = (
     {"row": "lemma1"},
     {"dataset": "cifar100_standin", "model": "resnet20_fixup", "arm": "nb_below"},
+    # weight decay at gpu: a pilot job (an arm job reads the pilot's records: the whole chapter
+    # runs both waves in make gpu-dryrun)
+    {"model": "resnet20_fixup", "phase": "pilot", "arm": "wd_strong"},
     {"dataset": "cifar100_standin", "family": "resnet18_noskip_nobn"},
     {"model": "resnet20_fixup", "arm": "nb_above"},
     {"family": "wrn16", "width": 8},

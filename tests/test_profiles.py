@@ -59,6 +59,7 @@ DRYRUN_BUDGETS = {
     "samples",  # the NTK's image samples measured: the official one differs in images only
     "gd_epochs", "witness_epochs",  # phases that run stay run (1 epoch), absent ones stay absent
     "n_holdout",  # rank at gpu: 20 held-out images, not 5,000 (a size)
+    "pilot_n_train", "pilot_epochs", "pilot_seeds", "arm_images",  # weight decay's pilot, budget
 }  # fmt: skip
 STANDIN_KEYS = {"datasets", "extra_datasets", "bases"}  # CIFAR-100 -> its offline stand-in
 

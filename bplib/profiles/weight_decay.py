@@ -21,16 +21,40 @@ twice the initial squared norm above it, about 0.4 of it below: the paper's ResN
 2,500 / 6,403). Initial squared norms (seed 0, all parameters): ResNet-18 6,403, DenseNet-40
 2,952, MobileNetV2 23,396, Fixup ResNet-20 78, MLP 2048^3 2,053, ResNet-18 width 1/8 803.
 
-``cpu`` is sized by a pilot on this machine (2 AMD EPYC cores, AVX2, no bf16 units: bf16
-autocast ran 10x slower than float32, so every profile trains in float32). Pilot: ResNet-18
-width 1/8, 5,000 images, 12 epochs (lr 0.1, /10 at epochs 6 and 9), seeds 0-3, arms none /
-weight decay 1e-4 / weight decay 5e-3: 144 CPU-seconds per run on average (0.30 per step,
-evaluation included). The whole ``cpu`` run must take <= 30 minutes wall on 2 cores (four
-chapters shared the machine the day it was designed): 20 runs on two one-thread workers take
-about 24 minutes, so it is one model, five arms, four seeds. The pilot's runs are jobs of ``cpu``
-(``bplib.claims.weight_decay.pilot`` reads them from its records). Its outcome (held-out
-accuracy, paired over the 4 seeds): weight decay 1e-4 - none +1.29 [-1.17, +3.74], 5e-3 - none
-+1.22 [-3.90, +6.34]; not detectable, so the ``cpu`` verdict says "cannot be tested".
+``cpu`` (issue 22) is two waves, both jobs of the profile, so that one ``bplib-run weight_decay
+--profile cpu --jobs 2`` runs them in order (``bplib.claims.weight_decay.waves``):
+
+1. **The pilot** looks for the regime where the networks fit their data: a grid of cells
+   ``pilot_n_train`` x ``pilot_epochs`` x ``pilot_augment`` (lr /10 at ``cell_milestones`` of
+   each cell's epochs), arms ``pilot_arms`` (none, weight decay at the usual CIFAR coefficient
+   5e-4, weight decay at the paper's norm-bias coefficient 0.005), seeds ``pilot_seeds``.
+2. **The arms**: all five arms in the cell that code picks from the pilot's records
+   (:mod:`bplib.claims.weight_decay.plan`): among the cells whose every run reached
+   ``gate_train_acc`` (training accuracy on the un-augmented training images, eval mode), the
+   one with the largest paired weight-decay effect (``wd_strong - none``, held-out accuracy)
+   relative to its seed spread. Seeds (``seeds``, fresh ones: the pilot's runs never enter the
+   verdict, so picking the cell on them does not bias it) are sized from that cell: the
+   smallest n with 80% exact noncentral-t power for the pilot's effect at its spread, at least
+   ``min_seeds``, at most what ``arm_images`` (the arms' budget, images x epochs over all arm
+   runs) affords in that cell, and at most ``len(seeds)``. Arm jobs past that n store a record
+   that says so and train nothing.
+
+Model: ResNet-18 at width 1/16 (44,622 parameters). Timing pilot (issue 22, this machine,
+niced on a shared machine, one thread, float32, batch 128, augmentation on; times are upper
+bounds): ResNet-18 width 1/8 630 images/s, width 1/16 984 images/s, Fixup ResNet-20 236
+images/s. The Fixup network (no batch norm: weight decay there is a true norm penalty, the case
+the belief is about) costs 2.7x width 1/8 and 4.2x width 1/16 per image: its pilot grid alone
+would take the whole budget, so it runs only at ``gpu``. Width 1/8 leaves too little for the
+arms (its largest cell would get fewer than 6 seeds), so ``cpu`` uses width 1/16, whose two
+grid sizes and two epoch budgets still include cells that interpolate (no augmentation).
+
+Estimate (2 idle cores, two one-thread workers): the last cpu run's 2-worker speed of width 1/8
+was 0.70 of its niced single-process speed; width 1/16 at 0.70 x 984 = 690 images/s per worker.
+Pilot: 9 runs per cell x (1,000 x 15 + 1,000 x 30 + 2,000 x 15 + 2,000 x 30) x 2
+augmentations = 2.43M images = 3,520 s, plus about 5 s per run for start-up and evaluation
+(72 runs: 360 s). Arms: ``arm_images`` 2.4M = 3,480 s in any cell, plus 5 s per run (at most
+40 runs: 200 s). Total 7,560 worker-seconds: 63 minutes on two workers, about 65 with the wait
+at the end of the pilot wave; the limit is 75 (issue 22).
 """
 
 from bplib.profiles import standin
@@ -86,72 +110,79 @@ PAPER = {
                     "nb_above", [True]),
     },
     "seeds": list(range(10)),
+    # The pilot (issue 22): None at paper (the paper's own design, no search); at cpu/gpu the
+    # grid of cells training-set size x epochs x augmentation, its arms and seeds; see above.
+    "pilot_n_train": None,  # training images per cell (list), None: no pilot
+    "pilot_epochs": None,  # epochs per cell (list)
+    "pilot_augment": None,  # augmentation per cell (list of bool)
+    "pilot_arms": ["none", "weight_decay", "wd_strong"],
+    "pilot_seeds": None,  # seeds of every pilot cell (list)
+    "cell_milestones": [0.5, 0.75],  # lr / 10 at these fractions of a cell's epochs
+    "min_seeds": 6,  # the arms get at least this many paired seeds (if the budget allows)
+    "arm_images": None,  # budget of the arms, images x epochs summed over every arm run
 }
 CPU = {
     **PAPER,
     "datasets": ["cifar10"],  # all 50,000 train images, first 1,000 test images offline
-    "n_train": 5000,  # drawn from the 45,000 not held out; 40 steps/epoch
-    "n_holdout": 5000,
-    "epochs": 12,  # 480 steps
-    "milestones": [6, 9],  # (paper: 1/3, 7/12, 3/4, 11/12 of 300)
-    # Equivalence margin (points), fixed before the cpu run: about the mean gain of weight
-    # decay over none in the pilot (1.2-1.3 points), so a norm-bias arm within +-1 point of
-    # weight decay keeps most of that gain. The pilot's paired spread (sd 1.5-3.3 points)
-    # makes 4-seed intervals +-2.5 to +-5 points wide: equivalence is out of reach at cpu.
+    "n_holdout": 5000,  # held-out training images, never trained on: the verdict's split
+    # Not read when there is a pilot (the arms train in the cell it picks): the largest cell,
+    # which the results page shows as the scale.
+    "n_train": 2000,
+    "epochs": 30,
+    "milestones": [15, 22],
+    # Gate: interpolation (issue 22): a run that ends below 95% accuracy on its own training
+    # images (un-augmented, eval mode) is shown and left out with its pair.
+    "gate_train_acc": 95.0,
+    # Equivalence margin (points), fixed before the run: the norm-bias arm must stay within 1
+    # point of weight decay at the same coefficient to count as "does as well".
     "delta": 1.0,
-    # ResNet-18 at width 1/8: 176,402 parameters, initial squared norm 803, the paper's
-    # ResNet-18 coefficients. mu2_below 0.39 x the initial squared norm, the paper's ResNet-18
-    # ratio (the pilot's weight decay at 0.005 ends near 140, so the floor engages); above: 2.5x.
-    "models": {"resnet18_w8": _row("ResNet-18", "resnet18", {"width": 0.125}, 1e-4, 0.005,
-                                   (300.0, 2000.0), "nb_below", [True])},
-    "seeds": [0, 1, 2, 3],
+    "pilot_n_train": [1000, 2000],
+    "pilot_epochs": [15, 30],
+    "pilot_augment": [False, True],
+    "pilot_seeds": [0, 1, 2],
+    "arm_images": 2_400_000,  # 3,480 s at 690 images/s (see the estimate above)
+    # ResNet-18 at width 1/16: 44,622 parameters, initial squared norm 402; weight decay at the
+    # usual CIFAR coefficient 5e-4, the paper's norm-bias coefficient 0.005; mu2 below 0.4x the
+    # initial squared norm (the paper's ResNet-18 ratio), above: 2x.
+    "models": {"resnet18_w16": _row("ResNet-18", "resnet18", {"width": 0.0625}, 5e-4, 0.005,
+                                    (160.0, 800.0), "nb_below", [True])},
+    "seeds": list(range(100, 112)),  # the arms' seeds (at most 12; sized from the pilot)
 }
 SMOKE = {
     **CPU,
     "datasets": ["cifar10_small"],  # first 2,000 train + 1,000 test images
-    "n_train": 128,
     "n_holdout": 500,
-    "epochs": 2,
-    "milestones": [],
     "gate_train_acc": 0.0,
-    # ResNet-18 at width 1/16 (44,622 parameters, initial squared norm 402); the MLP row is not
-    # in the paper's Table 2 (initial squared norm 68): it exercises that path
-    "models": {
-        "resnet18_w16": _row("ResNet-18", "resnet18", {"width": 0.0625}, 1e-4, 0.005,
-                             (160.0, 800.0), "nb_below", [True]),
-        "mlp_64": _row("MLP", "mlp", {"widths": [64, 64, 64]}, 1e-4, 0.005, (30.0, 150.0),
-                       "nb_above", [False]),
-    },
-    "seeds": [0, 1],
+    "n_train": 64,
+    "epochs": 2,
+    "milestones": [1],
+    "pilot_n_train": [64],
+    "pilot_epochs": [1, 2],
+    "pilot_augment": [False],
+    "pilot_seeds": [0, 1],
+    "min_seeds": 2,
+    "arm_images": 5 * 3 * 64 * 1,  # 3 seeds in the 1-epoch cell, 1 in the 2-epoch one
+    "seeds": [100, 101, 102, 103],  # the fourth is sized out: exercises the skipped record
 }
-# One GPU for about an hour (issue 26): the cpu design (arms, paired statistics, margin test)
-# on what cpu could not afford: the paper's full-width ResNet-18 and its Fixup ResNet-20 (where
-# weight decay is a true norm penalty: no batch norm rescales it away) on all 50,000 training
-# images, trained to interpolation (the gate: >= 95% training accuracy; runs below are shown and
-# left out with their pair). 24 epochs at lr 0.1 (/10 at 12 and 18) take ResNet-18 past it on
-# augmented CIFAR-10 in common practice; the Fixup ResNet-20 (0.27M parameters) fits more
-# slowly and may stay below it: the chapter then shows its runs, out of the intervals. No
-# held-out split: the verdict reads the test set (all 10,000 images where torchvision can
-# download them). Seeds: the cpu pilot's paired spread (sd 1.5-3.3 points at 5,000 images,
-# width 1/8) would need ~150 seeds for the paper's margin delta = 0.25; full-size runs vary far
-# less (the paper: sd 0.05-0.09 per arm), where 5 seeds give a paired interval of +-1.24 sd
-# (+-0.19 points at a paired sd of 0.15). Five is what the hour holds with both networks: the
-# Fixup network's steps are bound by kernel launches (410 operators), not arithmetic. Training
-# in mixed precision (bf16, fp16 with a scaler on a T4), channels_last. Estimated time:
-# benchmarks/records/gpu_estimate.md.
+# One GPU for about an hour (issue 26): the cpu design (pilot grid, then the five arms in the
+# cell it picks, seeds sized from it) at sizes a GPU affords, on the paper's Fixup ResNet-20: no
+# batch norm, so weight decay is a true norm penalty there (the case the belief is about), and
+# the paper's coefficient and mu^2 (above its initial squared norm 78: the inflating regime).
+# Training in mixed precision (bf16; fp16 with a scaler on a T4). Estimated time:
+# benchmarks/records/gpu_estimate.md (the arms counted at their worst case: the budget spent
+# in the costliest cell).
 GPU = {
-    **PAPER,
-    "datasets": ["cifar10"],  # CIFAR-100 adds a second hour
-    "epochs": 24,
-    "milestones": [12, 18],
+    **CPU,
+    "n_train": 20000,
+    "epochs": 60,
+    "milestones": [30, 45],
     "bf16": True,  # mixed precision on a GPU (bplib.train); measurements stay float32
-    "gate_train_acc": 95.0,  # interpolation, not "learned something" (cpu: 20)
-    "models": {
-        "resnet18": _row("ResNet-18", "resnet18", {}, 1e-4, 0.005, (2500.0, 12800.0),
-                         "nb_below", [True]),  # Table 3 (normalized inputs), as cpu
-        "resnet20_fixup": PAPER["models"]["resnet20_fixup"],
-    },
-    "seeds": [0, 1, 2, 3, 4],
+    "pilot_n_train": [5000, 20000],
+    "pilot_epochs": [30, 60],
+    "pilot_seeds": [0, 1, 2],
+    "arm_images": 12_000_000,
+    "models": {"resnet20_fixup": PAPER["models"]["resnet20_fixup"]},
+    "seeds": list(range(100, 116)),
 }
 # fmt: on
 PROFILES = {"smoke": SMOKE, "cpu": CPU, "paper": PAPER, "gpu": GPU}
@@ -168,4 +199,9 @@ DRYRUN = {
     "epochs": 1,
     "milestones": [],
     "seeds": [0],
+    # the pilot (gpu): one cell per augmentation of 2 batches, one seed; the arms get one seed
+    "pilot_n_train": lambda v: None if v is None else [32],
+    "pilot_epochs": lambda v: None if v is None else [1],
+    "pilot_seeds": lambda v: None if v is None else [0],
+    "arm_images": lambda v: None if v is None else 5 * 32,
 }

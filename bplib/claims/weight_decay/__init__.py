@@ -23,64 +23,157 @@ import time
 import torch
 
 from bplib import paper, runner
-from bplib.claims.weight_decay import report
+from bplib.claims.weight_decay import plan, report
 from bplib.data import CIFAR100_MEAN, CIFAR100_STD, Normalize, holdout_split, load_cifar, subset
 from bplib.device import resolve_device
 from bplib.measures.norm_bias import make_regularizer, norm_split
 from bplib.models import count_parameters, make_model
-from bplib.profiles import get_profile
-from bplib.results import COMMITTED, describe
+from bplib.results import describe
 from bplib.stats import Summary
 from bplib.train import TrainConfig, TrainingDiverged, fit, squared_norm
 
 EXPERIMENT = CHAPTER = "weight_decay"  # chapters/weight_decay.md
 TITLE = "2. Small-norm solutions generalize better"
-PARAMS = ("n_train", "n_holdout", "form", "scope")  # profile keys in every record's params
-PILOT_ARMS, PILOT_SEEDS = ["none", "weight_decay", "wd_strong"], [0, 1, 2, 3]  # sized cpu
-# The pilot's glue values that the chapter quotes, under names of their own.
-PILOT_GLUE = {
-    "wd_weight_decay_minus_none_mean": "pilot_wd_weight_decay_minus_none_mean",
-    "wd_weight_decay_minus_none_low": "pilot_wd_weight_decay_minus_none_low",
-    "wd_weight_decay_minus_none_high": "pilot_wd_weight_decay_minus_none_high",
-    "wd_weight_decay_minus_none_detectable": "pilot_wd_weight_decay_minus_none_detectable",
-    "wd_wd_strong_minus_none_mean": "pilot_wd_wd_strong_minus_none_mean",
-    "wd_wd_strong_minus_none_low": "pilot_wd_wd_strong_minus_none_low",
-    "wd_wd_strong_minus_none_high": "pilot_wd_wd_strong_minus_none_high",
-    "wd_wd_strong_minus_none_n": "pilot_wd_wd_strong_minus_none_n",
-    "wd_wd_strong_minus_none_detectable": "pilot_wd_wd_strong_minus_none_detectable",
-}
+PARAMS = ("n_holdout", "form", "scope")  # profile keys in every record's params
 
 
 # ----------------------------------------------------------------------- the runs
-def grid(cfg) -> list[tuple[str, dict, int]]:
-    """``[(row_key, params, seed), ...]`` for every dataset x model row x normalization x arm x
-    seed of a profile ``cfg`` (``get_profile("weight_decay", ...)``)."""
+def _train(cfg, dataset: str, epochs: int, milestones: list, augment: bool) -> dict:
+    """``TrainConfig`` keyword arguments of one run (evaluated once, after the last epoch)."""
+    batch = cfg.batch_size_cifar100 if dataset.startswith("cifar100") else cfg.batch_size
+    return dict(epochs=epochs, lr=cfg.lr, batch_size=batch, momentum=cfg.momentum,
+                milestones=list(milestones), gamma=paper.TABLE23_LR_GAMMA, augment=augment,
+                eval_every=max(epochs, 1), bf16=cfg.bf16)  # fmt: skip
+
+
+def pilot_cells(cfg) -> list[dict]:
+    """The pilot's cells ``{"n_train", "epochs", "augment"}`` (empty when the profile has none)."""
+    if cfg.pilot_n_train is None:
+        return []
+    return [{"n_train": n, "epochs": e, "augment": a}
+            for n, e, a in itertools.product(cfg.pilot_n_train, cfg.pilot_epochs,
+                                             cfg.pilot_augment)]  # fmt: skip
+
+
+def _milestones(epochs: int, fractions) -> list[int]:
+    return sorted({max(1, round(epochs * f)) for f in fractions if round(epochs * f) < epochs})
+
+
+def pilot_spec(cfg) -> dict | None:
+    """What an arm job needs to rebuild the pilot's jobs and pick its cell (part of its key):
+    None when the profile has no pilot. One model row, one input normalization, one data set."""
+    if cfg.pilot_n_train is None:
+        return None
+    ((key, row),) = cfg.models.items() if len(cfg.models) == 1 else ((None, None),)
+    if row is None or len(row["normalize"]) != 1 or len(cfg.datasets) != 1:
+        raise ValueError("models: a profile with a pilot (pilot_n_train) has one model row, one "
+                         f"normalization and one data set, not {list(cfg.models)}")  # fmt: skip
+    base = runner.params(
+        cfg,
+        PARAMS,
+        model=row["model"],
+        model_kw=row["model_kw"],
+        normalize=row["normalize"][0],
+        dataset=cfg.datasets[0],
+    )
+    if cfg.n_test is not None:
+        base["n_test"] = cfg.n_test
+    return {"base": base, "cells": pilot_cells(cfg), "arms": list(cfg.pilot_arms),
+            "settings": {a: list(report.arm_settings(row, a)) for a in cfg.pilot_arms},
+            "seeds": list(cfg.pilot_seeds), "all_arms": list(cfg.arms),
+            "arm_seeds": list(cfg.seeds),
+            "gate": cfg.gate_train_acc, "min_seeds": cfg.min_seeds, "arm_images": cfg.arm_images,
+            "train": _train(cfg, cfg.datasets[0], 0, [], False),
+            "cell_milestones": list(cfg.cell_milestones)}  # fmt: skip
+
+
+def cell_params(spec: dict, cell: dict) -> dict:
+    """``n_train`` and ``train`` of one run in ``cell``."""
+    train = {**spec["train"], "epochs": cell["epochs"], "augment": cell["augment"],
+             "eval_every": cell["epochs"],
+             "milestones": _milestones(cell["epochs"], spec["cell_milestones"])}  # fmt: skip
+    return {"n_train": cell["n_train"], "train": train}
+
+
+def pilot_grid(spec: dict) -> list[tuple[int, dict, int]]:
+    """``[(cell index, params, seed), ...]`` of the pilot described by ``spec``."""
     out = []
+    for i, cell in enumerate(spec["cells"]):
+        for arm, seed in itertools.product(spec["arms"], spec["seeds"]):
+            kind, coef, mu2 = spec["settings"][arm]
+            out.append(
+                (
+                    i,
+                    {
+                        **spec["base"],
+                        "phase": "pilot",
+                        "arm": arm,
+                        "kind": kind,
+                        "coef": coef,
+                        "mu2": mu2,
+                        **cell_params(spec, cell),
+                    },
+                    seed,
+                )
+            )
+    return out
+
+
+def grid(cfg) -> list[tuple[str, dict, int]]:
+    """``[(row_key, params, seed), ...]`` of the arms: every dataset x model row x
+    normalization x arm x seed of a profile ``cfg``. With a pilot, an arm's params hold the
+    pilot's spec (its cell is picked when it runs) and its seed's ``slot``."""
+    out, spec = [], pilot_spec(cfg)
     for dataset in cfg.datasets:
-        batch = cfg.batch_size_cifar100 if dataset.startswith("cifar100") else cfg.batch_size
-        train = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=batch, momentum=cfg.momentum,
-                     milestones=list(cfg.milestones), gamma=paper.TABLE23_LR_GAMMA,
-                     augment=cfg.augment, eval_every=max(cfg.epochs, 1), bf16=cfg.bf16)  # fmt: skip
         n_test = {} if cfg.n_test is None else {"n_test": cfg.n_test}  # absent: all test images
+        fixed = {
+            "n_train": cfg.n_train,
+            "train": _train(cfg, dataset, cfg.epochs, cfg.milestones, cfg.augment),
+        }
         for key, row in cfg.models.items():
             for normalize, arm, seed in itertools.product(row["normalize"], cfg.arms, cfg.seeds):
                 kind, coef, mu2 = report.arm_settings(row, arm)
+                where = fixed if spec is None else {"pilot": spec, "slot": cfg.seeds.index(seed)}
                 params = runner.params(cfg, PARAMS, model=row["model"], model_kw=row["model_kw"],
                                        normalize=normalize, dataset=dataset, arm=arm, kind=kind,
-                                       coef=coef, mu2=mu2, train=train, **n_test)  # fmt: skip
+                                       coef=coef, mu2=mu2, phase="arms", **where,
+                                       **n_test)  # fmt: skip
                 out.append((key, params, seed))
     return out
 
 
 def jobs(cfg) -> list[runner.Job]:
-    """One job per run of :func:`grid`, in that order."""
-    return [runner.job(EXPERIMENT, params, seed) for _, params, seed in grid(cfg)]
+    """The pilot's jobs (if any), then one job per run of :func:`grid`."""
+    spec = pilot_spec(cfg)
+    pilot = [] if spec is None else [runner.job(EXPERIMENT, p, s) for _, p, s in pilot_grid(spec)]
+    return pilot + [runner.job(EXPERIMENT, params, seed) for _, params, seed in grid(cfg)]
+
+
+def waves(todo: list[runner.Job]) -> list[list[runner.Job]]:
+    """The pilot's jobs, then the arms (which read the pilot's records), for
+    :func:`bplib.claims.run`."""
+    first = [j for j in todo if j.params["phase"] == "pilot"]
+    return [w for w in (first, [j for j in todo if j not in first]) if w]
 
 
 def cost(job: runner.Job) -> float:
-    """Every run trains the same images for the same epochs; the model decides the rest, which
-    no estimate here captures: all equal (the runner keeps the jobs' order)."""
-    return 0.0
+    """Images x epochs of a run (an arm whose cell is not known yet: 0, kept in order)."""
+    p = job.params
+    return 0.0 if "pilot" in p else float((p["n_train"] or 50_000) * p["train"]["epochs"])
+
+
+def read_pilot(spec: dict, profile: str, root=None) -> tuple[list, list]:
+    """``(cells, results)`` of the pilot described by ``spec`` from the store: ``results[i]`` is
+    cell i's ``{arm: {seed: result}}``; a missing record raises (run the pilot first)."""
+    triples = pilot_grid(spec)
+    records = runner.stored([runner.job(EXPERIMENT, p, s) for _, p, s in triples], profile, root)
+    if missing := sum(r is None for r in records):
+        raise FileNotFoundError(f"{missing} of the pilot's {len(records)} {profile} records are "
+                                "not in the store: run the pilot's wave first")  # fmt: skip
+    results = [{} for _ in spec["cells"]]
+    for (i, p, seed), rec in zip(triples, records, strict=True):
+        results[i].setdefault(p["arm"], {})[seed] = rec["result"]
+    return spec["cells"], results
 
 
 def _split(dataset: str, n_train: int | None, n_holdout: int, data_dir):
@@ -92,12 +185,20 @@ def _split(dataset: str, n_train: int | None, n_holdout: int, data_dir):
 
 
 def work(job: runner.Job, ctx: runner.Context) -> dict:
-    """Train one (model, arm, seed): final accuracies and losses (training subset, held-out
-    split, test set), the squared norm at init and after every epoch, its split into weights
-    and one-dimensional parameters at both ends, CPU seconds, and ``diverged`` (True with the
-    message when the loss became NaN/inf; the paper reports such runs as 10% accuracy)."""
+    """Train one (cell, model, arm, seed): final accuracies and losses (training images
+    un-augmented in eval mode: ``fit_acc``; held-out split; test set), the squared norm at init
+    and after every epoch, its split into weights and one-dimensional parameters at both ends,
+    CPU seconds, and ``diverged`` (True with the message when the loss became NaN/inf; the paper
+    reports such runs as 10% accuracy). An arm job of a profile with a pilot first picks its
+    cell from the pilot's stored records (``plan``); a seed past the plan's number stores
+    ``skipped`` and trains nothing."""
     cpu0 = time.process_time()
-    p, dev = job.params, resolve_device(ctx.device)
+    p, dev, extra = job.params, resolve_device(ctx.device), {}
+    if "pilot" in p:
+        choice = plan.choose(*read_pilot(p["pilot"], ctx.profile, ctx.root), p["pilot"])
+        if p["slot"] >= choice["n_seeds"]:
+            return {"skipped": True, "plan": choice}
+        p, extra = {**p, **cell_params(p["pilot"], choice["cell"])}, {"plan": choice}
     data, (x_tr, y_tr), (x_hold, y_hold) = _split(p["dataset"], p["n_train"], p["n_holdout"],
                                                   ctx.data_dir)  # fmt: skip
     normalize = p["normalize"]
@@ -108,10 +209,10 @@ def work(job: runner.Job, ctx: runner.Context) -> dict:
                        **p["model_kw"]).to(dev)  # fmt: skip
     reg = make_regularizer(p["kind"], p["coef"], p["mu2"], p["form"], p["scope"])
     x_te, y_te = data.first_test(p.get("n_test"))  # the first n; absent: all of them
-    evals = {"test": (x_te.to(dev), y_te.to(dev))}
+    evals = {"test": (x_te.to(dev), y_te.to(dev)), "fit": (x_tr.to(dev), y_tr.to(dev))}
     if len(x_hold):
         evals["holdout"] = (x_hold.to(dev), y_hold.to(dev))
-    result = {"n_params": count_parameters(model), "init_sq_norm": squared_norm(model)}
+    result = {"n_params": count_parameters(model), "init_sq_norm": squared_norm(model), **extra}
     result.update(init_split=norm_split(model), test_name=data.test_name, n_train=len(x_tr),
                   n_holdout=len(x_hold))  # fmt: skip
     try:
@@ -130,23 +231,26 @@ def work(job: runner.Job, ctx: runner.Context) -> dict:
 
 # ----------------------------------------------------------------------- statistics of runs
 def collect(records: list[dict], cfg) -> dict:
-    """``{(row_key, normalize, dataset): {arm: {seed: result}}}`` from :func:`jobs`' records."""
+    """``{(row_key, normalize, dataset): {arm: {seed: result}}}`` of the arms' records among
+    :func:`jobs`' records (the pilot's and the seeds sized out are left out)."""
     out: dict = {}
-    for (key, params, seed), rec in zip(grid(cfg), records, strict=True):
+    arms = [r for r in records if r["params"]["phase"] == "arms"]
+    for (key, params, seed), rec in zip(grid(cfg), arms, strict=True):
         group = out.setdefault((key, params["normalize"], params["dataset"]), {})
-        group.setdefault(params["arm"], {})[seed] = rec["result"]
+        if not rec["result"].get("skipped"):
+            group.setdefault(params["arm"], {})[seed] = rec["result"]
     return out
 
 
-def pilot(root=None) -> tuple:
-    """The pilot that sized ``cpu`` (``cpu`` at :data:`PILOT_ARMS` x :data:`PILOT_SEEDS`) as
-    ``(cfg, records)``, read from the committed cpu records, which repeat its runs."""
-    cfg, where = get_profile(EXPERIMENT, "cpu", PILOT_SEEDS, arms=PILOT_ARMS), root or COMMITTED
-    records = runner.stored(jobs(cfg), "cpu", where)
-    if missing := sum(r is None for r in records):
-        raise FileNotFoundError(f"{missing} of the pilot's {len(records)} cpu records are not "
-                                f"in the store {where}; run the cpu profile")  # fmt: skip
-    return cfg, records
+def pilot_of(records: list[dict], cfg) -> tuple[list, list] | None:
+    """``(cells, results)`` of the pilot among :func:`jobs`' records (None: no pilot)."""
+    spec = pilot_spec(cfg)
+    if spec is None:
+        return None
+    results = [{} for _ in spec["cells"]]
+    for (i, p, seed), rec in zip(pilot_grid(spec), records, strict=False):
+        results[i].setdefault(p["arm"], {})[seed] = rec["result"]
+    return spec["cells"], results
 
 
 # ----------------------------------------------------------------------- summary
@@ -159,40 +263,128 @@ def paper_headline() -> str:
     )
 
 
+PILOT_HEADERS = ["cell", "images", "epochs", "augment", "lowest train acc (fit)",
+                 "train − held-out gap (none)", "wd (nb coef) − none [95%]", "effect / sd",
+                 "fits (all ≥ gate)", "picked"]  # fmt: skip
+
+
+def pilot_rows(cells: list, results: list, cfg, choice: dict) -> list[list]:
+    """The pilot grid, one row per cell (:data:`PILOT_HEADERS`)."""
+    rows = []
+    for i, r in enumerate(plan.cell_rows(cells, results, pilot_spec(cfg))):
+        c = r["cell"]
+        rows.append([str(i + 1), f"{c['n_train']:,}", str(c["epochs"]),
+                     "on" if c["augment"] else "off", f"{r['min_fit']:.1f}", f"{r['gap']:+.1f}",
+                     report.interval(r["effect"]), f"{r['score']:+.2f}",
+                     "yes" if r["fits"] else "no",
+                     "◀" if i == choice["index"] else ""])  # fmt: skip
+    return rows
+
+
+def _check_plan(records: list[dict], choice: dict) -> None:
+    """Every arm record that trained was made in the cell the pilot's records pick now."""
+    for rec in records:
+        made = rec["result"].get("plan")
+        if made is not None and made["cell"] != choice["cell"]:
+            raise ValueError(f"an arm record (seed {rec['seed']}) was made in cell "
+                             f"{made['cell']}, but the pilot's records pick {choice['cell']}: "
+                             "recompute the arms (force) from this pilot")  # fmt: skip
+
+
+def verdict_of(groups: dict, cfg, choice: dict | None) -> tuple[str, str]:
+    """``(status, verdict)`` of the first group: "not testable at this scale" (with the grid's
+    best effect and the seeds that would detect it) unless weight decay helps; then the reading
+    of the penalty toward a large norm against weight decay of the same coefficient."""
+    group, split = next(iter(groups.values())), "holdout_acc" if cfg.n_holdout else "test_acc"
+    d = report.difference_summary(group, *report.EFFECT, split, cfg.gate_train_acc)
+    blocked = report.effect_reading(d)
+    if choice is not None and not choice["fitting"]:
+        blocked = (
+            "not testable at this scale: no cell of the pilot fit its data (>= "
+            f"{cfg.gate_train_acc:g}%)"
+        )
+    if blocked:
+        if choice is not None:
+            e, need = choice["effect"], choice["seeds_needed"]
+            more = (f"{need} paired seeds would detect it with 80% power" if need
+                    else "no number of seeds would: it is not positive")  # fmt: skip
+            blocked += (f"; the pilot grid's best effect {e['mean']:+.2f} [{e['low']:+.2f}, "
+                        f"{e['high']:+.2f}] (n={e['n']}): {more}")  # fmt: skip
+        return "not testable at this scale", blocked
+    a, b = report.DECIDING[0]
+    big = report.difference_summary(group, a, b, split, cfg.gate_train_acc)
+    ratio = report.end_norm(group, a, cfg.gate_train_acc) / report.end_norm(
+        group, b, cfg.gate_train_acc
+    )
+    text = report.reading(big, cfg.delta, ratio)
+    return text.split(":")[0].split(" (")[0], f"{report.HELPS} ({report.interval(d)}); " + (
+        f"{report.LABELS[a]} − {report.LABELS[b]} {report.interval(big)}: {text}"
+    )
+
+
 def summarize(records: list[dict], cfg) -> Summary:
     """Tables, verdict and glue of the chapter from the records of :func:`jobs` (in order).
 
-    Tables: ``"arms <dataset>"`` (every arm's accuracies and final norm beside the paper's),
-    ``"differences"`` (:func:`comparison_rows`), ``"verdict"`` (its rows with a reading) and
-    ``"paper"`` (the paper's Tables 2-3 with their spreads)."""
+    Tables: ``"pilot"`` (the grid, when the profile has one), ``"arms <dataset>"`` (every
+    arm's accuracies, gap and final norm beside the paper's), ``"differences"``
+    (:func:`report.comparison_rows`), ``"verdict"`` (its rows with a reading), ``"paper"``
+    (the paper's Tables 2-3, each cell with its spread) and ``"gate"`` (runs left out)."""
+    pilot, choice, tables = pilot_of(records, cfg), None, {}
+    glue = dict.fromkeys(
+        (
+            "wd_plan",
+            "wd_pilot_cells",
+            "wd_pilot_fitting",
+            "wd_pilot_effect_mean",
+            "wd_pilot_effect_low",
+            "wd_pilot_effect_high",
+            "wd_pilot_seeds_needed",
+            "wd_arm_seeds",
+            "wd_arm_seeds_cap",
+        ),
+        "n/a (no pilot at this profile)",
+    )
+    if pilot is not None:
+        choice = plan.choose(*pilot, pilot_spec(cfg))
+        _check_plan(records[len(pilot_grid(pilot_spec(cfg))) :], choice)
+        tables["pilot"] = (PILOT_HEADERS, pilot_rows(*pilot, cfg, choice))
+        glue["wd_plan"] = plan.plan_text(choice)
+        glue["wd_pilot_cells"], glue["wd_pilot_fitting"] = (
+            len(pilot[0]),
+            sum(r == "yes" for *_, r, _ in tables["pilot"][1]),
+        )
+        e = choice["effect"]
+        glue.update(wd_pilot_effect_mean=e["mean"], wd_pilot_effect_low=e["low"],
+                    wd_pilot_effect_high=e["high"],
+                    wd_pilot_seeds_needed=choice["seeds_needed"] or "none",
+                    wd_arm_seeds=choice["n_seeds"], wd_arm_seeds_cap=choice["cap"])  # fmt: skip
     groups, r = collect(records, cfg), report
-    tables = {f"arms {ds}": (r.ARM_HEADERS, r.arm_rows(groups, cfg, ds)) for ds in cfg.datasets}
+    tables.update(
+        {f"arms {ds}": (r.ARM_HEADERS, r.arm_rows(groups, cfg, ds)) for ds in cfg.datasets}
+    )
     tables["differences"] = (r.COMPARISON_HEADERS, r.comparison_rows(groups, cfg))
     tables["verdict"] = (r.COMPARISON_HEADERS, [x for x in tables["differences"][1] if x[6]])
-    verdict = [x for x in tables["verdict"][1] if x[6] != r.NOT_TESTED]  # for the results page
     tables["paper"] = (r.PAPER_HEADERS, r.paper_rows())
+    lines = r.gate_lines(groups, cfg)
+    tables["gate"] = (["run left out"], [[x] for x in lines])
     where = "held-out" if cfg.n_holdout else "test"
-    glue = r.headline_glue(groups, cfg)
+    glue.update(r.headline_glue(groups, cfg))
+    status, verdict = verdict_of(groups, cfg, choice)
     # Ours beside the paper's on the same contrast with the same sign (contract item 15): Table
-    # 3's norm-bias minus weight decay at the model's own coefficient, in the first model row.
+    # 3's norm-bias (the paper's arm) minus weight decay at the model's own coefficient.
     first = cfg.models[next(iter(groups))[0]]
     label = f"{r.LABELS[first['paper_arm']]} − {r.LABELS['weight_decay']}"
     same = next((x for x in tables["differences"][1] if x[2] == label), None)
     t3 = paper.TABLE3["ResNet-18"]
     glue["wd_paper_nb_minus_wd"] = t3[2] - t3[1]
     glue["wd_ours_nb_minus_wd"] = same[3] if same else "n/a (an arm is not in this profile)"
+    runs = [x for g in groups.values() for arm in g.values() for x in arm.values()]
+    passed = sum(r.passes(x, cfg.gate_train_acc) for x in runs)
+    glue["wd_gate"] = (f"{passed} of {len(runs)} runs reached ≥ {cfg.gate_train_acc:g}% training "
+                       "accuracy")  # fmt: skip
     ours = f"{where} accuracy, paired: {same[0]} {label} {same[3]}" if same else "n/a"
-    # The decision in a few words for the status block: why it cannot be tested, or the
-    # reading of the paper's norm-bias arm against weight decay at the same coefficient.
-    blocked = verdict[0][6] if verdict and verdict[0][6].startswith("cannot") else None
-    deciding = f"{r.LABELS[first['paper_arm']]} − {r.LABELS['wd_strong']}"
-    readings = [x[6] for x in verdict if x[2] == deciding] or ["n/a"]
-    glue["wd_status"] = (blocked or readings[0]).split(":")[0]
-    glue["wd_ours"] = ours
+    glue["wd_status"], glue["wd_verdict"], glue["wd_ours"] = status, verdict, ours
     glue["wd_provenance"] = describe(records)  # for figure captions and the verdict box
     return Summary(
-        ours=ours,
-        verdict="; ".join(f"{x[0]}, {x[2]}: {x[6]}" for x in verdict),
-        glue=glue,
-        tables=tables,
+        ours=ours, verdict=f"{verdict} (gate: {glue['wd_gate']})", glue=glue, tables=tables
     )

@@ -1,0 +1,131 @@
+"""Claim 2's pilot (issue 22): the grid of cells (training-set size x epochs x augmentation)
+where weight decay could have something to do, the cell the arms run in (picked by code from the
+pilot's records) and the number of the arms' seeds (exact noncentral-t power). Pure functions of
+the pilot's results and the pilot's ``spec`` (:func:`bplib.claims.weight_decay.pilot_spec`);
+the jobs and the training are :mod:`bplib.claims.weight_decay`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from bplib.stats import paired_interval, t_power
+
+EFFECT = ("wd_strong", "none")  # the effect the pilot looks for (and the verdict's first step)
+POWER = 0.8
+MAX_SEEDS_SEARCHED = 1000  # "more than this" where no n up to it reaches the power
+
+
+def fit_acc(result: dict) -> float:
+    """Accuracy on the run's own training images, un-augmented and in eval mode (``fit_acc``);
+    records without it (older designs) fall back to the last epoch's running accuracy."""
+    return result.get("fit_acc", result.get("train_acc", math.nan))
+
+
+def passes(result: dict, gate: float) -> bool:
+    """The gate: the run stored a training result, did not diverge, and fit its training
+    images to >= ``gate`` %."""
+    return not result.get("skipped") and not result["diverged"] and fit_acc(result) >= gate
+
+
+def paired(group: dict, a: str, b: str, name: str, gate: float) -> dict:
+    """:func:`~bplib.stats.paired_interval` of the per-seed ``name(a) - name(b)`` over the seeds
+    where both runs pass the gate (``group``: ``{arm: {seed: result}}``)."""
+    ra, rb = group.get(a, {}), group.get(b, {})
+    seeds = sorted(s for s in set(ra) & set(rb) if passes(ra[s], gate) and passes(rb[s], gate))
+    return paired_interval([ra[s][name] - rb[s][name] for s in seeds])
+
+
+def seeds_for_power(effect: float, sd: float, power: float = POWER) -> int | None:
+    """Smallest number of pairs n >= 2 whose two-sided paired t-test at 5% detects a true mean
+    difference ``effect`` with probability ``power`` for a per-pair spread ``sd`` (exact
+    noncentral t, :func:`~bplib.stats.t_power`); None when ``effect`` <= 0 or no n up to
+    :data:`MAX_SEEDS_SEARCHED` does."""
+    if not (effect > 0 and math.isfinite(sd)):
+        return None
+    if sd == 0:
+        return 2
+    for n in range(2, MAX_SEEDS_SEARCHED + 1):
+        if t_power(effect, sd, n) >= power:
+            return n
+    return None
+
+
+def cell_cost(cell: dict) -> int:
+    """Images x epochs of one run in ``cell``."""
+    return cell["n_train"] * cell["epochs"]
+
+
+def cap(cell: dict, spec: dict) -> int:
+    """The most paired seeds the arms' budget affords in ``cell`` (all arms), at most the
+    profile's arm seeds."""
+    afford = spec["arm_images"] // (len(spec["all_arms"]) * cell_cost(cell))
+    return int(min(len(spec["arm_seeds"]), afford))
+
+
+def cell_rows(cells: list[dict], results: dict, spec: dict) -> list[dict]:
+    """Per cell of ``spec``: ``{"cell", "fits", "min_fit", "effect" (paired_interval of
+    EFFECT), "score" (mean / sd), "gap", "holdout"}``; ``results[i]`` is cell i's
+    ``{arm: {seed: result}}``."""
+    rows, gate = [], spec["gate"]
+    for cell, group in zip(cells, results, strict=True):
+        runs = [r for arm in group.values() for r in arm.values()]
+        d = paired(group, *EFFECT, "holdout_acc", gate)
+        score = d["mean"] / d["sd"] if d["n"] >= 2 and d["sd"] > 0 else math.nan
+        if d["n"] >= 2 and d["sd"] == 0:
+            score = math.copysign(math.inf, d["mean"]) if d["mean"] else 0.0
+        none = list(group.get("none", {}).values())
+        gap = [fit_acc(r) - r["holdout_acc"] for r in none if not r["diverged"]]
+        rows.append({"cell": cell, "fits": bool(runs) and all(passes(r, gate) for r in runs),
+                     "min_fit": min((fit_acc(r) for r in runs if not r["diverged"]),
+                                    default=math.nan),
+                     "effect": d, "score": score,
+                     "gap": sum(gap) / len(gap) if gap else math.nan})  # fmt: skip
+    return rows
+
+
+def choose(cells: list[dict], results: dict, spec: dict) -> dict:
+    """The arms' plan from the pilot: the cell with the largest score (paired weight-decay
+    effect over its spread) among the cells whose every run passed the gate (``fitting``:
+    False, and the largest score among all cells, when none did); the seeds the pilot's effect
+    needs (80% power), the seeds the budget affords there, and the number the arms run
+    (``n_seeds``: at least ``min_seeds`` if affordable, at most the cap)."""
+    rows = cell_rows(cells, results, spec)
+    fitting = [i for i, r in enumerate(rows) if r["fits"]]
+    pool = fitting or list(range(len(rows)))
+
+    def key(i):
+        s = rows[i]["score"]
+        return (not math.isnan(s), s if not math.isnan(s) else -math.inf, -i)
+
+    best = max(pool, key=key)
+    d = rows[best]["effect"]
+    need = seeds_for_power(d["mean"], d["sd"])
+    most = cap(rows[best]["cell"], spec)
+    n = min(most, max(spec["min_seeds"], need or most))
+    return {
+        "index": best,
+        "cell": rows[best]["cell"],
+        "fitting": bool(fitting),
+        "effect": {k: d[k] for k in ("mean", "low", "high", "n", "sd")},
+        "score": rows[best]["score"],
+        "seeds_needed": need,
+        "cap": most,
+        "n_seeds": n,
+    }
+
+
+def plan_text(plan: dict) -> str:
+    """The plan in one sentence (the chapter prints it)."""
+    c, d = plan["cell"], plan["effect"]
+    where = (f"{c['n_train']:,} images, {c['epochs']} epochs, augmentation "
+             f"{'on' if c['augment'] else 'off'}")  # fmt: skip
+    fit = "" if plan["fitting"] else " (no cell fit its data: the largest score of all cells)"
+    need = plan["seeds_needed"]
+    need_text = (f"{need} paired seeds detect it with 80% power (exact noncentral t)" if need
+                 else f"no number of seeds up to {MAX_SEEDS_SEARCHED:,} detects it (no positive "
+                      "effect)")  # fmt: skip
+    capped = " (capped by the budget)" if need and plan["n_seeds"] < need else ""
+    return (f"picked cell: {where}{fit}; pilot effect {d['mean']:+.2f} points [{d['low']:+.2f}, "
+            f"{d['high']:+.2f}] (n={d['n']}, sd {d['sd']:.2f}); {need_text}; the budget affords "
+            f"{plan['cap']} there; the arms run {plan['n_seeds']}{capped}")  # fmt: skip
