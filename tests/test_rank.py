@@ -381,7 +381,7 @@ def test_holm_turns_a_single_significant_comparison_into_undecided():
 def test_synthetic_gates_and_unmoved_rank_are_not_counted():
     cfg = get_profile("rank", "cpu")
     ratio = {**RATIO, "rankmax": 1.01}  # RankMax barely moved the rank
-    recs = _records(cfg, lambda k, a, b: 50 if k == "natural" else 60, ratio)  # natural < gate
+    recs = _records(cfg, lambda k, a, b: 40 if k == "natural" else 60, ratio)  # natural < gate
     stats = rr.comparisons(recs, cfg)
     assert {s["status"] for s in stats if s["kind"] == "natural"} == {"base below its gate"}
     adv = {s["pair"]: s["status"] for s in stats if s["kind"] == "adversarial"}

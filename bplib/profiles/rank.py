@@ -81,7 +81,7 @@ PAPER = {
 # clean test accuracy (adversarial gate 40%), so 10,000 here. Four bases per kind, not three:
 # with Holm over the chapter's 16 comparisons
 # the smallest step's level is 1 - 0.05/16, where Student's t with 2 degrees of freedom (3 bases)
-# needs t > 17.7 and with 3 (4 bases) t > 7.5. Estimate per job (training + evaluation):
+# needs t > 17.8 and with 3 (4 bases) t > 8.8. Estimate per job (training + evaluation):
 #   natural base       120,000 images / 590 + 12 s                      ~ 215 s   x 4
 #   adversarial base   10,000 PGD images / 55 + 15 s                    ~ 200 s   x 4
 #   natural fine-tune  4 x 5,000 / 590 + projections + 25 s eval        ~ 60 s    x 20
