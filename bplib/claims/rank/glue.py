@@ -229,7 +229,7 @@ def verdict_text(stats: list[dict], margin: float) -> str:
         text.append("Lowering rank was not testable at this scale (no RankMin comparison counted).")
     if hurt:
         text.append(f"Lowering rank cost accuracy on {_names(hurt)}"
-                    f"{_against_control(counted, hurt, 'better')}.")  # fmt: skip
+                    f"{_against_control(counted, hurt, 'worse')}.")  # fmt: skip
     costs = _pick(raise_, "rankmax", False, ("worse",))
     if costs:
         text.append(f"Raising rank hurt on {_names(costs)}"
