@@ -6,6 +6,7 @@ records are looked up by key, so other records in the same store never change wh
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -146,16 +147,53 @@ class DataMismatch(ValueError):
     """A stored record was made from other data than the data this run would use."""
 
 
+def datasets(params) -> list[str]:
+    """Every ``dataset`` named in ``params``, nested ones included (a fine-tuning job names its
+    data set inside its base's params), sorted, once each."""
+    found = set()
+
+    def walk(value):
+        if isinstance(value, dict):
+            if isinstance(value.get("dataset"), str):
+                found.add(value["dataset"])
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(params)
+    return sorted(found)
+
+
 def data_identities(jobs: list[Job], ctx: Context) -> dict[str, str]:
     """``{dataset: identity}`` of the data the jobs would read (verified now: a bad data file
     fails here, before any work)."""
-    names = sorted({j.params["dataset"] for j in jobs if "dataset" in j.params})
+    names = sorted({name for j in jobs for name in datasets(j.params)})
     return {name: data_identity(name, ctx.data_dir) for name in names}
+
+
+def job_data(params: dict, identities: dict[str, str]) -> str | None:
+    """The provenance ``data`` of a job with ``params``: the identity of its one data set, or
+    ``"<name>: <identity>; ..."`` of each when it names several; None when it names none."""
+    names = datasets(params)
+    if len(names) == 1:
+        return identities.get(names[0])
+    return "; ".join(f"{n}: {identities.get(n)}" for n in names) or None
+
+
+def file_identity(path: Path) -> str:
+    """``"sha256:<16 hex>"`` of a file's bytes: a record names the weights file it loaded so."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def _check_same_data(record: dict, path: Path, identities: dict[str, str]) -> None:
     made_from = record["provenance"].get("data")  # absent in records older than the check
-    expected = identities.get(record["params"].get("dataset"))
+    expected = job_data(record["params"], identities)
     if made_from is not None and expected is not None and made_from != expected:
         raise DataMismatch(
             f"{path} was made from data {made_from!r}, but this run reads {expected!r}; point "
@@ -260,9 +298,7 @@ def run(
             n_procs = 1  # one GPU: run in-process
         todo.sort(key=lambda j: -j.cost)
         kwargs = [
-            dict(
-                work=work, job=j, ctx=ctx, force=force, data=identities.get(j.params.get("dataset"))
-            )
+            dict(work=work, job=j, ctx=ctx, force=force, data=job_data(j.params, identities))
             for j in todo
         ]
         # map_jobs runs in-process for one worker or one job: on a CPU with one thread too, as

@@ -99,6 +99,37 @@ def test_records_carry_the_data_identity_and_other_data_is_refused(records_dir, 
         runner.run([job], double, ctx, n_procs=1)
 
 
+def test_nested_data_sets_are_found_and_checked_like_top_level_ones(records_dir, cifar_small):
+    """A job whose data set is named inside nested params (rank's fine-tuning jobs hold their
+    base's params) carries its identity, and another data's record is refused (issue 24)."""
+    import json
+
+    assert runner.datasets({"base": {"dataset": "b", "init": {"dataset": "a"}}, "x": [1]}) == [
+        "a",
+        "b",
+    ]
+    ctx = runner.Context("smoke")
+    job = runner.job(EXPERIMENT, {"x": 5, "base": {"dataset": "cifar10_small"}}, 0)
+    record = runner.run([job], double, ctx, n_procs=1)[0]
+    assert record["provenance"]["data"] == cifar_small.identity
+    record["provenance"]["data"] = "cifar10_small.npz sha256:0000000000000000"
+    job.path("smoke").write_text(json.dumps(record))
+    with pytest.raises(runner.DataMismatch, match="delete it to recompute"):
+        runner.run([job], double, ctx, n_procs=1)
+    assert runner.job_data({"a": {"dataset": "p"}, "dataset": "q"}, {"p": "P", "q": "Q"}) == (
+        "p: P; q: Q"
+    )
+    assert runner.job_data({"x": 1}, {}) is None
+
+
+def test_file_identity_is_the_sha256_of_the_bytes(tmp_path):
+    import hashlib
+
+    path = tmp_path / "w.npz"
+    path.write_bytes(b"weights")
+    assert runner.file_identity(path) == "sha256:" + hashlib.sha256(b"weights").hexdigest()[:16]
+
+
 def test_context_jobs_sets_the_worker_count(records_dir, monkeypatch):
     """The worker count lives in the run context (bplib-run's --jobs), never in a profile or key;
     an explicit n_procs still wins."""

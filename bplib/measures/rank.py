@@ -40,7 +40,13 @@ from bplib.checks import check_choice, check_float, check_int
 from bplib.device import exact_matmul
 from bplib.models import block_convs
 
-OPS = ("rankmin", "rankmax")
+# The damage-matched controls: each changes a kernel by exactly as much (Frobenius norm) as the
+# projection it is named after would, in a direction that leaves every singular value unchanged
+# to first order (:func:`control_kernel`), so that "any edit of this size costs accuracy" is
+# told apart from "lower (higher) rank costs accuracy".
+CONTROLS = {"control_rankmin": "rankmin", "control_rankmax": "rankmax"}
+PROJECTIONS = ("rankmin", "rankmax")
+OPS = (*PROJECTIONS, *CONTROLS)
 
 
 def _check_kernel(weight: torch.Tensor, n: int) -> None:
@@ -99,17 +105,61 @@ def project_kernel(weight: torch.Tensor, n: int, op: str, threshold: float) -> t
 
     Returns a new kernel with ``weight``'s shape, dtype and device.
     """
-    check_choice("op", op, OPS)
+    check_choice("op", op, PROJECTIONS)
     check_float("threshold", threshold, low=0.0)
     half, source, mirrored = _pair_matrices(weight, n)
     u, s, vh = torch.linalg.svd(half, full_matrices=False)
     s = torch.where(s < threshold, 0.0, s) if op == "rankmin" else s.clamp(max=threshold)
-    edited = ((u * s.to(u.dtype).unsqueeze(-2)) @ vh)[source]  # [n * n, c_out, c_in]
+    return _to_kernel((u * s.to(u.dtype).unsqueeze(-2)) @ vh, source, mirrored, n, weight)
+
+
+def _to_kernel(half, source, mirrored, n: int, weight: torch.Tensor) -> torch.Tensor:
+    """The real ``k x k`` kernel of per-pair frequency matrices ``half``: every frequency from
+    its pair's representative (conjugated where mirrored), inverse FFT, crop to the support."""
+    edited = half[source]  # [n * n, c_out, c_in]
     edited = torch.where(mirrored[:, None, None], edited.conj(), edited)
     k = weight.shape[-1]
     edited = edited.reshape(n, n, *edited.shape[1:])
     full = torch.fft.ifft2(edited.permute(2, 3, 0, 1), s=(n, n)).real
     return full[..., :k, :k].to(weight.dtype).to(weight.device).contiguous()
+
+
+def rank_neutral_direction(weight: torch.Tensor, n: int, generator: torch.Generator):
+    """A random kernel-space direction that moves no singular value of the conv operator to
+    first order: per frequency ``U diag(s) A V^H`` with ``A`` a random real skew-symmetric
+    matrix (``u_i^H (U S A V^H) v_i = s_i A_ii = 0``), mirrored to keep the spectrum Hermitian,
+    inverse FFT, cropped to ``k x k`` like the projections. ``generator`` (CPU) draws ``A``."""
+    half, source, mirrored = _pair_matrices(weight, n)
+    u, s, vh = torch.linalg.svd(half, full_matrices=False)
+    r = s.shape[-1]
+    g = torch.randn(len(half), r, r, generator=generator, dtype=torch.float64)
+    a = (g - g.transpose(-1, -2)).to(half.device).to(u.dtype)
+    return _to_kernel((u * s.to(u.dtype).unsqueeze(-2)) @ a @ vh, source, mirrored, n, weight)
+
+
+def control_kernel(weight, n: int, op: str, threshold: float, generator) -> torch.Tensor:
+    """The damage-matched control of ``op`` (``control_rankmin`` / ``control_rankmax``) at
+    ``threshold``: ``weight`` moved along :func:`rank_neutral_direction` by exactly
+    ``||project_kernel(weight, n, <projection>, threshold) - weight||_F``. Returns a new kernel
+    with ``weight``'s shape, dtype and device (``weight`` itself when the projection is a no-op)."""
+    check_choice("op", op, tuple(CONTROLS))
+    w = weight.detach().double()
+    target = torch.linalg.vector_norm(
+        project_kernel(weight, n, CONTROLS[op], threshold).double() - w
+    )
+    d = rank_neutral_direction(weight, n, generator).double()
+    norm = torch.linalg.vector_norm(d)
+    if target == 0 or norm == 0:
+        return weight.detach().clone()
+    return (w + (target / norm) * d).to(weight.dtype).contiguous()
+
+
+def edit_kernel(weight, n: int, op: str, threshold: float, generator=None) -> torch.Tensor:
+    """:func:`project_kernel` for a projection, :func:`control_kernel` for a control."""
+    check_choice("op", op, OPS)
+    if op in CONTROLS:
+        return control_kernel(weight, n, op, threshold, generator)
+    return project_kernel(weight, n, op, threshold)
 
 
 def named_block_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
@@ -187,18 +237,22 @@ def layer_spectra(
 
 class RankProjection:
     """``on_epoch_end`` hook for :func:`bplib.train.fit`: at the end of each epoch listed in
-    ``epochs`` (1-based), replace every block conv kernel by its RankMin / RankMax projection.
+    ``epochs`` (1-based), replace every block conv kernel by its edit ``op`` (RankMin / RankMax
+    projection or its damage-matched control, :func:`edit_kernel`; a control's random directions
+    come from ``seed``).
 
     Input sizes ``n`` come from hooks on the first call. Returns ``{"epoch", "op",
-    "eff_rank_before", "eff_rank_after"}`` (per layer) on projection epochs, else None.
+    "eff_rank_before", "eff_rank_after", "rel_change"}`` (per layer; ``rel_change`` is
+    ``||K' - K||_F / ||K||_F``) on projection epochs, else None.
     """
 
-    def __init__(self, op: str, threshold: float, epochs, image_size: int = 32):
+    def __init__(self, op: str, threshold: float, epochs, image_size: int = 32, seed: int = 0):
         self.op = check_choice("op", op, OPS)
         self.threshold = check_float("threshold", threshold, low=0.0)
         self.epochs = tuple(check_int("rank_epochs", e, low=1) for e in epochs)
         self.image_size = image_size
         self.sizes = None
+        self.generator = torch.Generator().manual_seed(check_int("seed", seed, low=0))
 
     @torch.no_grad()
     @exact_matmul()  # as layer_spectra
@@ -208,9 +262,12 @@ class RankProjection:
         convs = [c for _, c in named_block_convs(model)]
         if self.sizes is None:
             self.sizes = conv_input_sizes(model, convs, self.image_size)
-        before, after = [], []
+        before, after, change = [], [], []
         for conv, n in zip(convs, self.sizes):
             before.append(effective_rank(conv_singular_values(conv.weight, n)))
-            conv.weight.copy_(project_kernel(conv.weight, n, self.op, self.threshold))
+            new = edit_kernel(conv.weight, n, self.op, self.threshold, self.generator)
+            change.append(float((new - conv.weight).norm() / conv.weight.norm()))
+            conv.weight.copy_(new)
             after.append(effective_rank(conv_singular_values(conv.weight, n)))
-        return {"epoch": epoch, "op": self.op, "eff_rank_before": before, "eff_rank_after": after}
+        return {"epoch": epoch, "op": self.op, "eff_rank_before": before,
+                "eff_rank_after": after, "rel_change": change}  # fmt: skip

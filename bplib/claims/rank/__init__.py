@@ -3,18 +3,23 @@ more robust, and adversarial training produces them.
 
 The paper's protocol in two phases (sizes: :mod:`bplib.profiles.rank`):
 
-1. *Base* jobs: one CIFAR ResNet-18 per (kind, dataset, network), trained naturally or with
-   PGD at a constant learning rate. Its weights are stored beside its record (``.npz``, same
-   key); the record holds the spectra at initialization and after training, and clean accuracy.
-2. *Fine-tuning* jobs: every base fine-tuned in every arm (``none``, or RankMin / RankMax at a
-   threshold, :mod:`bplib.measures.rank`) with every seed, at lowered learning rates, with the
+1. *Base* jobs: ``len(seeds)`` independently trained CIFAR ResNet-18s per (kind, dataset,
+   network), trained naturally or with PGD at a constant learning rate (an adversarial base
+   warm-started from the natural base of the same seed when ``adversarial_init="natural"``).
+   Its weights are stored beside its record (``.npz``, same key); the record holds the spectra
+   at initialization and after training, and clean accuracy.
+2. *Fine-tuning* jobs: every base fine-tuned in every arm (``none``, RankMin / RankMax at a
+   threshold, or their damage-matched controls, :mod:`bplib.measures.rank`) with every
+   ``finetune_seeds`` seed, at lowered learning rates, with the
    projections at scheduled epochs; then measured in float32: per-image clean correctness on the
    test and held-out images, per-image PGD robustness at each ``eval_eps`` (:func:`robust_bits`)
    and the spectrum of every block convolution.
 
-A fine-tuning job's params contain its base's params, so its key changes when the base does.
-:func:`summarize` pairs the arms of one base by seed (a difference per seed, then a Student-t
-interval across seeds) and turns the records into Table 4, the verdict and the glued values.
+A fine-tuning job's params contain its base's params and seed, so its key changes when the base
+does; its record names the checksum of the base weights it loaded (``result["weights"]``).
+:func:`summarize` pairs the arms of one base (fine-tunes averaged within the base), takes the
+Student-t interval across bases (the unit of inference), adjusts the chapter's comparisons by
+Holm and turns the records into Table 4, the verdict and the glued values.
 """
 
 from __future__ import annotations
@@ -76,10 +81,10 @@ def cost(job: runner.Job) -> float:
 
 
 def base_jobs(cfg) -> list[runner.Job]:
-    """One job per (kind, dataset, network): the bases, trained once with ``base_seed``; a base
-    whose weights file is missing or corrupt is retrained (``arrays``)."""
-    return [runner.job(EXPERIMENT, base_params(cfg, *w), cfg.base_seed, arrays=True)
-            for w in rr.bases(cfg)]  # fmt: skip
+    """One job per (kind, dataset, network) and seed of ``seeds``: the independently trained
+    bases; a base whose weights file is missing or corrupt is retrained (``arrays``)."""
+    return [runner.job(EXPERIMENT, base_params(cfg, *w), seed, arrays=True)
+            for w in rr.bases(cfg) for seed in cfg.seeds]  # fmt: skip
 
 
 def finetune_jobs(cfg) -> list[runner.Job]:
@@ -90,7 +95,7 @@ def finetune_jobs(cfg) -> list[runner.Job]:
         place = dict(phase="finetune", base=b.params, base_seed=b.seed,
                      images=cfg.finetune_images[kind], lr=cfg.finetune_lr,
                      milestones=cfg.finetune_milestones)  # fmt: skip
-        for (op, t), seed in itertools.product(rr.arms(cfg, kind), cfg.seeds):
+        for (op, t), seed in itertools.product(rr.arms(cfg, kind), cfg.finetune_seeds):
             p = runner.params(cfg, FINETUNE, **place, arm=op, threshold=t)
             out.append(runner.job(EXPERIMENT, p, seed))
     return out
@@ -101,9 +106,13 @@ def jobs(cfg) -> list[runner.Job]:
     return base_jobs(cfg) + finetune_jobs(cfg)
 
 
-def needs(job: runner.Job) -> dict | None:
-    """The params of the base whose weights ``job`` loads (None: it starts from scratch)."""
-    return job.params["base"] if job.params["phase"] == "finetune" else job.params.get("init")
+def needs(job: runner.Job) -> runner.Job | None:
+    """The base job whose weights ``job`` loads (None: it starts from scratch): a fine-tuning
+    job's base, or the natural base of the same seed of a warm-started adversarial base."""
+    p = job.params
+    if p["phase"] == "finetune":
+        return runner.job(EXPERIMENT, p["base"], p["base_seed"], arrays=True)
+    return runner.job(EXPERIMENT, p["init"], job.seed, arrays=True) if "init" in p else None
 
 
 def waves(jobs: list[runner.Job]) -> list[list[runner.Job]]:
@@ -115,7 +124,7 @@ def waves(jobs: list[runner.Job]) -> list[list[runner.Job]]:
         if not ready:
             raise ValueError("a job needs a base that is not among the jobs")
         out.append(ready)
-        done += [j.params for j in ready]
+        done += ready
         todo = [j for j in todo if j not in ready]
     return out
 
@@ -134,7 +143,8 @@ def describe_design(cfg) -> str:
                  f"{cfg.gamma:g} after epochs {cfg.finetune_milestones}), projections after "
                  f"epochs {cfg.rank_epochs}; images {ft}")  # fmt: skip
     arms = {k: [rr.label(k, a) for a in rr.arms(cfg, k)] for k in ft}
-    lines.append(f"arms {arms}; seeds {cfg.seeds}: {len(jobs(cfg))} jobs")
+    lines.append(f"arms {arms}; bases (seeds) {cfg.seeds}, fine-tuning seeds per base "
+                 f"{cfg.finetune_seeds}: {len(jobs(cfg))} jobs")  # fmt: skip
     radii = ", ".join(eps(e) for e in cfg.eval_eps)
     n = cfg.n_robust or cfg.n_test or "all"
     lines.append(f"evaluation: PGD-{cfg.eval_steps} at {radii} (cascade) on {n} test images; "
@@ -172,14 +182,17 @@ def work(job: runner.Job, ctx: runner.Context) -> dict:
     if is_base:
         out["spectra_init"] = layer_spectra(model, base["num_quantiles"], digits=4)
     if needs(job) is not None:  # a fine-tuning job, or a warm-started adversarial base
-        seed = job.seed if is_base else p["base_seed"]
-        load_weights(model, ctx.arrays(runner.job(EXPERIMENT, needs(job), seed)))
+        path = ctx.arrays(needs(job))
+        load_weights(model, path)
+        out["weights"] = {path.name: runner.file_identity(path)}  # provenance of the weights
     adv = None
     if base["kind"] == "adversarial":
         kw = dict(mode=base["train_attack_mode"], bf16=base["bf16"])
         adv = pgd_adversary(base["train_eps"], base["train_alpha"], base["train_steps"], **kw)
     arm = "none" if is_base else p["arm"]
-    hook = None if arm == "none" else RankProjection(arm, p["threshold"], p["rank_epochs"])
+    edit_seed = 0 if is_base else 1000 * p["base_seed"] + job.seed  # a control's directions
+    hook = None if arm == "none" else RankProjection(arm, p["threshold"], p["rank_epochs"],
+                                                     seed=edit_seed)  # fmt: skip
     x, y = data.subset(x, y, p["images"], seed=0)  # fine-tuning: a subset of the base's images
     cfg = TrainConfig.from_params({**base, **p}, eval_every=p["epochs"])
     hist = fit(model, x, y, cfg, seed=job.seed, adversary=adv, on_epoch_end=hook,
@@ -255,27 +268,31 @@ def paper_headline() -> str:
     )
 
 
-HEADLINE = {("natural", "RankMin 0.5", "clean"), ("adversarial", "RankMinAdv 0.5", "robust 8/255")}
+# Our headline: the paper's two contrasts (RankMin − natural, clean; RankMax − natural, robust
+# 1/255), each across bases at its Holm step's level.
+HEADLINE = {("natural", "RankMin 0.5", rr.NONE, "clean"),
+            ("natural", "RankMax 1.5", rr.NONE, "robust 1/255")}  # fmt: skip
 
 
 def summarize(records: list[dict], cfg) -> Summary:
     """From the records of :func:`jobs` ``(cfg)``: the bases' table (``tables["bases"]``), Table 4
-    per network (``tables["<network>, <dataset>"]``), the seed-level paired verdict table
-    (``tables["verdict"]``), the verdict in words, our headline and the glued values."""
+    per network (``tables["<network>, <dataset>"]``), the base-level paired verdict table with
+    Holm's adjustment (``tables["verdict"]``), the verdict in words, our headline and the glued
+    values."""
     stats = rr.comparisons(records, cfg)
     tables = {"bases": (rr.BASE_HEADERS, rr.base_rows(records, cfg))}
     for dataset, skip in dict.fromkeys(w[1:] for w in rr.bases(cfg)):
         rows = rr.table4_rows(records, cfg, dataset, skip)
         tables[f"{rr.model_label(skip)}, {dataset}"] = (rr.TABLE4_HEADERS, rows)
     tables["verdict"] = (rr.VERDICT_HEADERS, rr.verdict_rows(stats))
-    heads = [s for s in stats if (s["kind"], s["arm"], s["metric"]) in HEADLINE]
+    heads = [s for s in stats if (s["kind"], s["arm"], s["ref_op"], s["metric"]) in HEADLINE]
     ours = "; ".join(
         f"{s['model']} {s['pair']}, {s['metric']} "
-        f"{rr.fmt_interval((s['diff'], s['low'], s['high']))} (n={s['n']} seeds)"
+        f"{rr.fmt_interval((s['diff'], s['low'], s['high']))} (n={s['n']} bases)"
         for s in heads[:2]
     )
     facts = rg.rank_sentence(rg.rank_facts(records, cfg), stats)
-    headline = rr.verdict_text(stats, cfg.margin)
+    headline = rg.verdict_text(stats, cfg.margin)
     verdict = f"{headline} {facts}"
     glue = rg.glue_values(records, cfg, stats)
     # Text for the verdict box and the front page's status block: the verdict's first sentence

@@ -1,5 +1,6 @@
-"""The glue values of the rank claim's prose (:func:`glue_values`) and the sentence on the
-paper's own evidence and the effective ranks; :func:`bplib.claims.rank.summarize` builds on them.
+"""The glue values of the rank claim's prose (:func:`glue_values`), the verdict in words
+(:func:`verdict_text`) and the sentence on the paper's own evidence and the effective ranks;
+:func:`bplib.claims.rank.summarize` builds on them.
 
 Every glue name is spelled out in the tables below (so that a chapter's name is found by grep).
 Arms outside them (another threshold by override) get no glue values: the chapter quotes none.
@@ -13,56 +14,102 @@ from bplib import paper
 from bplib.claims.rank import report as rr
 from bplib.stats import t_interval
 
-# Per kind of base: its test accuracy, and the plain fine-tuning's accuracy per metric.
+NONE = rr.NONE
+# Per kind of base: its test accuracy (mean over bases), and the plain fine-tuning's accuracy
+# per metric (mean over bases).
 KIND_GLUE = {
     "natural": ("rank_nat_base_test", {"test": "rank_nat_test", "clean": "rank_nat_clean",
                 "robust 8/255": "rank_nat_rob8", "robust 1/255": "rank_nat_rob1"}),
     "adversarial": ("rank_adv_base_test", {"test": "rank_adv_test", "clean": "rank_adv_clean",
                     "robust 8/255": "rank_adv_rob8", "robust 1/255": "rank_adv_rob1"}),
 }  # fmt: skip
-# Per (kind, arm): the arm's mean effective rank over the plain fine-tuning's.
+# Per (kind, arm): the arm's mean effective rank over the plain fine-tuning's (mean over bases)
+# and the mean relative change of the kernels at a projection (the damage the controls match).
 RATIO_GLUE = {
-    ("natural", ("rankmin", 0.5)): "rank_ratio_nat_rankmin50",
-    ("natural", ("rankmin", 1.0)): "rank_ratio_nat_rankmin100",
-    ("natural", ("rankmax", 1.5)): "rank_ratio_nat_rankmax150",
-    ("adversarial", ("rankmin", 0.5)): "rank_ratio_adv_rankmin50",
-    ("adversarial", ("rankmax", 1.5)): "rank_ratio_adv_rankmax150",
-}
-# Per (kind, arm, metric of the verdict): the paired difference, its 95% interval and the
-# smallest detectable effect (the minimum detectable effect, "mde").
-DIFF_GLUE = {
-    ("natural", ("rankmin", 0.5), "clean"): (
-        "rank_d_nat_rankmin50_clean", "rank_d_nat_rankmin50_clean_lo",
-        "rank_d_nat_rankmin50_clean_hi", "rank_d_nat_rankmin50_clean_mde"),
-    ("natural", ("rankmin", 0.5), "robust 1/255"): (
-        "rank_d_nat_rankmin50_rob1", "rank_d_nat_rankmin50_rob1_lo",
-        "rank_d_nat_rankmin50_rob1_hi", "rank_d_nat_rankmin50_rob1_mde"),
-    ("natural", ("rankmin", 1.0), "clean"): (
-        "rank_d_nat_rankmin100_clean", "rank_d_nat_rankmin100_clean_lo",
-        "rank_d_nat_rankmin100_clean_hi", "rank_d_nat_rankmin100_clean_mde"),
-    ("natural", ("rankmin", 1.0), "robust 1/255"): (
-        "rank_d_nat_rankmin100_rob1", "rank_d_nat_rankmin100_rob1_lo",
-        "rank_d_nat_rankmin100_rob1_hi", "rank_d_nat_rankmin100_rob1_mde"),
-    ("natural", ("rankmax", 1.5), "clean"): (
-        "rank_d_nat_rankmax150_clean", "rank_d_nat_rankmax150_clean_lo",
-        "rank_d_nat_rankmax150_clean_hi", "rank_d_nat_rankmax150_clean_mde"),
-    ("natural", ("rankmax", 1.5), "robust 1/255"): (
-        "rank_d_nat_rankmax150_rob1", "rank_d_nat_rankmax150_rob1_lo",
-        "rank_d_nat_rankmax150_rob1_hi", "rank_d_nat_rankmax150_rob1_mde"),
-    ("adversarial", ("rankmin", 0.5), "clean"): (
-        "rank_d_adv_rankmin50_clean", "rank_d_adv_rankmin50_clean_lo",
-        "rank_d_adv_rankmin50_clean_hi", "rank_d_adv_rankmin50_clean_mde"),
-    ("adversarial", ("rankmin", 0.5), "robust 8/255"): (
-        "rank_d_adv_rankmin50_rob8", "rank_d_adv_rankmin50_rob8_lo",
-        "rank_d_adv_rankmin50_rob8_hi", "rank_d_adv_rankmin50_rob8_mde"),
-    ("adversarial", ("rankmax", 1.5), "clean"): (
-        "rank_d_adv_rankmax150_clean", "rank_d_adv_rankmax150_clean_lo",
-        "rank_d_adv_rankmax150_clean_hi", "rank_d_adv_rankmax150_clean_mde"),
-    ("adversarial", ("rankmax", 1.5), "robust 8/255"): (
-        "rank_d_adv_rankmax150_rob8", "rank_d_adv_rankmax150_rob8_lo",
-        "rank_d_adv_rankmax150_rob8_hi", "rank_d_adv_rankmax150_rob8_mde"),
+    ("natural", ("rankmin", 0.5)): ("rank_ratio_nat_rankmin50", "rank_change_nat_rankmin50"),
+    ("natural", ("rankmax", 1.5)): ("rank_ratio_nat_rankmax150", "rank_change_nat_rankmax150"),
+    ("natural", ("control_rankmin", 0.5)): ("rank_ratio_nat_ctrlmin50",
+                                            "rank_change_nat_ctrlmin50"),
+    ("natural", ("control_rankmax", 1.5)): ("rank_ratio_nat_ctrlmax150",
+                                            "rank_change_nat_ctrlmax150"),
+    ("adversarial", ("rankmin", 0.5)): ("rank_ratio_adv_rankmin50", "rank_change_adv_rankmin50"),
+    ("adversarial", ("rankmax", 1.5)): ("rank_ratio_adv_rankmax150",
+                                        "rank_change_adv_rankmax150"),
+    ("adversarial", ("control_rankmin", 0.5)): ("rank_ratio_adv_ctrlmin50",
+                                                "rank_change_adv_ctrlmin50"),
+    ("adversarial", ("control_rankmax", 1.5)): ("rank_ratio_adv_ctrlmax150",
+                                                "rank_change_adv_ctrlmax150"),
 }  # fmt: skip
-# Per fact of :func:`rank_facts`: its mean over layers and 95% interval.
+# Per (kind, arm, reference, metric of the verdict): the difference arm − reference (mean over
+# bases), its interval at its Holm step's level, the smallest detectable difference at that
+# level and Holm's adjusted p-value.
+DIFF_GLUE = {
+    ("natural", ("rankmin", 0.5), NONE, "clean"): (
+        "rank_d_nat_rankmin50_none_clean", "rank_d_nat_rankmin50_none_clean_lo",
+        "rank_d_nat_rankmin50_none_clean_hi", "rank_d_nat_rankmin50_none_clean_mde",
+        "rank_d_nat_rankmin50_none_clean_p"),
+    ("natural", ("rankmin", 0.5), NONE, "robust 1/255"): (
+        "rank_d_nat_rankmin50_none_rob1", "rank_d_nat_rankmin50_none_rob1_lo",
+        "rank_d_nat_rankmin50_none_rob1_hi", "rank_d_nat_rankmin50_none_rob1_mde",
+        "rank_d_nat_rankmin50_none_rob1_p"),
+    ("natural", ("rankmin", 0.5), ("control_rankmin", 0.5), "clean"): (
+        "rank_d_nat_rankmin50_ctrl_clean", "rank_d_nat_rankmin50_ctrl_clean_lo",
+        "rank_d_nat_rankmin50_ctrl_clean_hi", "rank_d_nat_rankmin50_ctrl_clean_mde",
+        "rank_d_nat_rankmin50_ctrl_clean_p"),
+    ("natural", ("rankmin", 0.5), ("control_rankmin", 0.5), "robust 1/255"): (
+        "rank_d_nat_rankmin50_ctrl_rob1", "rank_d_nat_rankmin50_ctrl_rob1_lo",
+        "rank_d_nat_rankmin50_ctrl_rob1_hi", "rank_d_nat_rankmin50_ctrl_rob1_mde",
+        "rank_d_nat_rankmin50_ctrl_rob1_p"),
+    ("natural", ("rankmax", 1.5), NONE, "clean"): (
+        "rank_d_nat_rankmax150_none_clean", "rank_d_nat_rankmax150_none_clean_lo",
+        "rank_d_nat_rankmax150_none_clean_hi", "rank_d_nat_rankmax150_none_clean_mde",
+        "rank_d_nat_rankmax150_none_clean_p"),
+    ("natural", ("rankmax", 1.5), NONE, "robust 1/255"): (
+        "rank_d_nat_rankmax150_none_rob1", "rank_d_nat_rankmax150_none_rob1_lo",
+        "rank_d_nat_rankmax150_none_rob1_hi", "rank_d_nat_rankmax150_none_rob1_mde",
+        "rank_d_nat_rankmax150_none_rob1_p"),
+    ("natural", ("rankmax", 1.5), ("control_rankmax", 1.5), "clean"): (
+        "rank_d_nat_rankmax150_ctrl_clean", "rank_d_nat_rankmax150_ctrl_clean_lo",
+        "rank_d_nat_rankmax150_ctrl_clean_hi", "rank_d_nat_rankmax150_ctrl_clean_mde",
+        "rank_d_nat_rankmax150_ctrl_clean_p"),
+    ("natural", ("rankmax", 1.5), ("control_rankmax", 1.5), "robust 1/255"): (
+        "rank_d_nat_rankmax150_ctrl_rob1", "rank_d_nat_rankmax150_ctrl_rob1_lo",
+        "rank_d_nat_rankmax150_ctrl_rob1_hi", "rank_d_nat_rankmax150_ctrl_rob1_mde",
+        "rank_d_nat_rankmax150_ctrl_rob1_p"),
+    ("adversarial", ("rankmin", 0.5), NONE, "clean"): (
+        "rank_d_adv_rankmin50_none_clean", "rank_d_adv_rankmin50_none_clean_lo",
+        "rank_d_adv_rankmin50_none_clean_hi", "rank_d_adv_rankmin50_none_clean_mde",
+        "rank_d_adv_rankmin50_none_clean_p"),
+    ("adversarial", ("rankmin", 0.5), NONE, "robust 8/255"): (
+        "rank_d_adv_rankmin50_none_rob8", "rank_d_adv_rankmin50_none_rob8_lo",
+        "rank_d_adv_rankmin50_none_rob8_hi", "rank_d_adv_rankmin50_none_rob8_mde",
+        "rank_d_adv_rankmin50_none_rob8_p"),
+    ("adversarial", ("rankmin", 0.5), ("control_rankmin", 0.5), "clean"): (
+        "rank_d_adv_rankmin50_ctrl_clean", "rank_d_adv_rankmin50_ctrl_clean_lo",
+        "rank_d_adv_rankmin50_ctrl_clean_hi", "rank_d_adv_rankmin50_ctrl_clean_mde",
+        "rank_d_adv_rankmin50_ctrl_clean_p"),
+    ("adversarial", ("rankmin", 0.5), ("control_rankmin", 0.5), "robust 8/255"): (
+        "rank_d_adv_rankmin50_ctrl_rob8", "rank_d_adv_rankmin50_ctrl_rob8_lo",
+        "rank_d_adv_rankmin50_ctrl_rob8_hi", "rank_d_adv_rankmin50_ctrl_rob8_mde",
+        "rank_d_adv_rankmin50_ctrl_rob8_p"),
+    ("adversarial", ("rankmax", 1.5), NONE, "clean"): (
+        "rank_d_adv_rankmax150_none_clean", "rank_d_adv_rankmax150_none_clean_lo",
+        "rank_d_adv_rankmax150_none_clean_hi", "rank_d_adv_rankmax150_none_clean_mde",
+        "rank_d_adv_rankmax150_none_clean_p"),
+    ("adversarial", ("rankmax", 1.5), NONE, "robust 8/255"): (
+        "rank_d_adv_rankmax150_none_rob8", "rank_d_adv_rankmax150_none_rob8_lo",
+        "rank_d_adv_rankmax150_none_rob8_hi", "rank_d_adv_rankmax150_none_rob8_mde",
+        "rank_d_adv_rankmax150_none_rob8_p"),
+    ("adversarial", ("rankmax", 1.5), ("control_rankmax", 1.5), "clean"): (
+        "rank_d_adv_rankmax150_ctrl_clean", "rank_d_adv_rankmax150_ctrl_clean_lo",
+        "rank_d_adv_rankmax150_ctrl_clean_hi", "rank_d_adv_rankmax150_ctrl_clean_mde",
+        "rank_d_adv_rankmax150_ctrl_clean_p"),
+    ("adversarial", ("rankmax", 1.5), ("control_rankmax", 1.5), "robust 8/255"): (
+        "rank_d_adv_rankmax150_ctrl_rob8", "rank_d_adv_rankmax150_ctrl_rob8_lo",
+        "rank_d_adv_rankmax150_ctrl_rob8_hi", "rank_d_adv_rankmax150_ctrl_rob8_mde",
+        "rank_d_adv_rankmax150_ctrl_rob8_p"),
+}  # fmt: skip
+# Per fact of :func:`rank_facts`: its mean over bases and 95% interval across bases.
 FACT_GLUE = {
     "adv_ratio": ("rank_adv_ratio", "rank_adv_ratio_lo", "rank_adv_ratio_hi"),
     "init_ratio": ("rank_init_ratio", "rank_init_ratio_lo", "rank_init_ratio_hi"),
@@ -70,48 +117,130 @@ FACT_GLUE = {
 
 
 def rank_facts(records, cfg) -> dict:
-    """(mean, low, high) over the layers of the first network: adversarial / natural effective
-    rank (``none`` arms, mean over seeds) and natural / initialization (None when absent)."""
+    """(mean, low, high) across bases (seeds) of the first network of each kind, each base's
+    effective rank averaged over layers first: adversarial / natural (``none`` arms of the
+    bases of the same seed) and natural / its initialization (None when absent)."""
     nat, adv = ((k, cfg.bases[k][0], cfg.skips[0]) if cfg.bases.get(k) else None for k in rr.KINDS)
     facts = {"adv_ratio": None, "init_ratio": None}
     if nat:
-        init = rr.effective_ranks(rr.base_record(records, nat), "spectra_init")
-        facts["init_ratio"] = t_interval(rr.mean_ranks(records, nat, rr.NONE) / init)
+        init = {
+            r["seed"]: rr.effective_ranks(r, "spectra_init") for r in rr.base_records(records, nat)
+        }
+        trained = rr.per_base(records, nat, NONE, rr.effective_ranks)
+        both = sorted(trained.keys() & init.keys())
+        facts["init_ratio"] = t_interval([float(np.mean(trained[s] / init[s])) for s in both])
     if nat and adv and nat[1] == adv[1]:
-        ranks = [rr.mean_ranks(records, w, rr.NONE) for w in (adv, nat)]
-        facts["adv_ratio"] = t_interval(ranks[0] / ranks[1])
+        a, b = (rr.per_base(records, w, NONE, rr.effective_ranks) for w in (adv, nat))
+        facts["adv_ratio"] = t_interval(
+            [float(np.mean(a[s] / b[s])) for s in sorted(a.keys() & b.keys())]
+        )
     return facts
 
 
 def glue_values(records, cfg, stats: list[dict]) -> dict:
     """The numbers the chapter's prose glues (first network and dataset), as floats."""
-    out = {"rank_seeds": float(len(cfg.seeds)), "rank_margin": float(cfg.margin)}
+    out = {"rank_bases": float(len(cfg.seeds)), "rank_ft_seeds": float(len(cfg.finetune_seeds)),
+           "rank_margin": float(cfg.margin), "rank_alpha": rr.ALPHA}  # fmt: skip
+    out["rank_comparisons"] = float(sum(s["status"] not in rr.UNCOUNTED for s in stats))
     first = [w for w in rr.bases(cfg) if w[1:] == rr.bases(cfg)[0][1:]]
     for w in first:
         base_test, names = KIND_GLUE[w[0]]
-        out[base_test] = rr.accuracy(rr.base_record(records, w), "test")
+        out[base_test] = float(
+            np.mean([rr.accuracy(r, "test") for r in rr.base_records(records, w)])
+        )
         for metric, name in names.items():
-            values = [rr.accuracy(r, metric) for r in rr.arm_records(records, w, rr.NONE)]
-            out[name] = float(np.mean(values))
+            acc = rr.per_base(records, w, NONE, lambda r, m=metric: rr.accuracy(r, m))
+            out[name] = float(np.mean(list(acc.values())))
         for arm in rr.arms(cfg, w[0])[1:]:
             if (w[0], arm) in RATIO_GLUE:
-                out[RATIO_GLUE[w[0], arm]] = float(rr.rank_ratio(records, w, arm)[0])
+                ratio, change = RATIO_GLUE[w[0], arm]
+                out[ratio] = float(rr.rank_ratio(records, w, arm)[0])
+                out[change] = rr.damage(records, w, arm)
     for s in (s for s in stats if s["base"] in first):
-        names = DIFF_GLUE.get((s["kind"], s["arm_op"], s["metric"]), ())
-        out.update(zip(names, map(float, (s["diff"], s["low"], s["high"], s["mde"]))))
+        names = DIFF_GLUE.get((s["kind"], s["arm_op"], s["ref_op"], s["metric"]), ())
+        values = (s["diff"], s["low"], s["high"], s["mde"], s["p_holm"])
+        out.update(zip(names, map(float, values)))
     for name, stat in rank_facts(records, cfg).items():
         out.update(zip(FACT_GLUE[name], map(float, stat or ())))
     t4 = paper.TABLE4
-    out["rank_paper_rankmax_drop1"] = t4["natural"][3] - t4["RankMax"][3]
-    # The paper's contrast, RankMax - natural, beside ours with the same sign (chapter contract
-    # 15): the verdict's natural - RankMax, negated, its interval mirrored.
+    # The paper's contrasts, arm − natural, beside ours with the same sign (chapter contract 15)
     out["rank_paper_rankmax_minus_nat_rob1"] = t4["RankMax"][3] - t4["natural"][3]
     out["rank_paper_rankmin_minus_nat_test"] = t4["RankMin"][1] - t4["natural"][1]
-    if "rank_d_nat_rankmax150_rob1" in out:
-        out["rank_rankmax150_minus_nat_rob1"] = -out["rank_d_nat_rankmax150_rob1"]
-        out["rank_rankmax150_minus_nat_rob1_lo"] = -out["rank_d_nat_rankmax150_rob1_hi"]
-        out["rank_rankmax150_minus_nat_rob1_hi"] = -out["rank_d_nat_rankmax150_rob1_lo"]
     return out
+
+
+def _names(stats) -> str:
+    ci = lambda s: rr.fmt_interval((s["diff"], s["low"], s["high"]))  # noqa: E731
+    return ", ".join(f"{s['pair']} {s['metric']} {ci(s)}" for s in stats)
+
+
+def _pick(stats, op, control: bool, status=None) -> list[dict]:
+    return [s for s in stats if s["arm_op"][0] == op and (s["ref_op"] != NONE) == control
+            and (status is None or s["status"] in status)]  # fmt: skip
+
+
+def _against_control(stats, hits, what: str) -> str:
+    """Whether the arms of ``hits`` differ from their damage-matched controls on the same
+    (network, metric), in words."""
+    same = [c for c in stats if c["ref_op"] != NONE and any(
+        (c["base"], c["arm_op"], c["metric"]) == (h["base"], h["arm_op"], h["metric"])
+        for h in hits)]  # fmt: skip
+    beyond = [c for c in same if c["status"] == what]
+    if not same:
+        return "; no damage-matched control was counted"
+    if beyond:
+        return f"; beyond its damage-matched control on {_names(beyond)}"
+    return f"; not distinguishable from its damage-matched control ({_names(same)})"
+
+
+def verdict_text(stats: list[dict], margin: float) -> str:
+    """The verdict in words, from the Holm-adjusted comparisons of :func:`rr.comparisons`:
+    first whether lowering rank (RankMin − plain fine-tuning) helped, then whether raising rank
+    (RankMax − plain) hurt, each beside its damage-matched control with its adjusted interval;
+    comparisons that are not counted (gate, unmoved rank) are named."""
+    gates = sorted({s["gate"] for s in stats if s["gate"]})
+    counted = [s for s in stats if s["status"] not in rr.UNCOUNTED]
+    text = [f"Not testable at this scale where bases failed their gate ({'; '.join(gates)})."]
+    text = text if gates else []
+    lower, raise_ = _pick(counted, "rankmin", False), _pick(counted, "rankmax", False)
+    helped, hurt = (
+        _pick(lower, "rankmin", False, ("better",)),
+        _pick(lower, "rankmin", False, ("worse",)),
+    )
+    open_ = [s for s in lower if s["status"] == "undecided"]
+    if not counted:
+        text.append("No comparison could be counted: the claim is not testable at this scale.")
+        return " ".join(text)
+    if helped:
+        control = _against_control(counted, helped, "better")
+        text.append(f"Lowering rank helped on {len(helped)} of {len(lower)} comparisons "
+                    f"({_names(helped)}{control}).")  # fmt: skip
+    elif lower and not open_:
+        text.append(f"Agrees with the paper: lowering rank did not help (in all {len(lower)} "
+                    f"RankMin − plain fine-tuning comparisons a gain of {margin:g} point or "
+                    "more is excluded at Holm's level).")  # fmt: skip
+    elif lower:
+        mde = [s["mde"] for s in open_ if np.isfinite(s["mde"])]
+        more = f"; the design detects about {np.median(mde):.1f} points (80% power)" if mde else ""
+        text.append(f"Not decided at this scale whether lowering rank helps ({len(open_)} of "
+                    f"{len(lower)} RankMin − plain comparisons undecided: "
+                    f"{_names(open_)}{more}).")  # fmt: skip
+    else:
+        text.append("Lowering rank was not testable at this scale (no RankMin comparison counted).")
+    if hurt:
+        text.append(f"Lowering rank cost accuracy on {_names(hurt)}"
+                    f"{_against_control(counted, hurt, 'worse')}.")  # fmt: skip
+    costs = _pick(raise_, "rankmax", False, ("worse",))
+    if costs:
+        text.append(f"Raising rank hurt on {_names(costs)}"
+                    f"{_against_control(counted, costs, 'worse')}.")  # fmt: skip
+    elif raise_:
+        text.append(f"Raising rank did not hurt significantly ({_names(raise_)}).")
+    rest = [s for s in counted if s not in lower + raise_ and s["ref_op"] != NONE]
+    shown = [s for s in rest if s["status"] in ("better", "worse")]
+    if shown:
+        text.append(f"Against the damage-matched controls: {_names(shown)}.")
+    return " ".join(text)
 
 
 def rank_sentence(facts: dict, stats: list[dict]) -> str:
@@ -120,16 +249,16 @@ def rank_sentence(facts: dict, stats: list[dict]) -> str:
     drop = paper.TABLE4["RankMax"][3] - paper.TABLE4["natural"][3]
     text = f"The paper's own RankMax row at 1/255: RankMax − natural = {drop:+.2f} points"
     for s in stats:
-        if (s["kind"], s["arm"], s["metric"]) == ("natural", "RankMax 1.5", "robust 1/255"):
-            # the paper's sign: RankMax minus natural (the verdict's difference, negated)
-            ci = rr.fmt_interval((-s["diff"], -s["high"], -s["low"]))
+        key = (s["kind"], s["arm"], s["ref_op"], s["metric"])
+        if key == ("natural", "RankMax 1.5", NONE, "robust 1/255"):
+            ci = rr.fmt_interval((s["diff"], s["low"], s["high"]))
             text += f"; ours: RankMax 1.5 − natural = {ci} points ({s['status']})"
             break
     text += "."
     for name, what in (("adv_ratio", "adversarial / natural"), ("init_ratio", "natural / init")):
-        if facts[name] is not None:
+        if facts[name] is not None and np.isfinite(facts[name][1]):
             m, lo, hi = facts[name]
             how = "lower" if hi < 1 else ("higher" if lo > 1 else "not clearly different")
             ci = rr.fmt_interval(facts[name], 3, False)
-            text += f" Effective rank, {what}: {ci} over layers ({how})."
+            text += f" Effective rank, {what}: {ci} across bases ({how})."
     return text

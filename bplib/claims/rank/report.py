@@ -1,10 +1,13 @@
 """Reading the records of the rank claim (:mod:`bplib.claims.rank`): rows and arms, accuracies
-from per-image bits, seed-level paired statistics, the verdict's comparisons, Table 4 and
-Figure 2. Imports no other claim; :mod:`bplib.claims.rank` builds its ``summarize`` on this.
+from per-image bits, base-level paired statistics with Holm's adjustment, the verdict's
+comparisons, Table 4 and Figure 2. Imports no other claim; :mod:`bplib.claims.rank` builds its
+``summarize`` on this (the verdict's words: :mod:`bplib.claims.rank.glue`).
 
-A record belongs to a base ``w = (kind, dataset, skip)``; a fine-tuning record also to an arm
+A record belongs to a network ``w = (kind, dataset, skip)`` and to one of its independently
+trained bases (the base's seed, :func:`base_seed`); a fine-tuning record also to an arm
 ``(op, threshold)``, ``("none", 0.0)`` being plain fine-tuning (the paper's natural and
-adversarial rows). Arms of one base with the same seed saw the same batches: they are paired.
+adversarial rows). Fine-tunes of one base are averaged; arms are paired by base, and intervals
+are taken across bases: layers and fine-tunes of one base are not replicates.
 """
 
 from __future__ import annotations
@@ -12,17 +15,19 @@ from __future__ import annotations
 import numpy as np
 
 from bplib import paper
-from bplib.stats import fmt_mean_std, paired_interval, t_interval
+from bplib.stats import detectable, fmt_mean_std, holm, paired_interval, t_interval
 
 KINDS = ("natural", "adversarial")
 NONE = ("none", 0.0)
 OFFICIAL = {"rankmin": 0.5, "rankmax": 1.5}  # thresholds of the paper's Table 4 rows
+CONTROL = {"control_rankmin": "rankmin", "control_rankmax": "rankmax"}  # damage-matched
 METRICS = ("train", "test", "robust 8/255", "robust 1/255")  # Table 4's columns, in order
 # Compared in the verdict: clean accuracy on the test + held-out images, and the radius each
 # kind of training is about (every natural row of the paper is at 0.00 for 8/255).
 VERDICT_METRICS = {"natural": ("clean", "robust 1/255"), "adversarial": ("clean", "robust 8/255")}
 RANK_CHANGE = 0.05  # an arm that moved the mean effective rank by less is no test of rank
 UNCOUNTED = ("base below its gate", "rank moved < 5%")
+ALPHA = 0.05  # family-wise error rate of the chapter's comparisons (Holm)
 
 
 def model_label(skip: bool) -> str:
@@ -38,28 +43,31 @@ def arms(cfg, kind: str) -> list[tuple[str, float]]:
     """``(op, threshold)`` of every fine-tuning arm of a ``kind`` base, ``none`` first."""
     out = [NONE]
     for op, t in cfg.arms[kind]:
-        if op not in OFFICIAL:
-            raise ValueError(f"arms: op must be one of {sorted(OFFICIAL)}, got {op!r}")
+        if op not in OFFICIAL and op not in CONTROL:
+            raise ValueError(f"arms: op must be one of {sorted({*OFFICIAL, *CONTROL})}, got {op!r}")
         out.append((op, float(t)))
     return out
 
 
 def bases(cfg) -> list[tuple[str, str, bool]]:
-    """``(kind, dataset, skip)`` of every base of profile ``cfg``, in job order."""
+    """``(kind, dataset, skip)`` of every network of profile ``cfg``, in job order."""
     return [(k, d, s) for k in KINDS for d in cfg.bases.get(k, []) for s in cfg.skips]
 
 
 def label(kind: str, arm) -> str:
-    """Row name: ``natural``, ``RankMin 0.5``, ``adversarial``, ``RankMaxAdv 1.5``, ..."""
+    """Row name: ``natural``, ``RankMin 0.5``, ``adversarial``, ``RankMaxAdv 1.5``,
+    ``Matched RankMin 0.5`` (the damage-matched control of RankMin 0.5), ..."""
     op, t = arm
     if op == "none":
         return kind
+    if op in CONTROL:
+        return f"Matched {label(kind, (CONTROL[op], t))}"
     return f"{'RankMin' if op == 'rankmin' else 'RankMax'}{'Adv' * (kind != 'natural')} {t:g}"
 
 
 def paper_row(kind: str, arm, dataset: str, skip: bool):
     """The paper's Table 4 numbers of this row (official thresholds, CIFAR-10 ResNet-18)."""
-    official = arm == NONE or OFFICIAL[arm[0]] == arm[1]
+    official = arm == NONE or OFFICIAL.get(arm[0]) == arm[1]
     return (
         paper.TABLE4.get(label(kind, arm).split()[0])
         if official and dataset == "cifar10" and skip
@@ -74,12 +82,25 @@ def where(record: dict) -> tuple[str, str, bool]:
     return b["kind"], b["dataset"], b["skip"]
 
 
+def base_seed(record: dict) -> int:
+    """The seed of the base a record is, or was fine-tuned from."""
+    p = record["params"]
+    return record["seed"] if p["phase"] == "base" else p["base_seed"]
+
+
+def base_records(records, w) -> list[dict]:
+    """The bases of network ``w``, sorted by seed."""
+    out = [r for r in records if r["params"]["phase"] == "base" and where(r) == w]
+    return sorted(out, key=lambda r: r["seed"])
+
+
 def base_record(records, w) -> dict | None:
-    return next((r for r in records if r["params"]["phase"] == "base" and where(r) == w), None)
+    """The first base of network ``w`` (None: none)."""
+    return next(iter(base_records(records, w)), None)
 
 
 def arm_records(records, w, arm) -> list[dict]:
-    """Fine-tuning records of base ``w`` in arm ``(op, threshold)``, sorted by seed."""
+    """Fine-tuning records of network ``w`` in arm ``(op, threshold)``, by base then seed."""
     out = [
         r
         for r in records
@@ -87,7 +108,7 @@ def arm_records(records, w, arm) -> list[dict]:
         and where(r) == w
         and (r["params"]["arm"], r["params"]["threshold"]) == tuple(arm)
     ]
-    return sorted(out, key=lambda r: r["seed"])
+    return sorted(out, key=lambda r: (base_seed(r), r["seed"]))
 
 
 def correct_bits(record: dict, metric: str) -> np.ndarray:
@@ -118,68 +139,107 @@ def effective_ranks(record: dict, key: str = "spectra") -> np.ndarray:
     return np.array([d["effective_rank"] for d in record["result"][key]])
 
 
+def per_base(records, w, arm, value) -> dict[int, float | np.ndarray]:
+    """``{base seed: value(record) averaged over the base's fine-tunes}`` of one arm."""
+    out: dict[int, list] = {}
+    for r in arm_records(records, w, arm):
+        out.setdefault(base_seed(r), []).append(value(r))
+    return {s: np.mean(v, axis=0) for s, v in out.items()}
+
+
 def mean_ranks(records, w, arm) -> np.ndarray:
-    """Per-layer effective rank of an arm, mean over seeds."""
-    return np.mean([effective_ranks(r) for r in arm_records(records, w, arm)], axis=0)
+    """Per-layer effective rank of an arm, mean over its fine-tunes and bases."""
+    return np.mean(list(per_base(records, w, arm, effective_ranks).values()), axis=0)
 
 
-def _by_seed(records, w, a, b) -> list[tuple[dict, dict]]:
-    ra, rb = ({r["seed"]: r for r in arm_records(records, w, arm)} for arm in (a, b))
-    return [(ra[s], rb[s]) for s in sorted(ra.keys() & rb.keys())]
-
-
-def paired(records, w, lower, higher, metric: str) -> dict:
-    """accuracy(lower) - accuracy(higher) per seed, the 95% Student-t interval across seeds
-    and the detectable difference (:func:`bplib.stats.paired_interval`)."""
-    pairs = _by_seed(records, w, lower, higher)
-    diffs = [accuracy(a, metric) - accuracy(b, metric) for a, b in pairs]
-    d = paired_interval(diffs)
-    return dict(diffs=diffs, diff=d["mean"], low=d["low"], high=d["high"], n=d["n"],
-                mde=d["detectable"])  # fmt: skip
+def base_diffs(records, w, a, b, value) -> list[float]:
+    """``value(a) - value(b)`` per base (each side averaged over the base's fine-tunes)."""
+    va, vb = per_base(records, w, a, value), per_base(records, w, b, value)
+    return [float(va[s] - vb[s]) for s in sorted(va.keys() & vb.keys())]
 
 
 def rank_ratio(records, w, arm, ref=NONE):
-    """(mean, low, high) across seeds of the per-seed mean over layers of
+    """(mean, low, high) across bases of the per-base mean over layers of
     erank(arm) / erank(ref); below 1, ``arm`` has the lower effective rank."""
-    pairs = _by_seed(records, w, arm, ref)
-    return t_interval([np.mean(effective_ranks(a) / effective_ranks(b)) for a, b in pairs])
+    va, vb = (per_base(records, w, x, effective_ranks) for x in (arm, ref))
+    return t_interval([float(np.mean(va[s] / vb[s])) for s in sorted(va.keys() & vb.keys())])
+
+
+def damage(records, w, arm) -> float:
+    """Mean relative Frobenius change ``||K' - K||_F / ||K||_F`` of the arm's edits (every
+    layer, projection, fine-tune and base); nan for ``none``."""
+    hooks = [h for r in arm_records(records, w, arm) for h in r["result"]["history"]["hooks"]]
+    changes = [c for h in hooks if h for c in h.get("rel_change", [])]
+    return float(np.mean(changes)) if changes else float("nan")
 
 
 def gate_failure(records, cfg, w) -> str | None:
-    """Why base ``w`` fails its gate (its ``none`` arm, mean over seeds), or None."""
-    none = arm_records(records, w, NONE)
+    """Why network ``w``'s bases fail its gate (their ``none`` arm, mean over bases), or None."""
     for metric, threshold in cfg.gate[w[0]].items():
-        value = np.mean([accuracy(r, metric) for r in none]) if none else float("nan")
+        acc = per_base(records, w, NONE, lambda r, m=metric: accuracy(r, m))
+        values = list(acc.values())
+        value = float(np.mean(values)) if values else float("nan")
         if not value >= threshold:
-            return f"{w[0]} base: {metric} {value:.1f}% below the gate {threshold:g}%"
+            return f"{w[0]} bases: {metric} {value:.1f}% below the gate {threshold:g}%"
     return None
 
 
-def _status(s: dict, ratio, gate, margin: float) -> str:
-    if gate or not abs(ratio[0] - 1) >= RANK_CHANGE:
-        return UNCOUNTED[0] if gate else UNCOUNTED[1]
-    if s["low"] > 0 or s["high"] < 0:
-        return "lower rank better" if s["low"] > 0 else "lower rank worse"
-    return f"benefit ≥ {margin:g} excluded" if s["high"] < margin else "undecided"
+def contrasts(cfg, kind: str) -> list[tuple[tuple, tuple]]:
+    """``(arm, reference)`` of every comparison of a ``kind`` network: each projection against
+    plain fine-tuning (``none``), and against its damage-matched control when that is an arm."""
+    have, out = arms(cfg, kind), []
+    for arm in (a for a in have if a[0] in OFFICIAL):
+        out.append((arm, NONE))
+        control = (f"control_{arm[0]}", arm[1])
+        if control in have:
+            out.append((arm, control))
+    return out
+
+
+def _status(s: dict, margin: float) -> str:
+    if s["gate"] or not abs(s["ratio"][0] - 1) >= RANK_CHANGE:
+        return UNCOUNTED[0] if s["gate"] else UNCOUNTED[1]
+    if s["p_holm"] <= ALPHA:
+        return "better" if s["diff"] > 0 else "worse"
+    return f"gain ≥ {margin:g} excluded" if s["high"] < margin else "undecided"
 
 
 def comparisons(records, cfg) -> list[dict]:
-    """Every (base, projection arm, metric of :data:`VERDICT_METRICS`): the per-seed benefit of
-    lower rank, accuracy(lower-rank arm) - accuracy(higher-rank arm) (RankMin - none, none -
-    RankMax), its interval, the arm's effective-rank ratio to ``none``, and a status."""
+    """Every (network, contrast of :func:`contrasts`, metric of :data:`VERDICT_METRICS`): the
+    per-base difference accuracy(arm) - accuracy(reference) (the paper's orientation: RankMax
+    − natural), its p-value, Holm's adjusted p-value over every counted comparison of the
+    chapter, the interval at its Holm step's level (``1 - ALPHA / (m - i)`` for the ``i``-th
+    smallest p-value of ``m``), the detectable difference at that level (80% power, exact
+    noncentral t), the arm's effective-rank ratio to its reference and a status."""
     out = []
     for w in bases(cfg):
         gate = gate_failure(records, cfg, w)
-        for arm in arms(cfg, w[0])[1:]:
-            low, high = (arm, NONE) if arm[0] == "rankmin" else (NONE, arm)
-            ratio = rank_ratio(records, w, arm)
+        for arm, ref in contrasts(cfg, w[0]):
+            ratio = rank_ratio(records, w, arm, ref)
             for metric in VERDICT_METRICS[w[0]]:
-                s = paired(records, w, low, high, metric)
-                pair = f"{label(w[0], low)} − {label(w[0], high)}"
+                diffs = base_diffs(records, w, arm, ref, lambda r, m=metric: accuracy(r, m))
                 names = dict(model=model_label(w[2]), dataset=w[1], kind=w[0], metric=metric,
-                             base=w, arm_op=arm, arm=label(w[0], arm), pair=pair)  # fmt: skip
-                status = _status(s, ratio, gate, cfg.margin)
-                out.append({**names, **s, "ratio": ratio, "status": status, "gate": gate})
+                             base=w, arm_op=arm, ref_op=ref, arm=label(w[0], arm),
+                             ref=label(w[0], ref), pair=f"{label(w[0], arm)} − "
+                             f"{label(w[0], ref)}")  # fmt: skip
+                out.append({**names, "diffs": diffs, "ratio": ratio, "gate": gate})
+    counted = [s for s in out if not s["gate"] and abs(s["ratio"][0] - 1) >= RANK_CHANGE]
+    d = [paired_interval(s["diffs"]) for s in counted]
+    adjusted = holm([x["p"] for x in d]) if d else []
+    order = np.argsort([x["p"] if np.isfinite(x["p"]) else 2.0 for x in d], kind="stable")
+    step = {int(j): i for i, j in enumerate(order)}
+    for s in out:
+        if s in counted:
+            i = counted.index(s)
+            level = 1 - ALPHA / (len(counted) - step[i])
+            x, p_holm = paired_interval(s["diffs"], level=level), float(adjusted[i])
+        else:
+            level, p_holm = 1 - ALPHA, float("nan")
+            x = paired_interval(s["diffs"], level=level)
+        mde = detectable(x["sd"], x["n"], level=level)
+        s.update(diff=x["mean"], low=x["low"], high=x["high"], n=x["n"], p=x["p"],
+                 p_holm=p_holm, level=level, mde=mde)  # fmt: skip
+        s["status"] = _status(s, cfg.margin)
     return out
 
 
@@ -190,84 +250,45 @@ def fmt_interval(stat, digits: int = 2, signed: bool = True) -> str:
     return f"{f(m)} [{f(lo)}, {f(hi)}]"
 
 
-VERDICT_HEADERS = ["network", "difference (lower rank − higher rank)", "metric", "per seed",
-                   "mean [95% CI]", "detectable (80%)", "eff. rank arm / none",
-                   "status"]  # fmt: skip
+VERDICT_HEADERS = ["network", "difference (arm − reference)", "metric", "per base",
+                   "mean [Holm-level CI]", "p (Holm)", "detectable (80%)",
+                   "eff. rank arm / reference", "status"]  # fmt: skip
 
 
 def verdict_rows(stats: list[dict]) -> list[list]:
     rows = []
     for s in stats:
         diffs, ci = " ".join(f"{d:+.1f}" for d in s["diffs"]), (s["diff"], s["low"], s["high"])
+        p = "n/a" if not np.isfinite(s["p_holm"]) else f"{s['p']:.3f} ({s['p_holm']:.3f})"
         rows.append([f"{s['model']}, {s['dataset']}", s["pair"], s["metric"], diffs,
-                     fmt_interval(ci), f"{s['mde']:.2f}", fmt_interval(s["ratio"], 3, False),
-                     s["status"]])  # fmt: skip
+                     f"{fmt_interval(ci)} ({100 * s['level']:.1f}%)", p, f"{s['mde']:.2f}",
+                     fmt_interval(s["ratio"], 3, False), s["status"]])  # fmt: skip
     return rows
 
 
-def _names(stats) -> str:
-    return "; ".join(f"{s['pair']}, {s['metric']}" for s in stats)
-
-
-def verdict_text(stats: list[dict], margin: float) -> str:
-    """The verdict in words, decided by the seed-level intervals of :func:`comparisons`: the
-    headline (partly supports the belief / agrees with the paper / not decided / not testable),
-    then every other kind of outcome, so no counted comparison goes unmentioned."""
-    gates = sorted({s["gate"] for s in stats if s["gate"]})
-    counted = [s for s in stats if s["status"] not in UNCOUNTED]
-    pro, worse, open_ = ([s for s in counted if s["status"] == k] for k in ("lower rank better",
-                         "lower rank worse", "undecided"))  # fmt: skip
-    excluded = [s for s in counted if s not in pro + worse + open_]
-    n, seeds = len(counted), max((s["n"] for s in stats), default=0)
-    mde = [s["mde"] for s in open_ if np.isfinite(s["mde"])]
-    undecided = f"Not decided at this scale for {len(open_)} of {n} comparisons: " + (
-        f"their intervals reach benefits of up to {max(s['high'] for s in open_):.1f} points; "
-        f"with {seeds} seeds the design detects differences of about {np.median(mde):.1f} "
-        f"points (80% power; {min(mde):.1f} to {max(mde):.1f})." if mde and
-        len(mde) == len(open_) else "fewer than 2 seeds give no interval.")  # fmt: skip
-    text = [f"Not testable at this scale where a base failed its gate ({'; '.join(gates)})."]
-    text = text if gates else []
-    if not counted:
-        text.append("No comparison could be counted: the claim is not testable at this scale.")
-    elif pro:
-        text.append(f"Partly supports the belief: lower rank was significantly better in "
-                    f"{len(pro)} of {n} comparisons ({_names(pro)}).")  # fmt: skip
-        if {s["arm_op"][0] for s in pro} == {"rankmax"}:
-            text.append("All of them are RankMax arms: raising the rank hurt, while no RankMin "
-                        "arm was significantly better than plain fine-tuning.")  # fmt: skip
-    elif open_:
-        text.append(undecided)
-    else:
-        text.append(f"Agrees with the paper: in all {n} comparisons the {seeds}-seed paired "
-                    f"95% interval excludes a benefit of lower rank of {margin:g} point or "
-                    "more.")  # fmt: skip
-    if excluded and (pro or open_):
-        text.append(f"A benefit of {margin:g} point or more is excluded in {len(excluded)} "
-                    f"({_names(excluded)}).")  # fmt: skip
-    if worse:
-        text.append(f"Lower rank was significantly worse in {len(worse)} of {n} comparisons "
-                    f"({_names(worse)}).")  # fmt: skip
-    if pro and open_:
-        text.append(undecided)
-    return " ".join(text)
-
-
 TABLE4_HEADERS = ["row", *(h for m in METRICS for h in (m, "paper")), "held-out",
-                  "eff. rank / none"]  # fmt: skip
+                  "eff. rank / none", "kernel change"]  # fmt: skip
 
 
 def table4_rows(records, cfg, dataset: str, skip: bool) -> list[list]:
-    """Table 4 beside the paper's: every arm of both bases, mean ± std over seeds (n)."""
+    """Table 4 beside the paper's: every arm of both kinds, mean ± std over bases (n; each
+    base's fine-tunes averaged first), the arm's effective rank over ``none``'s and its mean
+    relative change of the kernels at a projection (the damage the controls match)."""
     rows = []
     for w in (w for w in bases(cfg) if w[1:] == (dataset, skip)):
         for arm in arms(cfg, w[0]):
-            recs, ref = arm_records(records, w, arm), paper_row(w[0], arm, dataset, skip)
-            cells = [label(w[0], arm)]
+            ref, cells = paper_row(w[0], arm, dataset, skip), [label(w[0], arm)]
+
+            def ours(metric, w=w, arm=arm):
+                acc = per_base(records, w, arm, lambda r: accuracy(r, metric))
+                return fmt_mean_std(list(acc.values()))
+
             for i, metric in enumerate(METRICS):
-                ours = fmt_mean_std([accuracy(r, metric) for r in recs])
-                cells += [ours, f"{ref[i]:.2f}" if ref else "n/a"]
+                cells += [ours(metric), f"{ref[i]:.2f}" if ref else "n/a"]
             ratio = "1" if arm == NONE else fmt_interval(rank_ratio(records, w, arm), 3, False)
-            rows.append([*cells, fmt_mean_std([accuracy(r, "held-out") for r in recs]), ratio])
+            change = damage(records, w, arm)
+            rows.append([*cells, ours("held-out"), ratio,
+                         f"{change:.3f}" if np.isfinite(change) else "—"])  # fmt: skip
     return rows
 
 
@@ -278,20 +299,21 @@ BASE_HEADERS = ["base", "network", "images × epochs", "train acc", "test acc", 
 def base_rows(records, cfg) -> list[list]:
     """One row per base: its size and its clean accuracies before fine-tuning."""
     rows = []
-    for w in bases(cfg):
-        r = base_record(records, w)
-        p, res = r["params"], r["result"]
+    for r in (r for w in bases(cfg) for r in base_records(records, w)):
+        w, p, res = where(r), r["params"], r["result"]
         size = f"{res['n_train']:,} × {p['epochs']}"
         accs = [f"{accuracy(r, m):.2f}" for m in ("train", "test", "held-out")]
         wall = f"{r['provenance']['wall_time_s'] / 60:.1f}"
         last = f"{res['history']['train_acc'][-1]:.2f}"
-        rows.append([w[0], f"{model_label(w[2])}, {w[1]}", size, *accs, last, wall])
+        rows.append([f"{w[0]} (seed {r['seed']})", f"{model_label(w[2])}, {w[1]}", size, *accs,
+                     last, wall])  # fmt: skip
     return rows
 
 
 def plot_figure2(records, cfg, dataset: str, skip: bool):
-    """Figure 2 redrawn: effective rank of each block conv after fine-tuning (mean over seeds),
-    one panel per base, with the initialization (dashed) and the base before fine-tuning."""
+    """Figure 2 redrawn: effective rank of each block conv after fine-tuning (mean over bases),
+    one panel per kind, with the initialization (dashed) and the first base before
+    fine-tuning."""
     import matplotlib.pyplot as plt
 
     ws = [w for w in bases(cfg) if w[1:] == (dataset, skip)]
@@ -315,7 +337,7 @@ def plot_figure2(records, cfg, dataset: str, skip: bool):
 
 def plot_spectra(records, cfg, w, layer: int, ax=None):
     """Sorted singular values (stored quantiles) of block conv ``layer``: initialization and
-    every arm of base ``w`` (first seed)."""
+    every arm of network ``w`` (first base, first fine-tune)."""
     import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(6, 3.6))[1]
