@@ -279,8 +279,10 @@ def test_run_real_data(cifar_small, records_dir):
     cfg.pilot_epochs, cfg.arm_images = [1], 5 * 64 * 2  # one cell; 2 seeds affordable
     ctx = runner.Context("smoke", device="cpu", jobs=1)
     records = claims.run("weight_decay", cfg, ctx)
-    assert len(records) == len(wd.jobs(cfg)) == 2 * 3 + 5 * 3
-    arms = records[6:]
+    n_pilot = 2 * len(cfg.pilot_arms)  # 2 pilot seeds x the piloted arms (nb_above among them)
+    assert "nb_above" in cfg.pilot_arms
+    assert len(records) == len(wd.jobs(cfg)) == n_pilot + 5 * 3
+    arms = records[n_pilot:]
     assert all(r["result"].get("skipped") for r in arms if r["seed"] == 102)
     for rec in (r for r in arms if r["seed"] != 102):
         res = rec["result"]
@@ -305,7 +307,7 @@ def _cfg(delta=1.0):
 
 
 PILOT = {"none": [50.0, 51.0, 52.0], "weight_decay": [50.5, 51.0, 52.5],
-         "wd_strong": [52.0, 52.5, 54.5]}  # fmt: skip
+         "wd_strong": [52.0, 52.5, 54.5], "nb_above": [51.5, 52.5, 54.0]}  # fmt: skip
 BASE = {"none": [50.0, 51.0, 52.0, 50.5, 51.5, 50.0]}
 BASE["weight_decay"] = [x + 0.3 for x in BASE["none"]]
 BASE["wd_strong"] = [55.0, 56.0, 57.5, 55.5, 56.0, 55.2]  # about 5 points above none

@@ -193,9 +193,15 @@ def work(job: runner.Job, ctx: runner.Context) -> dict:
     edit_seed = 0 if is_base else 1000 * p["base_seed"] + job.seed  # a control's directions
     hook = None if arm == "none" else RankProjection(arm, p["threshold"], p["rank_epochs"],
                                                      seed=edit_seed)  # fmt: skip
-    x, y = data.subset(x, y, p["images"], seed=0)  # fine-tuning: a subset of the base's images
+    # Each base draws its own training images and batch order (its seed), so that bases
+    # replicate the data sample too; a fine-tune (or a warm-started adversarial phase) takes a
+    # subset of its base's images (a prefix of the same seeded permutation) and a batch order
+    # of its own per base and fine-tuning seed.
+    base_seed = job.seed if is_base else p["base_seed"]
+    x, y = data.subset(x, y, p["images"], seed=base_seed)
     cfg = TrainConfig.from_params({**base, **p}, eval_every=p["epochs"])
-    hist = fit(model, x, y, cfg, seed=job.seed, adversary=adv, on_epoch_end=hook,
+    order = job.seed if is_base else 1000 * base_seed + job.seed
+    hist = fit(model, x, y, cfg, seed=order, adversary=adv, on_epoch_end=hook,
                run_dir=ctx.run_dir(job), progress=False)  # fmt: skip
     if is_base:
         save_arrays(ctx.arrays(job), **{k: v.cpu().numpy() for k, v in model.state_dict().items()})

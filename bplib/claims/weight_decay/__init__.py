@@ -176,12 +176,15 @@ def read_pilot(spec: dict, profile: str, root=None) -> tuple[list, list]:
     return spec["cells"], results
 
 
-def _split(dataset: str, n_train: int | None, n_holdout: int, data_dir):
-    """Training subset, held-out part of the training set (never trained on), test set; fixed
-    (seed 0) so that every seed and arm sees the same images."""
+def _split(dataset: str, n_train: int | None, n_holdout: int, data_dir, seed: int):
+    """Training subset, held-out part of the training set (never trained on), test set. The
+    held-out split is fixed (seed 0: one evaluation set for every run); the training subset is
+    drawn by the run's ``seed`` from the rest, so that a seed replicates the data sample as
+    well as the initialization and batch order (every arm of a seed sees the same images: the
+    pairs stay paired; the arms' fresh seeds train on other samples than the pilot's)."""
     data = load_cifar(dataset, data_dir=data_dir)
     x_fit, y_fit, x_hold, y_hold = holdout_split(data.x_train, data.y_train, n_holdout, seed=0)
-    return data, subset(x_fit, y_fit, n_train, seed=0), (x_hold, y_hold)
+    return data, subset(x_fit, y_fit, n_train, seed=seed), (x_hold, y_hold)
 
 
 def work(job: runner.Job, ctx: runner.Context) -> dict:
@@ -196,11 +199,13 @@ def work(job: runner.Job, ctx: runner.Context) -> dict:
     p, dev, extra = job.params, resolve_device(ctx.device), {}
     if "pilot" in p:
         choice = plan.choose(*read_pilot(p["pilot"], ctx.profile, ctx.root), p["pilot"])
-        if p["slot"] >= choice["n_seeds"]:
+        if p["slot"] >= choice["n_seeds"] or not choice["fitting"]:
+            # no cell fit its data: the verdict is "not testable", and runs the gate would
+            # leave out are not worth training
             return {"skipped": True, "plan": choice}
         p, extra = {**p, **cell_params(p["pilot"], choice["cell"])}, {"plan": choice}
     data, (x_tr, y_tr), (x_hold, y_hold) = _split(p["dataset"], p["n_train"], p["n_holdout"],
-                                                  ctx.data_dir)  # fmt: skip
+                                                  ctx.data_dir, job.seed)  # fmt: skip
     normalize = p["normalize"]
     if normalize and p["dataset"].startswith("cifar100"):  # CIFAR-100 statistics, not CIFAR-10's
         normalize = Normalize(CIFAR100_MEAN, CIFAR100_STD)
