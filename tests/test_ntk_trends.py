@@ -9,9 +9,9 @@ from scipy import stats
 from bplib.claims import ntk as claim
 from bplib.claims.ntk import summarize
 from bplib.claims.ntk.report import collect, verdict_text, width_trend
-from bplib.claims.ntk.trends import adjust, interval_text
+from bplib.claims.ntk.trends import adjust, control, holm_families, interval_text
 from bplib.profiles import get_profile
-from bplib.stats import paired_interval, slope_interval, t_interval
+from bplib.stats import detectable, paired_interval, slope_interval, t_interval, t_power
 
 
 def trends_interval(values):
@@ -118,8 +118,8 @@ def test_summarize_synthetic_control_verdict_delta_ceiling_and_cifar100_rows():
     assert s.verdict.startswith("ConvNet: rises, as the paper (4 seeds, Holm-adjusted p = ")
     assert "ResNet-18 (skip, BN): falls, as the paper (4 seeds" in s.verdict
     assert s.verdict.endswith("ResNet-18 (skip, BN), CIFAR100: not decided: 0 seed(s) with 2 "
-                              "widths past the gate (0 of 4 runs passed; an interval needs 2 "
-                              "seeds)")  # fmt: skip
+                              "common widths past the gate (0 of 4 runs passed; an interval "
+                              "needs 2 seeds)")  # fmt: skip
     assert s.glue["ntk_agreement"] == "2 of 2" and s.glue["ntk_gate"] == "24 of 28"
     assert s.glue["ntk_status"] == (
         "decided for 2 of 3 families (ConvNet rises, as the paper; ResNet-18 (skip, BN) falls, "
@@ -163,3 +163,103 @@ def test_a_trend_that_the_retest_ceiling_follows_is_within_the_instrument():
     s = summarize(recs, cfg)
     assert s.verdict.startswith("ResNet-18 (skip, BN): rises")
     assert "within what the instrument resolves" in s.verdict
+    assert s.glue["ntk_agreement"] == "0 of 0"
+    assert s.glue["ntk_within_instrument"] == "ResNet-18 (skip, BN) rises"
+
+
+def test_a_fall_within_the_instrument_is_not_counted_as_agreeing_with_the_paper():
+    """ResNet-18 falls as the paper says, but only as much as the retest ceiling falls: the
+    trend is shown and counted neither as decided nor as agreeing (status and agreement)."""
+    cfg = _cfg(widths={"resnet18": [1, 10, 100], "convnet": [1, 10, 100]})
+    recs = [_record("resnet18", w, s, 0.9 - (0.1 + 0.01 * s) * k, 0.3, retest=0.95 - 0.1 * k
+                    + 0.02 * (-1) ** (s + k)) for k, w in enumerate([1, 10, 100])
+            for s in (0, 1, 2, 3)]  # fmt: skip
+    recs += [_record("convnet", w, s, 0.5 + (0.1 + 0.01 * s) * k)
+             for k, w in enumerate([1, 10, 100]) for s in (0, 1, 2, 3)]  # fmt: skip
+    s = summarize(recs, cfg)
+    rn = s.verdict.split("; ResNet-18 (skip, BN): ")[1]
+    assert rn.startswith("falls within the instrument's resolution, not counted for or against "
+                         "the paper (4 seeds, Holm-adjusted p = ")  # fmt: skip
+    assert "as the paper" not in rn
+    assert s.glue["ntk_agreement"] == "1 of 1"  # the ConvNet only
+    assert s.glue["ntk_status"] == (
+        "decided for 1 of 2 families (ConvNet rises, as the paper); within the instrument's "
+        "resolution, not counted: ResNet-18 (skip, BN) falls"
+    )
+    # the same runs with a flat ceiling: the fall is resolved and agrees
+    flat = [_record("resnet18", r["params"]["width"], r["seed"],
+                    r["result"]["measures"]["random"]["recalibrated"]["correlation"], 0.3,
+                    retest=0.95) if r["params"]["family"] == "resnet18" else r
+            for r in recs]  # fmt: skip
+    s = summarize(flat, cfg)
+    assert s.glue["ntk_agreement"] == "2 of 2" and s.glue["ntk_within_instrument"] == "none"
+
+
+def test_detectable_slope_is_stated_at_holms_strictest_level():
+    trends = [{"p": p, "n_seeds": 4, "verdict": "unclear", "sd": 0.1, "detectable": 0.0}
+              for p in (0.2, 0.5, 0.7)]  # fmt: skip
+    adjust(trends)
+    level = 1 - 0.05 / 3
+    for t in trends:
+        assert t["holm_m"] == 3
+        assert t["detectable"] == pytest.approx(detectable(0.1, 4, level=level))
+        assert t_power(t["detectable"], 0.1, 4, level=level) == pytest.approx(0.8, abs=1e-6)
+        assert t["detectable"] > detectable(0.1, 4)  # the unadjusted 5% figure is smaller
+    cfg = _cfg(widths={"convnet": [1, 10, 100], "wrn16": [1, 2, 4]})
+    recs = [_record("convnet", w, s, 0.5 + 0.05 * k * (-1) ** s)
+            for k, w in enumerate([1, 10, 100]) for s in (0, 1, 2)]  # fmt: skip
+    recs += [_record("wrn16", w, s, 0.5 + 0.05 * k * (-1) ** s, 0.5, retest=0.9)
+             for k, w in enumerate([1, 2, 4]) for s in (0, 1, 2)]  # fmt: skip
+    s = summarize(recs, cfg)
+    assert "would be detected with 80% power at Holm's strictest level (5%/2)" in s.verdict
+
+
+def test_holm_families_split_the_paper_s_families_from_the_ablation_and_other_data():
+    t = [{"family": f, "main": main} for f, main in (("convnet", True), ("resnet18_nobn", True),
+         ("wrn16", True), ("resnet18", False), ("resnet18_noskip", True))]  # fmt: skip
+    groups = holm_families(t)
+    assert [[x["family"] for x in g] for g in groups] == [
+        ["convnet", "wrn16"],
+        ["resnet18_nobn", "resnet18_noskip"],
+        ["resnet18"],
+    ]
+    assert holm_families(t[:1]) == [t[:1]]
+    # in the summary: a ConvNet alone in its set keeps its p-value, the ablation is apart
+    cfg = _cfg(widths={"convnet": [1, 10, 100], "resnet18_nobn": [1, 10, 100]})
+    recs = [_record(f, w, s, 0.5 + (0.1 + 0.01 * s) * k) for f in ("convnet", "resnet18_nobn")
+            for k, w in enumerate([1, 10, 100]) for s in (0, 1, 2)]  # fmt: skip
+    s = summarize(recs, cfg)
+    p = width_trend(collect(recs, cfg), "ConvNet")["p"]
+    assert f"ConvNet: rises, as the paper (3 seeds, Holm-adjusted p = {p:.3f})" in s.verdict
+
+
+def test_a_seed_missing_one_width_every_seed_is_fitted_on_the_common_widths():
+    """Seed 1's run at the widest width fails the gate: that width leaves every seed's fit
+    (each slope spans the same widths), the trend table names it, and Delta rho is averaged
+    over the same widths for every seed; a seed with one width past the gate drops out."""
+    cfg = _cfg(widths={"resnet18": [1, 10, 100]})
+    curve = {0: 0.5, 1: 0.6, 2: 0.2}  # rho by width index: the curve bends at the widest
+
+    def rec(k, w, s):
+        acc = 50.0 if (s, w) == (1, 100) or (s == 3 and w > 1) else 99.0
+        return _record("resnet18", w, s, curve[k] + 0.01 * s, 0.1 * k, train_acc=acc)
+
+    recs = [rec(k, w, s) for k, w in enumerate([1, 10, 100]) for s in (0, 1, 2, 3)]
+    rows = collect(recs, cfg)
+    t = width_trend(rows, "ResNet-18 (skip, BN)")
+    assert t["left_out"] == [100] and t["n"] == 9 and t["n_fit"] == 6 and t["n_seeds"] == 3
+    assert t["seed_slopes"] == pytest.approx({0: 0.1, 1: 0.1, 2: 0.1})  # widths 1 and 10 only
+    assert t["span"] == (1000, 10000)
+    c = control(rows, "ResNet-18 (skip, BN)")  # per seed mean over widths 1, 10 (seed 3: 1)
+    deltas = [curve[0] + 0.01 * s - 0.0 + curve[1] + 0.01 * s - 0.1 for s in (0, 1, 2)]
+    assert c["delta"]["n"] == 3
+    assert c["delta"]["mean"] == pytest.approx(np.mean(deltas) / 2)
+    s = summarize(recs, cfg)
+    row = s.tables["trends"][1][0]
+    assert row[1] == "9 of 12; width 100 left out (not passed by every seed)" and row[2] == 3
+    # with fewer than 2 widths that every seed passed there is no slope at all
+    worse = [rec(k, w, s) if not (s == 2 and w == 10) else
+             _record("resnet18", w, s, 0.5, 0.1, train_acc=50.0)
+             for k, w in enumerate([1, 10, 100]) for s in (0, 1, 2, 3)]  # fmt: skip
+    t = width_trend(collect(worse, cfg), "ResNet-18 (skip, BN)")
+    assert t["verdict"] == "too few" and t["n_seeds"] == 0 and t["left_out"] == [1, 10, 100]

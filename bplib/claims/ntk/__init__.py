@@ -28,7 +28,7 @@ import torch
 from bplib import runner
 from bplib.checks import check_choice, check_int
 from bplib.claims.ntk import report as nr
-from bplib.claims.ntk.trends import adjust, control
+from bplib.claims.ntk.trends import adjust, control, holm_families, resolved, short_verdict
 from bplib.data import load_cifar, to_float
 from bplib.device import resolve_device, set_threads
 from bplib.measures.ntk import (
@@ -322,19 +322,24 @@ def summarize(records: list[dict], cfg) -> Summary:
     """From the records of ``jobs(cfg)``: tables ``trends`` (per family: gate, per-seed slopes
     and the seed-level interval under both batch-norm statistics, Delta rho, the retest
     ceiling, paper), ``networks``, ``artifact`` (batch-norm nets per width), ``linearized`` and
-    ``samples``; the verdict per family (the ``bn_stats`` measurement, Holm-adjusted across the
-    main data set's families; the other measurement likewise); our headline; glued values."""
+    ``samples``; the verdict per family (the ``bn_stats`` measurement, Holm-adjusted within
+    :func:`~bplib.claims.ntk.trends.holm_families`: the families with a stated direction, the
+    ablation variants, the other data sets; the other measurement likewise); our headline;
+    glued values. A decided trend within what the instrument resolves counts neither as decided
+    nor for or against the paper (``ntk_status``, ``ntk_agreement``, ``ntk_within_instrument``).
+    """
     rows = nr.collect(records, cfg)
     names = list(dict.fromkeys(r["label"] for r in rows))
     other = next(st for st in nr.STATS if st != cfg.bn_stats)
     trend = {st: [nr.width_trend(rows, n, f"correlation_{st}") for n in names] for st in nr.STATS}
-    for st in nr.STATS:  # Holm across the families of one verdict (the main data set's)
-        adjust([t for t in trend[st] if t["main"]])
-        adjust([t for t in trend[st] if not t["main"]])
+    for st in nr.STATS:  # Holm across the families of one verdict
+        for group in holm_families(trend[st]):
+            adjust(group)
     after, before = trend[cfg.bn_stats], trend["default"]
     controls = {n: control(rows, n) for n in names}
     rec = cfg.bn_stats == "recalibrated"  # the retest ceiling is that measurement's
-    verdicts = [nr.verdict_text(t, controls[t["label"]] if rec else None) for t in after]
+    ctl = [controls[t["label"]] if rec else None for t in after]  # what the ceiling applies to
+    verdicts = [nr.verdict_text(t, c) for t, c in zip(after, ctl)]
     glue = {"ntk_n_seeds": len(cfg.seeds), "ntk_bn_stats": cfg.bn_stats, "ntk_other_stats": other}
     glue["ntk_gate"] = f"{sum(r['passed'] for r in rows)} of {len(rows)}"
     glue["ntk_seed_counts"] = ", ".join(f"{t['label']} {t['n_seeds']}" for t in after if t["main"])
@@ -344,8 +349,12 @@ def summarize(records: list[dict], cfg) -> Summary:
                                        controls[t["label"]]))  # fmt: skip
     mid = nr.median(rows, "scale_fraction")
     glue["ntk_median_scale_fraction"] = "n/a" if mid is None else f"{mid:.2f}"
-    decided = [v for t, v in zip(after, verdicts) if nr.paper_direction(t) and "the paper" in v]
-    glue["ntk_agreement"] = f"{sum('as the paper' in v for v in decided)} of {len(decided)}"
+    decided = [t for t, c in zip(after, ctl) if nr.paper_direction(t) and resolved(t, c)]
+    same = sum(t["verdict"] == nr.paper_direction(t) for t in decided)
+    glue["ntk_agreement"] = f"{same} of {len(decided)}"
+    within = [f"{t['label']} {t['verdict']}" for t, c in zip(after, ctl)
+              if t["verdict"] in ("rises", "falls") and not resolved(t, c)]  # fmt: skip
+    glue["ntk_within_instrument"] = "; ".join(within) or "none"
     official = [f"{t['label']} {t['verdict']}" for t in trend[other]
                 if t["main"] and t["verdict"] in ("rises", "falls")]  # fmt: skip
     glue["ntk_other_decided"] = "; ".join(official) or f"no family decided with {other} statistics"
@@ -371,12 +380,13 @@ def summarize(records: list[dict], cfg) -> Summary:
     verdict = "; ".join(f"{t['label']}: {v}" for t, v in zip(after, verdicts))
     # The decision in a few words for the status block and the verdict box: which families an
     # interval decided (after Holm), the rest left open.
-    firm = [f"{t['label']} {v.split(' (')[0]}" for t, v in zip(after, verdicts)
-            if not v.startswith("not dec")]  # fmt: skip
+    firm = [f"{t['label']} {short_verdict(t, c)}" for t, c in zip(after, ctl) if resolved(t, c)]
     glue["ntk_status"] = (f"decided for {len(firm)} of {len(after)} families"
                           + (f" ({'; '.join(firm)})" if firm else "")
+                          + (f"; within the instrument's resolution, not counted: "
+                             f"{'; '.join(within)}" if within else "")
                           + ("; not decided at this scale for the others"
-                             if len(firm) < len(after) else ""))  # fmt: skip
+                             if len(firm) + len(within) < len(after) else ""))  # fmt: skip
     glue.update(ntk_verdict=verdict, ntk_ours=ours)
     glue["ntk_provenance"] = describe(records)  # for figure captions and the verdict box
     return Summary(ours=ours, verdict=verdict, glue=glue, tables=tables)

@@ -62,11 +62,16 @@ def family_glue(t: dict, default: dict, verdict: str, other: dict, c: dict | Non
 
 
 def trend_row(t, default, rec, c, verdict, minutes) -> list:
-    """One row of the trends table (:data:`TREND_HEADERS` with the verdict before the paper)."""
+    """One row of the trends table (:data:`TREND_HEADERS` with the verdict before the paper);
+    the gate's cell names the widths left out of every seed's slope (not every seed passed
+    there: :func:`~bplib.claims.ntk.trends.common_rows`)."""
     span = "—" if t["span"] is None else f"{t['span'][0]:,} .. {t['span'][1]:,}"
     ceiling = None if c is None else c["ceiling"]
     paper_cell = paper.FIGURE1_TREND[t["family"]] if t["main"] else "not in the text"
-    return [t["label"], f"{t['n']} of {t['n_runs']}", t["n_seeds"],
+    gate = f"{t['n']} of {t['n_runs']}" + (
+        f"; width {', '.join(f'{w:g}' for w in t['left_out'])} left out (not passed by every seed)"
+        if t["left_out"] else "")  # fmt: skip
+    return [t["label"], gate, t["n_seeds"],
             f"{span} ({t['decades']:.2f})", seeds_text(default), slope_text(default),
             seeds_text(rec), slope_text(rec), interval_text(c["delta"]) if c else "no BN",
             ceiling, verdict, paper_cell, minutes]  # fmt: skip
