@@ -31,6 +31,8 @@ TEXT_GLUE = (
     "rank_ours",
     "rank_provenance",
 )  # the verdict box's text
+FLOAT_GLUE = ("rank_bases", "rank_ft_seeds", "rank_margin", "rank_alpha", "rank_comparisons",
+              "rank_paper_rankmax_minus_nat_rob1", "rank_paper_rankmin_minus_nat_test")  # fmt: skip
 
 
 def unrolled_circular_conv(weight: torch.Tensor, n: int) -> torch.Tensor:
@@ -294,16 +296,21 @@ def test_synthetic_equal_arms_agree_with_the_paper():
     # a control moves no rank: its comparisons with the projection still count (ratio 0.8)
     verdict = s.tables["verdict"][1]
     assert len(verdict) == 16 and all(r[-1] == "gain ≥ 1 excluded" for r in verdict)
-    assert s.ours.startswith("ResNet-18 RankMin 0.5 − natural, clean +0.00 [+0.00, +0.00] (n=4")
+    assert s.ours.startswith(
+        "ResNet-18 RankMin 0.5 − natural, clean (test + held-out images; "
+        "the paper: test) +0.00 [+0.00, +0.00] (n=4"
+    )
     g = s.glue
-    assert g["rank_ratio_nat_rankmin50"] == pytest.approx(0.8)
-    assert g["rank_ratio_nat_ctrlmin50"] == pytest.approx(1.0)
-    assert g["rank_change_nat_ctrlmax150"] == pytest.approx(0.1)
-    assert g["rank_init_ratio"] == pytest.approx(0.5) and g["rank_adv_ratio"] == pytest.approx(1)
-    assert g["rank_d_adv_rankmin50_none_rob8"] == 0 and g["rank_nat_test"] == 80
+    assert g["rank_ratio_nat_rankmin50"] == "0.800" and g["rank_ratio_nat_ctrlmin50"] == "1.000"
+    assert g["rank_change_nat_ctrlmax150"] == "0.100"
+    assert g["rank_init_ratio"] == "0.500" and g["rank_adv_ratio"] == "1.000"
+    assert g["rank_d_adv_rankmin50_none_rob8"] == "+0.00" and g["rank_nat_test"] == "80.0"
+    assert g["rank_d_nat_rankmin50_none_clean_p"] == "n/a (no spread)"  # equal differences
     assert g["rank_paper_rankmax_minus_nat_rob1"] == pytest.approx(-9.97)
     assert g["rank_bases"] == 4 and g["rank_comparisons"] == 16
-    assert all(isinstance(v, float) for k, v in g.items() if k not in TEXT_GLUE)
+    assert g["rank_network"] == "ResNet-18 at width 1/8" and g["rank_left_out"] == "none"
+    assert all(isinstance(v, float) for k, v in g.items() if k in FLOAT_GLUE)
+    assert not [k for k, v in g.items() if "nan" in str(v)]
     assert g["rank_status"].startswith("Agrees with the paper") and "." not in g["rank_status"]
     assert g["rank_verdict"] == s.verdict and g["rank_ours"] == s.ours
     assert "RankMax − natural = -9.97 points; ours: RankMax 1.5 − natural = " in s.verdict
@@ -341,7 +348,7 @@ def test_synthetic_symmetric_damage_does_not_call_lower_rank_better():
     status = {(r[1], r[2]): r[-1] for r in s.tables["verdict"][1]}
     assert status["RankMax 1.5 − natural", "clean"] == "worse"
     assert status["RankMax 1.5 − Matched RankMax 1.5", "clean"] == "gain ≥ 1 excluded"
-    assert s.glue["rank_d_nat_rankmax150_none_rob1"] == pytest.approx(-4.5)
+    assert s.glue["rank_d_nat_rankmax150_none_rob1"] == "-4.50"
 
 
 def test_synthetic_noisy_differences_are_not_decided_and_say_what_was_detectable():
@@ -388,8 +395,21 @@ def test_synthetic_gates_and_unmoved_rank_are_not_counted():
     assert adv["RankMinAdv 0.5 − adversarial"] == "gain ≥ 1 excluded"
     assert adv["RankMaxAdv 1.5 − adversarial"] == "rank moved < 5%"
     text = rg.verdict_text(stats, cfg.margin)
-    assert text.startswith("Not testable at this scale where bases failed their gate (natural")
-    assert "Agrees with the paper: lowering rank did not help (in all 2" in text
+    # the adversarial decision leads; the natural kind is named as not testable after it
+    assert text.startswith("Agrees with the paper on the adversarial bases: lowering rank did "
+                           "not help (in all 2")  # fmt: skip
+    assert (
+        "Not testable at this scale: natural bases: 0 of 4 past their gate (natural base " in text
+    )
+    s = rank.summarize(recs, cfg)
+    assert s.glue["rank_status"] == ("Agrees with the paper on the adversarial bases: lowering "
+                                     "rank did not help")  # fmt: skip
+    g = s.glue  # not counted: text, never "nan"
+    assert g["rank_d_nat_rankmin50_none_clean_p"] == "not counted: base below its gate"
+    assert g["rank_d_adv_rankmax150_none_rob8_p"] == "not counted: rank moved < 5%"
+    assert g["rank_d_nat_rankmin50_none_clean"] == g["rank_nat_clean"] == "n/a"
+    assert not [k for k, v in g.items() if "nan" in str(v)]
+    assert "nan" not in s.verdict + s.ours and "nan" not in str(s.tables)
 
 
 def test_robust_bits_cascade_never_marks_a_fooled_image_robust(cifar_small):
@@ -456,11 +476,13 @@ def test_summarize_committed_cpu_records():
     if any(r is None for r in records):
         pytest.skip("committed cpu rank records are incomplete (the lead regenerates them)")
     s = rank.summarize(records, cfg)
-    numbers = [v for k, v in s.glue.items() if k not in TEXT_GLUE]
+    numbers = [v for k, v in s.glue.items() if k in FLOAT_GLUE]
     assert s.ours.count("[") == 2 and all(math.isfinite(v) for v in numbers)
+    assert not [k for k, v in s.glue.items() if "nan" in str(v)]
     # the paper's RankMax - natural beside ours, same contrast and sign (contract item 15)
     g = s.glue
-    assert g["rank_d_nat_rankmax150_none_rob1_lo"] <= g["rank_d_nat_rankmax150_none_rob1"]
+    low, mean = (g[f"rank_d_nat_rankmax150_none_rob1{x}"] for x in ("_lo", ""))
+    assert low == "n/a" or float(low) <= float(mean)
     assert g["rank_paper_rankmax_minus_nat_rob1"] < 0 and g["rank_status"] in s.verdict
     assert len(s.tables["verdict"][1]) == 16
     assert all(r["provenance"]["data"] for r in records)
@@ -488,3 +510,82 @@ def test_one_frequency_per_conjugate_pair_gives_every_frequencys_projection(n):
     for op, threshold in (("rankmin", 0.5), ("rankmax", 1.0)):
         torch.testing.assert_close(project_kernel(w, n, op, threshold),
                                    _project_every_frequency(w, n, op, threshold))  # fmt: skip
+
+
+def test_synthetic_one_base_below_its_gate_is_shown_and_left_out():
+    """Natural base 2 fails its gate (40% < 50%): the bases' table shows it, every interval runs
+    over the 3 others, and the verdict names it; its kind stays testable (3 bases pass)."""
+    cfg = get_profile("rank", "cpu")
+
+    def acc(kind, arm, base):  # RankMin 0.5 on the natural bases: +4, +5, (-30), +7 points
+        if kind == "natural" and base == 2:
+            return 40 - 30 * (arm == ("rankmin", 0.5))
+        return _base(kind) + ((4 + base) if (kind, arm) == ("natural", ("rankmin", 0.5)) else 0)
+
+    s = rank.summarize(_records(cfg, acc), cfg)
+    gates = {r[0]: r[-1] for r in s.tables["bases"][1]}
+    assert gates["natural (seed 2)"] == "left out: test 40.0% < 50%"
+    assert gates["natural (seed 1)"] == gates["adversarial (seed 2)"] == "passed"
+    row = s.tables["verdict"][1][0]
+    assert row[3] == "+4.0 +5.0 +7.0" and row[-1] != "base below its gate"
+    assert s.tables["ResNet-18, cifar10"][1][0][3].startswith("80.00 ± 0.00 (n=3)")
+    assert "Left out below their gate: natural base seed 2 (test 40.0% < 50%)." in s.verdict
+    assert s.glue["rank_left_out"] == "natural base seed 2 (test 40.0% < 50%)"
+    assert s.glue["rank_nat_test"] == "80.0"  # the plain fine-tunes past the gate
+    stats = rr.comparisons(_records(cfg, acc), cfg)
+    assert {x["n"] for x in stats if x["kind"] == "natural"} == {3}
+    assert not any(x["gate"] for x in stats)
+
+
+@pytest.mark.parametrize(
+    "spread,words",
+    [
+        ((-4, -5, -4, -5), "Raising rank hurt on RankMax 1.5 − natural clean -4.50"),
+        ((4, 5, 4, 5), "Raising rank helped on RankMax 1.5 − natural clean +4.50 [+"),
+        ((3, -2, 4, 1), "Not decided at this scale whether raising rank hurts (RankMax 1.5 − "),
+    ],
+)
+def test_synthetic_raising_rank_says_what_its_status_is(spread, words):
+    cfg = get_profile("rank", "cpu")
+
+    def acc(kind, arm, base):  # RankMax (both kinds) differs from plain by ``spread``
+        return _base(kind) + (spread[base] if arm[0] == "rankmax" else 0)
+
+    text = rank.summarize(_records(cfg, acc), cfg).verdict
+    assert words in text and text.count("Raising rank") + text.count("raising rank") >= 1
+    assert text.startswith("Agrees with the paper: lowering rank did not help")
+    if min(spread) > 0:
+        assert "against the belief; beyond its damage-matched control on RankMax 1.5" in text
+        assert "did not hurt" not in text
+    if spread == (3, -2, 4, 1):
+        assert "points (80% power)); not distinguishable from its damage-matched control" in text
+        assert "hurt on" not in text and "did not hurt" not in text
+
+
+def test_synthetic_excluded_raising_rank_does_not_hurt_significantly():
+    cfg = get_profile("rank", "cpu")
+    s = rank.summarize(_records(cfg, lambda k, a, b: _base(k)), cfg)  # every gain excluded
+    assert (
+        "Raising rank did not hurt significantly on RankMax 1.5 − natural clean +0.00" in s.verdict
+    )
+
+
+def test_summarize_refuses_a_fine_tune_made_from_other_base_weights(tmp_path):
+    """A fine-tune names the checksum of the base weights it loaded; summarize compares it with
+    the base's weights file in the store, refuses a mismatch, and skips absent files."""
+    from bplib.results import save_arrays
+
+    cfg = get_profile("rank", "cpu")
+    recs = _records(cfg, lambda k, a, b: _base(k))
+    ft = next(r for r in recs if r["params"]["phase"] == "finetune")
+    base = rank.needs(runner.job(rank.EXPERIMENT, ft["params"], ft["seed"]))
+    ctx = runner.Context("cpu", "cpu", root=tmp_path)
+    path = ctx.arrays(base)
+    ft["result"]["weights"] = {path.name: "sha256:0000000000000000"}
+    rank.summarize(recs, cfg, root=tmp_path)  # no weights file in the store: not checked
+    path.parent.mkdir(parents=True)
+    save_arrays(path, w=torch.zeros(3).numpy())
+    with pytest.raises(ValueError, match="made from base weights .* but the store holds"):
+        rank.summarize(recs, cfg, root=tmp_path)
+    ft["result"]["weights"] = {path.name: runner.file_identity(path)}
+    rank.summarize(recs, cfg, root=tmp_path)  # the same file: accepted

@@ -37,7 +37,7 @@ from bplib.device import resolve_device
 from bplib.measures.rank import RankProjection, layer_spectra
 from bplib.models import make_model
 from bplib.pgd import pgd_adversary
-from bplib.results import describe, load_arrays, save_arrays
+from bplib.results import arrays_path, describe, load_arrays, save_arrays
 from bplib.stats import Summary
 from bplib.train import TrainConfig, correct, fit
 
@@ -275,16 +275,39 @@ def paper_headline() -> str:
 
 
 # Our headline: the paper's two contrasts (RankMin − natural, clean; RankMax − natural, robust
-# 1/255), each across bases at its Holm step's level.
+# 1/255), each across bases at its Holm step's level. Our clean accuracy is on the test and the
+# held-out images (the paper's: test only), and the headline says so.
 HEADLINE = {("natural", "RankMin 0.5", rr.NONE, "clean"),
             ("natural", "RankMax 1.5", rr.NONE, "robust 1/255")}  # fmt: skip
 
 
-def summarize(records: list[dict], cfg) -> Summary:
+def check_weights(records: list[dict], cfg, root=None) -> None:
+    """Every record that loaded a base's weights (``result["weights"]``: a fine-tune, or a
+    warm-started adversarial base) names the checksum of that base's weights file as it is in
+    the store (``root``; None: :func:`bplib.results.records_root`); a mismatch (the base was
+    retrained after the record was made) raises ValueError naming both. A weights file that is
+    not in the store (the results page reads records only; ``.npz`` files are not committed) is
+    not checked."""
+    for r in (r for r in records if r and r["result"].get("weights")):
+        base = needs(runner.job(EXPERIMENT, r["params"], r["seed"]))
+        path = arrays_path(EXPERIMENT, base.params, cfg.profile, base.seed, root)
+        if not path.exists():
+            continue
+        now, made = {path.name: runner.file_identity(path)}, r["result"]["weights"]
+        if made != now:
+            raise ValueError(
+                f"a {r['params']['phase']} record (seed {r['seed']}, base seed {base.seed}) was "
+                f"made from base weights {made}, but the store holds {now} at {path}: the base "
+                "was retrained since; recompute the records built on it (force)"
+            )
+
+
+def summarize(records: list[dict], cfg, root=None) -> Summary:
     """From the records of :func:`jobs` ``(cfg)``: the bases' table (``tables["bases"]``), Table 4
     per network (``tables["<network>, <dataset>"]``), the base-level paired verdict table with
     Holm's adjustment (``tables["verdict"]``), the verdict in words, our headline and the glued
-    values."""
+    values; after :func:`check_weights` on the store ``root`` (None: the default store)."""
+    check_weights(records, cfg, root)
     stats = rr.comparisons(records, cfg)
     tables = {"bases": (rr.BASE_HEADERS, rr.base_rows(records, cfg))}
     for dataset, skip in dict.fromkeys(w[1:] for w in rr.bases(cfg)):
@@ -292,8 +315,10 @@ def summarize(records: list[dict], cfg) -> Summary:
         tables[f"{rr.model_label(skip)}, {dataset}"] = (rr.TABLE4_HEADERS, rows)
     tables["verdict"] = (rr.VERDICT_HEADERS, rr.verdict_rows(stats))
     heads = [s for s in stats if (s["kind"], s["arm"], s["ref_op"], s["metric"]) in HEADLINE]
+    both = "test + held-out images; the paper: test" if cfg.n_holdout else "test images"
+    metric = {"clean": f"clean ({both})"}
     ours = "; ".join(
-        f"{s['model']} {s['pair']}, {s['metric']} "
+        f"{s['model']} {s['pair']}, {metric.get(s['metric'], s['metric'])} "
         f"{rr.fmt_interval((s['diff'], s['low'], s['high']))} (n={s['n']} bases)"
         for s in heads[:2]
     )

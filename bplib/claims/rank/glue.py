@@ -4,9 +4,13 @@
 
 Every glue name is spelled out in the tables below (so that a chapter's name is found by grep).
 Arms outside them (another threshold by override) get no glue values: the chapter quotes none.
+A value that may be missing (no base past its gate, a comparison not counted) is glued as text,
+formatted here, "n/a" or "not counted: <why>" instead of a float that would print as "nan".
 """
 
 from __future__ import annotations
+
+from fractions import Fraction
 
 import numpy as np
 
@@ -137,31 +141,58 @@ def rank_facts(records, cfg) -> dict:
     return facts
 
 
+def _mean(values) -> float:
+    values = list(values)
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _p_text(s: dict) -> str:
+    """Holm's adjusted p-value of a comparison, or why it has none."""
+    if s["status"] in rr.UNCOUNTED:
+        return f"not counted: {s['status']}"
+    return rr.fmt(s["p_holm"], ".3f") if np.isfinite(s["p_holm"]) else "n/a (no spread)"
+
+
+def network_text(cfg) -> str:
+    """'ResNet-18 at width 1/8' (the first network of ``cfg``)."""
+    width = Fraction(cfg.width).limit_denominator(64)
+    return f"{rr.model_label(rr.bases(cfg)[0][2])} at width {width}"
+
+
 def glue_values(records, cfg, stats: list[dict]) -> dict:
-    """The numbers the chapter's prose glues (first network and dataset), as floats."""
+    """The numbers the chapter's prose glues (first network and dataset): counts as floats,
+    every value that may be missing as formatted text (:func:`report.fmt`). Accuracies after
+    fine-tuning and rank ratios are over the bases past their gate; base test accuracy over
+    every base (the bases' table shows each)."""
     out = {"rank_bases": float(len(cfg.seeds)), "rank_ft_seeds": float(len(cfg.finetune_seeds)),
            "rank_margin": float(cfg.margin), "rank_alpha": rr.ALPHA}  # fmt: skip
     out["rank_comparisons"] = float(sum(s["status"] not in rr.UNCOUNTED for s in stats))
+    out["rank_network"] = network_text(cfg)
     first = [w for w in rr.bases(cfg) if w[1:] == rr.bases(cfg)[0][1:]]
+    out["rank_left_out"] = (
+        "; ".join(rr.left_out(f, w[0]) for w in first if (f := rr.gate_bases(records, cfg, w)[1]))
+        or "none"
+    )
     for w in first:
         base_test, names = KIND_GLUE[w[0]]
-        out[base_test] = float(
-            np.mean([rr.accuracy(r, "test") for r in rr.base_records(records, w)])
+        keep = set(rr.gate_bases(records, cfg, w)[0])
+        out[base_test] = rr.fmt(
+            _mean(rr.accuracy(r, "test") for r in rr.base_records(records, w)), ".1f"
         )
         for metric, name in names.items():
-            acc = rr.per_base(records, w, NONE, lambda r, m=metric: rr.accuracy(r, m))
-            out[name] = float(np.mean(list(acc.values())))
+            acc = rr.per_base(records, w, NONE, lambda r, m=metric: rr.accuracy(r, m), keep)
+            out[name] = rr.fmt(_mean(acc.values()), ".1f")
         for arm in rr.arms(cfg, w[0])[1:]:
             if (w[0], arm) in RATIO_GLUE:
                 ratio, change = RATIO_GLUE[w[0], arm]
-                out[ratio] = float(rr.rank_ratio(records, w, arm)[0])
-                out[change] = rr.damage(records, w, arm)
+                out[ratio] = rr.fmt(rr.rank_ratio(records, w, arm, NONE, keep)[0], ".3f")
+                out[change] = rr.fmt(rr.damage(records, w, arm), ".3f")
     for s in (s for s in stats if s["base"] in first):
         names = DIFF_GLUE.get((s["kind"], s["arm_op"], s["ref_op"], s["metric"]), ())
-        values = (s["diff"], s["low"], s["high"], s["mde"], s["p_holm"])
-        out.update(zip(names, map(float, values)))
+        values = [rr.fmt(s[k]) for k in ("diff", "low", "high")] + [rr.fmt(s["mde"], ".1f")]
+        out.update(zip(names, [*values, _p_text(s)]))
     for name, stat in rank_facts(records, cfg).items():
-        out.update(zip(FACT_GLUE[name], map(float, stat or ())))
+        out.update(zip(FACT_GLUE[name], (rr.fmt(v, ".3f") for v in (stat or (None,) * 3))))
     t4 = paper.TABLE4
     # The paper's contrasts, arm − natural, beside ours with the same sign (chapter contract 15)
     out["rank_paper_rankmax_minus_nat_rob1"] = t4["RankMax"][3] - t4["natural"][3]
@@ -193,53 +224,84 @@ def _against_control(stats, hits, what: str) -> str:
     return f"; not distinguishable from its damage-matched control ({_names(same)})"
 
 
+def _detects(hits) -> str:
+    """'; the design detects about 2.1 points (80% power)': the median over ``hits``."""
+    mde = [s["mde"] for s in hits if np.isfinite(s["mde"])]
+    return f"; the design detects about {np.median(mde):.1f} points (80% power)" if mde else ""
+
+
+# Raising rank (RankMax − plain fine-tuning), one sentence per status ("excluded": a gain of the
+# margin excluded, no cost found): its words, and the status of the damage-matched control's
+# comparison that puts it beyond the control.
+RAISING = (
+    ("worse", "Raising rank hurt on {names}", "worse"),
+    ("better", "Raising rank helped on {names}, against the belief", "better"),
+    ("undecided", "Not decided at this scale whether raising rank hurts ({names}{detects})",
+     "worse"),
+    ("excluded", "Raising rank did not hurt significantly on {names} (a gain is excluded "
+     "too{detects})", "worse"),
+)  # fmt: skip
+
+
+def _raising(counted, raise_) -> list[str]:
+    out = []
+    for status, words, what in RAISING:
+        decided = ("worse", "better", "undecided")
+        hits = [s for s in raise_ if (s["status"] if s["status"] in decided else "excluded")
+                == status]  # fmt: skip
+        if hits:
+            text = words.format(names=_names(hits), detects=_detects(hits))
+            out.append(f"{text}{_against_control(counted, hits, what)}.")
+    return out
+
+
 def verdict_text(stats: list[dict], margin: float) -> str:
     """The verdict in words, from the Holm-adjusted comparisons of :func:`rr.comparisons`:
     first whether lowering rank (RankMin − plain fine-tuning) helped, then whether raising rank
     (RankMax − plain) hurt, each beside its damage-matched control with its adjusted interval;
-    comparisons that are not counted (gate, unmoved rank) are named."""
+    then the kinds of base that are not testable (fewer than 2 bases past their gate: the
+    decision is then over the other kind, and says so) and the bases left out."""
     gates = sorted({s["gate"] for s in stats if s["gate"]})
     counted = [s for s in stats if s["status"] not in rr.UNCOUNTED]
-    text = [f"Not testable at this scale where bases failed their gate ({'; '.join(gates)})."]
-    text = text if gates else []
+    kinds = list(dict.fromkeys(s["kind"] for s in counted))
+    scope = f" on the {' and '.join(kinds)} bases" if gates and kinds else ""
     lower, raise_ = _pick(counted, "rankmin", False), _pick(counted, "rankmax", False)
     helped, hurt = (
         _pick(lower, "rankmin", False, ("better",)),
         _pick(lower, "rankmin", False, ("worse",)),
     )
     open_ = [s for s in lower if s["status"] == "undecided"]
+    text = []
     if not counted:
         text.append("No comparison could be counted: the claim is not testable at this scale.")
-        return " ".join(text)
-    if helped:
+    elif helped:
         control = _against_control(counted, helped, "better")
-        text.append(f"Lowering rank helped on {len(helped)} of {len(lower)} comparisons "
+        text.append(f"Lowering rank helped{scope} on {len(helped)} of {len(lower)} comparisons "
                     f"({_names(helped)}{control}).")  # fmt: skip
     elif lower and not open_:
-        text.append(f"Agrees with the paper: lowering rank did not help (in all {len(lower)} "
-                    f"RankMin − plain fine-tuning comparisons a gain of {margin:g} point or "
-                    "more is excluded at Holm's level).")  # fmt: skip
+        text.append(f"Agrees with the paper{scope}: lowering rank did not help (in all "
+                    f"{len(lower)} RankMin − plain fine-tuning comparisons a gain of {margin:g} "
+                    "point or more is excluded at Holm's level).")  # fmt: skip
     elif lower:
-        mde = [s["mde"] for s in open_ if np.isfinite(s["mde"])]
-        more = f"; the design detects about {np.median(mde):.1f} points (80% power)" if mde else ""
-        text.append(f"Not decided at this scale whether lowering rank helps ({len(open_)} of "
-                    f"{len(lower)} RankMin − plain comparisons undecided: "
-                    f"{_names(open_)}{more}).")  # fmt: skip
+        text.append(f"Not decided at this scale{scope} whether lowering rank helps ({len(open_)} "
+                    f"of {len(lower)} RankMin − plain comparisons undecided: "
+                    f"{_names(open_)}{_detects(open_)}).")  # fmt: skip
     else:
         text.append("Lowering rank was not testable at this scale (no RankMin comparison counted).")
     if hurt:
         text.append(f"Lowering rank cost accuracy on {_names(hurt)}"
                     f"{_against_control(counted, hurt, 'worse')}.")  # fmt: skip
-    costs = _pick(raise_, "rankmax", False, ("worse",))
-    if costs:
-        text.append(f"Raising rank hurt on {_names(costs)}"
-                    f"{_against_control(counted, costs, 'worse')}.")  # fmt: skip
-    elif raise_:
-        text.append(f"Raising rank did not hurt significantly ({_names(raise_)}).")
+    text += _raising(counted, raise_)
     rest = [s for s in counted if s not in lower + raise_ and s["ref_op"] != NONE]
     shown = [s for s in rest if s["status"] in ("better", "worse")]
     if shown:
         text.append(f"Against the damage-matched controls: {_names(shown)}.")
+    if gates:
+        text.append(f"Not testable at this scale: {'; '.join(gates)}.")
+    left = {s["base"]: rr.left_out(s["left_out"], s["kind"]) for s in stats
+            if s["left_out"] and not s["gate"]}  # fmt: skip
+    if left:
+        text.append(f"Left out below their gate: {'; '.join(left.values())}.")
     return " ".join(text)
 
 

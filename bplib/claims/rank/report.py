@@ -139,29 +139,32 @@ def effective_ranks(record: dict, key: str = "spectra") -> np.ndarray:
     return np.array([d["effective_rank"] for d in record["result"][key]])
 
 
-def per_base(records, w, arm, value) -> dict[int, float | np.ndarray]:
-    """``{base seed: value(record) averaged over the base's fine-tunes}`` of one arm."""
+def per_base(records, w, arm, value, keep=None) -> dict[int, float | np.ndarray]:
+    """``{base seed: value(record) averaged over the base's fine-tunes}`` of one arm; only the
+    bases in ``keep`` when given (those past their gate, :func:`gate_bases`)."""
     out: dict[int, list] = {}
     for r in arm_records(records, w, arm):
-        out.setdefault(base_seed(r), []).append(value(r))
+        if keep is None or base_seed(r) in keep:
+            out.setdefault(base_seed(r), []).append(value(r))
     return {s: np.mean(v, axis=0) for s, v in out.items()}
 
 
-def mean_ranks(records, w, arm) -> np.ndarray:
+def mean_ranks(records, w, arm) -> np.ndarray:  # every base: rank needs no gate
     """Per-layer effective rank of an arm, mean over its fine-tunes and bases."""
     return np.mean(list(per_base(records, w, arm, effective_ranks).values()), axis=0)
 
 
-def base_diffs(records, w, a, b, value) -> list[float]:
-    """``value(a) - value(b)`` per base (each side averaged over the base's fine-tunes)."""
-    va, vb = per_base(records, w, a, value), per_base(records, w, b, value)
+def base_diffs(records, w, a, b, value, keep=None) -> list[float]:
+    """``value(a) - value(b)`` per base in ``keep`` (None: every base; each side averaged over
+    the base's fine-tunes)."""
+    va, vb = per_base(records, w, a, value, keep), per_base(records, w, b, value, keep)
     return [float(va[s] - vb[s]) for s in sorted(va.keys() & vb.keys())]
 
 
-def rank_ratio(records, w, arm, ref=NONE):
-    """(mean, low, high) across bases of the per-base mean over layers of
-    erank(arm) / erank(ref); below 1, ``arm`` has the lower effective rank."""
-    va, vb = (per_base(records, w, x, effective_ranks) for x in (arm, ref))
+def rank_ratio(records, w, arm, ref=NONE, keep=None):
+    """(mean, low, high) across bases (in ``keep``; None: all) of the per-base mean over layers
+    of erank(arm) / erank(ref); below 1, ``arm`` has the lower effective rank."""
+    va, vb = (per_base(records, w, x, effective_ranks, keep) for x in (arm, ref))
     return t_interval([float(np.mean(va[s] / vb[s])) for s in sorted(va.keys() & vb.keys())])
 
 
@@ -173,15 +176,39 @@ def damage(records, w, arm) -> float:
     return float(np.mean(changes)) if changes else float("nan")
 
 
+def gate_bases(records, cfg, w) -> tuple[list[int], dict[int, str]]:
+    """The seeds of network ``w``'s bases that pass its gate (their ``none`` arm, fine-tunes
+    averaged) and ``{seed: why}`` of those that do not: shown, and left out of every accuracy
+    interval, Table 4 and the verdict (their effective ranks stay in Figure 2)."""
+    passed, failed = [], {}
+    for seed in (r["seed"] for r in base_records(records, w)):
+        why = []
+        for metric, threshold in cfg.gate[w[0]].items():
+            acc = per_base(records, w, NONE, lambda r, m=metric: accuracy(r, m), {seed})
+            value = float(acc.get(seed, np.nan))
+            if not value >= threshold:
+                shown = f"{value:.1f}%" if np.isfinite(value) else "no record"
+                why.append(f"{metric} {shown} < {threshold:g}%")
+        if why:
+            failed[seed] = ", ".join(why)
+        else:
+            passed.append(seed)
+    return passed, failed
+
+
+def left_out(failed: dict[int, str], kind: str) -> str:
+    """'natural base seed 2 (test 45.0% < 50%)' for every base below its gate."""
+    return "; ".join(f"{kind} base seed {s} ({why})" for s, why in failed.items())
+
+
 def gate_failure(records, cfg, w) -> str | None:
-    """Why network ``w``'s bases fail its gate (their ``none`` arm, mean over bases), or None."""
-    for metric, threshold in cfg.gate[w[0]].items():
-        acc = per_base(records, w, NONE, lambda r, m=metric: accuracy(r, m))
-        values = list(acc.values())
-        value = float(np.mean(values)) if values else float("nan")
-        if not value >= threshold:
-            return f"{w[0]} bases: {metric} {value:.1f}% below the gate {threshold:g}%"
-    return None
+    """Why network ``w`` is not testable (fewer than 2 of its bases pass their gate: no
+    interval across bases), or None."""
+    passed, failed = gate_bases(records, cfg, w)
+    if len(passed) >= 2:
+        return None
+    n = len(passed) + len(failed)
+    return f"{w[0]} bases: {len(passed)} of {n} past their gate ({left_out(failed, w[0])})"
 
 
 def contrasts(cfg, kind: str) -> list[tuple[tuple, tuple]]:
@@ -213,16 +240,18 @@ def comparisons(records, cfg) -> list[dict]:
     noncentral t), the arm's effective-rank ratio to its reference and a status."""
     out = []
     for w in bases(cfg):
-        gate = gate_failure(records, cfg, w)
+        gate, (keep, failed) = gate_failure(records, cfg, w), gate_bases(records, cfg, w)
         for arm, ref in contrasts(cfg, w[0]):
-            ratio = rank_ratio(records, w, arm, ref)
+            ratio = rank_ratio(records, w, arm, ref, set(keep))
             for metric in VERDICT_METRICS[w[0]]:
-                diffs = base_diffs(records, w, arm, ref, lambda r, m=metric: accuracy(r, m))
+                acc = lambda r, m=metric: accuracy(r, m)  # noqa: E731
+                diffs = base_diffs(records, w, arm, ref, acc, set(keep))
                 names = dict(model=model_label(w[2]), dataset=w[1], kind=w[0], metric=metric,
                              base=w, arm_op=arm, ref_op=ref, arm=label(w[0], arm),
                              ref=label(w[0], ref), pair=f"{label(w[0], arm)} − "
                              f"{label(w[0], ref)}")  # fmt: skip
-                out.append({**names, "diffs": diffs, "ratio": ratio, "gate": gate})
+                out.append({**names, "diffs": diffs, "ratio": ratio, "gate": gate,
+                            "left_out": failed})  # fmt: skip
     counted = [s for s in out if not s["gate"] and abs(s["ratio"][0] - 1) >= RANK_CHANGE]
     d = [paired_interval(s["diffs"]) for s in counted]
     adjusted = holm([x["p"] for x in d]) if d else []
@@ -243,11 +272,19 @@ def comparisons(records, cfg) -> list[dict]:
     return out
 
 
+def fmt(value, spec: str = "+.2f") -> str:
+    """``value`` formatted by ``spec``; "n/a" when it is missing or not finite (never "nan")."""
+    return f"{value:{spec}}" if value is not None and np.isfinite(value) else "n/a"
+
+
 def fmt_interval(stat, digits: int = 2, signed: bool = True) -> str:
-    """'+1.20 [-0.50, +2.90]' from (mean, low, high); ``signed=False`` for ratios."""
-    f = f"{{:{'+' if signed else ''}.{digits}f}}".format
+    """'+1.20 [-0.50, +2.90]' from (mean, low, high); ``signed=False`` for ratios; the mean
+    alone (no interval: fewer than 2 bases) or "n/a" when it is not finite either."""
+    spec = f"{'+' if signed else ''}.{digits}f"
     m, lo, hi = stat
-    return f"{f(m)} [{f(lo)}, {f(hi)}]"
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return fmt(m, spec) + " [no interval]" * bool(np.isfinite(m))
+    return f"{fmt(m, spec)} [{fmt(lo, spec)}, {fmt(hi, spec)}]"
 
 
 VERDICT_HEADERS = ["network", "difference (arm − reference)", "metric", "per base",
@@ -261,7 +298,7 @@ def verdict_rows(stats: list[dict]) -> list[list]:
         diffs, ci = " ".join(f"{d:+.1f}" for d in s["diffs"]), (s["diff"], s["low"], s["high"])
         p = "n/a" if not np.isfinite(s["p_holm"]) else f"{s['p']:.3f} ({s['p_holm']:.3f})"
         rows.append([f"{s['model']}, {s['dataset']}", s["pair"], s["metric"], diffs,
-                     f"{fmt_interval(ci)} ({100 * s['level']:.1f}%)", p, f"{s['mde']:.2f}",
+                     f"{fmt_interval(ci)} ({100 * s['level']:.1f}%)", p, fmt(s["mde"], ".2f"),
                      fmt_interval(s["ratio"], 3, False), s["status"]])  # fmt: skip
     return rows
 
@@ -276,16 +313,18 @@ def table4_rows(records, cfg, dataset: str, skip: bool) -> list[list]:
     relative change of the kernels at a projection (the damage the controls match)."""
     rows = []
     for w in (w for w in bases(cfg) if w[1:] == (dataset, skip)):
+        keep = set(gate_bases(records, cfg, w)[0])  # the bases past their gate
         for arm in arms(cfg, w[0]):
             ref, cells = paper_row(w[0], arm, dataset, skip), [label(w[0], arm)]
 
-            def ours(metric, w=w, arm=arm):
-                acc = per_base(records, w, arm, lambda r: accuracy(r, metric))
+            def ours(metric, w=w, arm=arm, keep=keep):
+                acc = per_base(records, w, arm, lambda r: accuracy(r, metric), keep)
                 return fmt_mean_std(list(acc.values()))
 
             for i, metric in enumerate(METRICS):
                 cells += [ours(metric), f"{ref[i]:.2f}" if ref else "n/a"]
-            ratio = "1" if arm == NONE else fmt_interval(rank_ratio(records, w, arm), 3, False)
+            ratio = rank_ratio(records, w, arm, NONE, keep)
+            ratio = "1" if arm == NONE else fmt_interval(ratio, 3, False)
             change = damage(records, w, arm)
             rows.append([*cells, ours("held-out"), ratio,
                          f"{change:.3f}" if np.isfinite(change) else "—"])  # fmt: skip
@@ -293,20 +332,21 @@ def table4_rows(records, cfg, dataset: str, skip: bool) -> list[list]:
 
 
 BASE_HEADERS = ["base", "network", "images × epochs", "train acc", "test acc", "held-out acc",
-                "last-epoch batch acc", "wall (min)"]  # fmt: skip
+                "last-epoch batch acc", "wall (min)", "gate (plain fine-tuning)"]  # fmt: skip
 
 
 def base_rows(records, cfg) -> list[list]:
     """One row per base: its size and its clean accuracies before fine-tuning."""
-    rows = []
+    rows, gates = [], {w: gate_bases(records, cfg, w)[1] for w in bases(cfg)}
     for r in (r for w in bases(cfg) for r in base_records(records, w)):
         w, p, res = where(r), r["params"], r["result"]
+        gate = f"left out: {gates[w][r['seed']]}" if r["seed"] in gates[w] else "passed"
         size = f"{res['n_train']:,} × {p['epochs']}"
-        accs = [f"{accuracy(r, m):.2f}" for m in ("train", "test", "held-out")]
+        accs = [fmt(accuracy(r, m), ".2f") for m in ("train", "test", "held-out")]
         wall = f"{r['provenance']['wall_time_s'] / 60:.1f}"
         last = f"{res['history']['train_acc'][-1]:.2f}"
         rows.append([f"{w[0]} (seed {r['seed']})", f"{model_label(w[2])}, {w[1]}", size, *accs,
-                     last, wall])  # fmt: skip
+                     last, wall, gate])  # fmt: skip
     return rows
 
 
