@@ -100,6 +100,10 @@ def test_a_claim_defined_here_runs_through_runner_store_and_results_page(tmp_pat
     line = claims.glance_lines([row], "https://example.org/r/")
     assert line.startswith("- **{ref}`5. A toy belief <toy-verdict>`**: paper: the paper's mean")
     assert "Ours: mean 3 (n=3 seeds). **agrees with the paper**" in line and "\n" not in line
+    # the optional hook: a claim whose records decide its size gives the page's n and scale
+    mod.at_scale = lambda cfg, recs: {"n": sum(r is not None for r in recs) - 4, "other": 1}
+    row = claims.at_a_glance("toy", "smoke", tmp_path)
+    assert row["n"] == 2 and row["scale"] == "3 seeds" and "other" not in row
 
 
 def test_commits_in_a_provenance_line_are_linked():

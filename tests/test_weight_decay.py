@@ -5,6 +5,7 @@ and the verdict on synthetic records and on the committed cpu records (when they
 The paired decision it reads is bplib.stats, tested in tests/test_stats.py."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -313,19 +314,23 @@ BASE["weight_decay"] = [x + 0.3 for x in BASE["none"]]
 BASE["wd_strong"] = [55.0, 56.0, 57.5, 55.5, 56.0, 55.2]  # about 5 points above none
 
 
-def _synthetic_records(cfg, acc, failed=()):
-    """Records for ``wd.jobs(cfg)``: the pilot's from :data:`PILOT`, the arms' held-out
-    accuracy ``acc[arm][i]`` for the i-th arm seed (synthetic); the (arm, seed) in ``failed``
-    fit only 80% of their training images (below the gate)."""
+def _synthetic_records(cfg, acc, failed=(), pilot_fit=()):
+    """Records for ``wd.jobs(cfg)``: the pilot's from :data:`PILOT` (cell i's runs fit
+    ``pilot_fit[i]`` % of their training images, 99 by default), the arms' held-out accuracy
+    ``acc[arm][i]`` for the i-th arm seed (synthetic); the (arm, seed) in ``failed`` fit only 80%
+    (below the gate). An arm the plan does not run stores a skipped record, as ``wd.work``."""
     ends = {"none": 110.0, "weight_decay": 100.0, "wd_strong": 40.0, "nb_below": 60.0}
-    spec = wd.pilot_spec(cfg)
-    records = [{"params": p, "seed": seed, "result": _result(PILOT[p["arm"]][seed])}
-               for _, p, seed in wd.pilot_grid(spec)]  # fmt: skip
+    spec, fits = wd.pilot_spec(cfg), dict(enumerate(pilot_fit))
+    records = [{"params": p, "seed": seed,
+                "result": _result(PILOT[p["arm"]][seed], fits.get(i, 99.0))}
+               for i, p, seed in wd.pilot_grid(spec)]  # fmt: skip
     choice = plan.choose(*wd.pilot_of(records, cfg), spec)
     for _, params, seed in wd.grid(cfg):
         arm, i = params["arm"], cfg.seeds.index(seed)
         fit = 80.0 if (arm, seed) in failed else 99.0
-        res = _result(acc[arm][i], fit, plan=choice, sq_norm=[ends.get(arm, 400.0)])
+        res = {"skipped": True, "plan": choice}
+        if i < choice["n_seeds"] and choice["fitting"]:
+            res = _result(acc[arm][i], fit, plan=choice, sq_norm=[ends.get(arm, 400.0)])
         records.append({"params": params, "seed": seed, "result": res})
     return records
 
@@ -365,7 +370,11 @@ def test_verdict_weight_decay_does_not_help_is_not_testable():
     s = wd.summarize(_synthetic_records(_cfg(), acc), _cfg())
     assert s.glue["wd_status"] == "not testable at this scale"
     assert "the pilot grid's best effect +2.00 [" in s.verdict
-    assert "paired seeds would detect it with 80% power" in s.verdict
+    assert "paired seeds would detect it with 80% power (exact noncentral t; nominal: " in s.verdict
+    assert "biased upward" in s.verdict and "biased upward" in s.glue["wd_plan"]
+    (group,) = wd.collect(_synthetic_records(_cfg(), acc), _cfg()).values()
+    d = report.difference_summary(group, *report.EFFECT, "holdout_acc", 95.0)
+    assert f"smallest detectable effect {d['detectable']:.2f} points, post hoc" in s.verdict
     assert s.tables["verdict"][1][1][6] == report.NOT_TESTED
 
 
@@ -411,6 +420,87 @@ def test_committed_cpu_records():
         pytest.skip("committed cpu weight-decay records are incomplete")
     s = wd.summarize(records, cfg)
     assert len(s.tables["pilot"][1]) == len(wd.pilot_cells(cfg))
-    assert s.glue["wd_effect_on_train_acc"] == s.glue["wd_effect_on_train_acc"]  # not nan
+    assert not _nan_text(s)
     assert all(r["provenance"]["dirty"] is False for r in records)
     assert "+0.23 points" in wd.paper_headline()  # 94.99 - 94.76, Table 3
+
+
+# ----------------------------------------------------------------------- "n/a", never "nan"
+def _nan_text(s) -> list[str]:
+    """Every text of a summary (tables, glue values, verdict, ours) that prints a nan or inf."""
+    texts = [s.ours, s.verdict, *map(str, s.glue.values())]
+    texts += [
+        str(c) for headers, rows in s.tables.values() for row in [headers, *rows] for c in row
+    ]
+    return [t for t in texts if re.search(r"\bnan\b|\binf\b", t, re.IGNORECASE)]
+
+
+def _two_cells():
+    cfg = _cfg()
+    cfg.pilot_epochs = [1, 2]  # two cells of 64 images
+    return cfg
+
+
+def test_a_pilot_cell_that_does_not_fit_prints_n_a_not_nan():
+    """Cell 1's runs all miss the gate: its row reads "n/a", cell 2 is picked, and no table,
+    glue value or verdict prints "nan"."""
+    cfg, acc = _two_cells(), {**BASE, "nb_below": BASE["wd_strong"], "nb_above": BASE["wd_strong"]}
+    records = _synthetic_records(cfg, acc, pilot_fit=[80.0, 99.0])
+    s = wd.summarize(records, cfg)
+    first, second = s.tables["pilot"][1]
+    assert first[6:] == ["n/a (n=0)", "n/a", "no", ""] and second[-2:] == ["yes", "◀"]
+    assert not _nan_text(s), _nan_text(s)
+    assert s.glue["wd_arm_seeds"] == 6 and "6 seeds" in wd.at_scale(cfg, records)["scale"]
+    scale = wd.at_scale(cfg, records)
+    assert scale["n"] == 6 and "64 training images, 2 epochs, augmentation off" in scale["scale"]
+    assert scale["scale"].count("seeds") == 1
+
+
+def test_no_pilot_cell_fits_not_testable_and_no_nan():
+    """No cell fits: the arms store skipped records, every interval and norm is "n/a", the
+    verdict says why, the figure's caption counts 0 seeds and the page counts the pilot's."""
+    cfg = _two_cells()
+    records = _synthetic_records(cfg, BASE, pilot_fit=[80.0, 80.0])
+    assert all(r["result"].get("skipped") for r in records if r["params"]["phase"] == "arms")
+    s = wd.summarize(records, cfg)
+    assert not _nan_text(s), _nan_text(s)
+    assert s.glue["wd_status"] == "not testable at this scale"
+    assert "no cell of the pilot fit its data" in s.verdict
+    assert [r[6:8] for r in s.tables["pilot"][1]] == [["n/a (n=0)", "n/a"]] * 2
+    assert s.glue["wd_arm_seeds"] == 0 and s.glue["wd_end_norm_none"] == "n/a"
+    assert s.glue["wd_nb_above_minus_wd_strong_interval"] == "n/a (n=0)"
+    assert s.glue["wd_detectable_text"].startswith("No smallest detectable effect")
+    assert s.glue["wd_train_effect_text"].startswith("No pair")
+    assert s.tables["gate"][1] == [[report.gate_lines(wd.collect(records, cfg), cfg)[0]]]
+    assert "no run of the arms was trained" in s.tables["gate"][1][0][0]
+    assert "the arms are not run" in s.glue["wd_plan"]
+    scale = wd.at_scale(cfg, records)
+    assert scale["n"] == 3 and "none fit its data (arms not run)" in scale["scale"]
+    assert wd.at_scale(cfg, [None] * len(records))["n"] == 0
+
+
+def test_undecided_second_step_names_the_post_hoc_detectable_effect():
+    """Weight decay helps; the large-norm arm's interval is wide: "not decided at this scale",
+    with the smallest detectable effect of the judged runs, labelled post hoc."""
+    acc = {**BASE, "nb_below": BASE["wd_strong"]}
+    acc["nb_above"] = [x + d for x, d in zip(BASE["wd_strong"], [3.0, -3.0, 2.0, -2.5, 1.0, -1.0])]
+    cfg = _cfg()
+    records = _synthetic_records(cfg, acc)
+    s = wd.summarize(records, cfg)
+    assert s.glue["wd_status"] == "not decided at this scale"
+    (group,) = wd.collect(records, cfg).values()
+    d = report.difference_summary(group, *report.DECIDING[0], "holdout_acc", 95.0)
+    assert d["detectable"] > 2.0  # the spread of the judged runs, not the pilot's
+    assert f"smallest detectable effect {d['detectable']:.2f} points, post hoc" in s.verdict
+    assert f"about {d['detectable']:.1f} points" in s.glue["wd_detectable_text"]
+    assert s.tables["verdict"][1][1][6] == report.reading(d, cfg.delta, 10.0)
+    assert not _nan_text(s)
+
+
+def test_formatters_print_n_a():
+    assert report.interval({"mean": 1.0, "low": math.nan, "high": math.nan, "n": 1}) == "n/a (n=1)"
+    assert report.interval({"mean": 0.5, "low": -0.25, "high": 1.25, "n": 3}) == (
+        "+0.50 [-0.25, +1.25] (n=3)"
+    )
+    assert report.number(math.nan, ".2f") == report.number(math.inf, ".2f") == "n/a"
+    assert report.number(3.14159, "+.2f") == "+3.14" and report.number(None, ".1f") == "n/a"

@@ -8,7 +8,11 @@
 - ``summarize(records, cfg) -> stats.Summary``: rows, verdict and glue from ``jobs(cfg)``'s
   records, in that order;
 - ``paper_headline() -> str``: the paper's headline numbers, from ``bplib.paper``;
-- ``report.py``: its tables and figures.
+- ``report.py``: its tables and figures;
+- optional, ``at_scale(cfg, records) -> dict``: the results page's ``"n"`` (seeds) and
+  ``"scale"`` where the claim's own records decide them (weight decay: a pilot picks the cell and
+  the number of seeds), from ``jobs(cfg)``'s records (None where not stored); the keys it
+  leaves out keep the generic count (distinct seeds of the stored records) and :func:`scale`.
 
 :func:`run` runs any of them. Claims never import each other. The one list of claims is
 :data:`bplib.registry.CLAIMS`: the results page, the Makefile, the dry run and ``bplib-run`` read
@@ -68,6 +72,8 @@ def at_a_glance(name: str, profile: str, root=None) -> dict:
     out["provenance"] = describe(found) if found else NO_RECORDS
     out["paper_verdict"] = paper.VERDICTS.get(name, out["paper"])  # a new claim: its headline
     out["scale"] = scale(cfg, found)
+    if hasattr(mod, "at_scale"):  # a claim whose records decide its size (see the docstring)
+        out.update({k: v for k, v in mod.at_scale(cfg, records).items() if k in ("n", "scale")})
     if not found:
         return {**out, "ours": "—", "verdict": NO_RECORDS, "status": NO_RECORDS}
     if len(found) < len(jobs):  # shown, not hidden: the chapter would compute the rest

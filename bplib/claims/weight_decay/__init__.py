@@ -258,6 +258,31 @@ def pilot_of(records: list[dict], cfg) -> tuple[list, list] | None:
     return spec["cells"], results
 
 
+def at_scale(cfg, records: list) -> dict:
+    """The results page's seed count and scale (the optional hook of
+    :func:`bplib.claims.at_a_glance`) from ``records`` (:func:`jobs`' order, None where not
+    stored): the seeds the arms trained in the cell the pilot picked, not the profile's largest
+    cell and list of seeds; {} (the generic ones) at a profile without a pilot."""
+    spec = pilot_spec(cfg)
+    if spec is None:
+        return {}
+    n_pilot, model = len(pilot_grid(spec)), report.model_label(next(iter(cfg.models.values())))
+    cells, seeds = f"pilot of {len(spec['cells'])} cells", len(spec["seeds"])
+    if any(r is None for r in records[:n_pilot]):
+        return {"n": 0, "scale": f"{model}; {cells} not complete: the arms' cell and seeds "
+                "are not known yet"}  # fmt: skip
+    choice = plan.choose(*pilot_of(records, cfg), spec)
+    done = [r for r in records if r is not None and not r["result"].get("skipped")]
+    tests = "".join(f"; {t}" for t in sorted({r["result"].get("test_name", "") for r in done}) if t)
+    if not choice["fitting"]:  # the verdict rests on the pilot alone
+        return {"n": seeds, "scale": f"{model}; {cells} × {seeds} seeds, none fit its data "
+                f"(arms not run){tests}"}  # fmt: skip
+    c, n = choice["cell"], len({r["seed"] for r in done if r["params"]["phase"] == "arms"})
+    return {"n": n, "scale": f"{model}; {c['n_train']:,} training images, {c['epochs']} epochs, "
+            f"augmentation {'on' if c['augment'] else 'off'} (the cell picked by the {cells}); "
+            f"{n} seeds{tests}"}  # fmt: skip
+
+
 # ----------------------------------------------------------------------- summary
 def paper_headline() -> str:
     """The paper's headline: Table 3's ResNet-18 norm-bias minus weight decay."""
@@ -266,24 +291,6 @@ def paper_headline() -> str:
         f"Table 3, ResNet-18 norm-bias − weight decay: {t3[2] - t3[1]:+.2f} "
         "points (norm-bias as good or better in every row): small norm is not the reason"
     )
-
-
-PILOT_HEADERS = ["cell", "images", "epochs", "augment", "lowest train acc (fit)",
-                 "train − held-out gap (none)", "wd (nb coef) − none [95%]", "effect / sd",
-                 "fits (all ≥ gate)", "picked"]  # fmt: skip
-
-
-def pilot_rows(cells: list, results: list, cfg, choice: dict) -> list[list]:
-    """The pilot grid, one row per cell (:data:`PILOT_HEADERS`)."""
-    rows = []
-    for i, r in enumerate(plan.cell_rows(cells, results, pilot_spec(cfg))):
-        c = r["cell"]
-        rows.append([str(i + 1), f"{c['n_train']:,}", str(c["epochs"]),
-                     "on" if c["augment"] else "off", f"{r['min_fit']:.1f}", f"{r['gap']:+.1f}",
-                     report.interval(r["effect"]), f"{r['score']:+.2f}",
-                     "yes" if r["fits"] else "no",
-                     "◀" if i == choice["index"] else ""])  # fmt: skip
-    return rows
 
 
 def _check_plan(records: list[dict], choice: dict) -> None:
@@ -310,17 +317,12 @@ def verdict_of(groups: dict, cfg, choice: dict | None) -> tuple[str, str]:
         )
     if blocked:
         if choice is not None:
-            e, need = choice["effect"], choice["seeds_needed"]
-            more = (f"{need} paired seeds would detect it with 80% power" if need
-                    else "no number of seeds would: it is not positive")  # fmt: skip
-            blocked += (f"; the pilot grid's best effect {e['mean']:+.2f} [{e['low']:+.2f}, "
-                        f"{e['high']:+.2f}] (n={e['n']}): {more}")  # fmt: skip
+            blocked += (f"; the pilot grid's best effect {report.interval(choice['effect'])}: "
+                        f"{plan.need_text(choice, would=True)}")  # fmt: skip
         return "not testable at this scale", blocked
     a, b = report.DECIDING[0]
     big = report.difference_summary(group, a, b, split, cfg.gate_train_acc)
-    ratio = report.end_norm(group, a, cfg.gate_train_acc) / report.end_norm(
-        group, b, cfg.gate_train_acc
-    )
+    ratio = report.norm_ratio(group, a, b, cfg.gate_train_acc)
     text = report.reading(big, cfg.delta, ratio)
     return text.split(":")[0].split(" (")[0], f"{report.HELPS} ({report.interval(d)}); " + (
         f"{report.LABELS[a]} − {report.LABELS[b]} {report.interval(big)}: {text}"
@@ -335,35 +337,30 @@ def summarize(records: list[dict], cfg) -> Summary:
     (:func:`report.comparison_rows`), ``"verdict"`` (its rows with a reading), ``"paper"``
     (the paper's Tables 2-3, each cell with its spread) and ``"gate"`` (runs left out)."""
     pilot, choice, tables = pilot_of(records, cfg), None, {}
-    glue = dict.fromkeys(
-        (
-            "wd_plan",
-            "wd_pilot_cells",
-            "wd_pilot_fitting",
-            "wd_pilot_effect_mean",
-            "wd_pilot_effect_low",
-            "wd_pilot_effect_high",
-            "wd_pilot_seeds_needed",
-            "wd_arm_seeds",
-            "wd_arm_seeds_cap",
-        ),
-        "n/a (no pilot at this profile)",
-    )
+    keys = ("wd_plan", "wd_pilot_cells", "wd_pilot_fitting", "wd_pilot_effect",
+            "wd_pilot_effect_mean", "wd_pilot_effect_low", "wd_pilot_effect_high",
+            "wd_pilot_seeds_needed", "wd_arm_seeds_cap")  # fmt: skip
+    glue = dict.fromkeys(keys, "n/a (no pilot at this profile)")
     if pilot is not None:
         choice = plan.choose(*pilot, pilot_spec(cfg))
         _check_plan(records[len(pilot_grid(pilot_spec(cfg))) :], choice)
-        tables["pilot"] = (PILOT_HEADERS, pilot_rows(*pilot, cfg, choice))
+        tables["pilot"] = (report.PILOT_HEADERS,
+                           report.pilot_rows(*pilot, pilot_spec(cfg), choice))  # fmt: skip
         glue["wd_plan"] = plan.plan_text(choice)
         glue["wd_pilot_cells"], glue["wd_pilot_fitting"] = (
             len(pilot[0]),
             sum(r == "yes" for *_, r, _ in tables["pilot"][1]),
         )
-        e = choice["effect"]
-        glue.update(wd_pilot_effect_mean=e["mean"], wd_pilot_effect_low=e["low"],
-                    wd_pilot_effect_high=e["high"],
+        e, num = choice["effect"], report.number
+        glue.update(wd_pilot_effect=report.interval(e), wd_pilot_effect_mean=num(e["mean"], "+.2f"),
+                    wd_pilot_effect_low=num(e["low"], "+.2f"),
+                    wd_pilot_effect_high=num(e["high"], "+.2f"),
                     wd_pilot_seeds_needed=choice["seeds_needed"] or "none",
-                    wd_arm_seeds=choice["n_seeds"], wd_arm_seeds_cap=choice["cap"])  # fmt: skip
+                    wd_arm_seeds_cap=choice["cap"])  # fmt: skip
     groups, r = collect(records, cfg), report
+    # the seeds the arms trained (a seed the plan sized out, or every seed when no cell fit,
+    # stored a skipped record): the figure's lines average those of them that passed the gate
+    glue["wd_arm_seeds"] = len({s for g in groups.values() for a in g.values() for s in a})
     tables.update(
         {f"arms {ds}": (r.ARM_HEADERS, r.arm_rows(groups, cfg, ds)) for ds in cfg.datasets}
     )

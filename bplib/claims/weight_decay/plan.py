@@ -16,6 +16,22 @@ POWER = 0.8
 MAX_SEEDS_SEARCHED = 1000  # "more than this" where no n up to it reaches the power
 
 
+def number(x, spec: str) -> str:
+    """``format(x, spec)``, or "n/a" where ``x`` is not a finite number: no table, glue value or
+    sentence of the chapter ever prints "nan" (a cell or arm whose runs all missed the gate)."""
+    ok = isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+    return format(x, spec) if ok else "n/a"
+
+
+def interval(d: dict) -> str:
+    """'+0.12 [-0.30, +0.54] (n=3)' for a :func:`~bplib.stats.paired_interval` ``d``; 'n/a
+    (n=k)' when fewer than 2 pairs passed the gate or a bound is not finite. The one formatter
+    of an interval in this claim (:mod:`report` re-exports it)."""
+    if d["n"] < 2 or not all(math.isfinite(d[k]) for k in ("mean", "low", "high")):
+        return f"n/a (n={d['n']})"
+    return f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] (n={d['n']})"
+
+
 def fit_acc(result: dict) -> float:
     """Accuracy on the run's own training images, un-augmented and in eval mode (``fit_acc``);
     records without it (older designs) fall back to the last epoch's running accuracy."""
@@ -115,6 +131,26 @@ def choose(cells: list[dict], results: dict, spec: dict) -> dict:
     }
 
 
+NOMINAL = (
+    "nominal: computed from the picked cell's pilot estimate, which is biased upward, as the "
+    "cell was picked for its large pilot effect, and whose spread rests on few seeds"
+)
+
+
+def need_text(plan: dict, would: bool = False) -> str:
+    """How many paired seeds the plan's pilot effect asks for, with the power marked nominal
+    (:data:`NOMINAL`), or why no number can be given (``would``: in the conditional)."""
+    need, d = plan["seeds_needed"], plan["effect"]
+    verb = "would detect" if would else "detect"
+    if need:
+        return f"{need} paired seeds {verb} it with 80% power (exact noncentral t; {NOMINAL})"
+    if d["n"] < 2 or not math.isfinite(d["mean"]):
+        return ("no seed count follows from it (fewer than 2 pilot pairs passed the gate: "
+                f"n={d['n']})")  # fmt: skip
+    verb = "would detect" if would else "detects"
+    return f"no number of seeds up to {MAX_SEEDS_SEARCHED:,} {verb} it (no positive effect)"
+
+
 def plan_text(plan: dict) -> str:
     """The plan in one sentence (the chapter prints it)."""
     c, d = plan["cell"], plan["effect"]
@@ -122,10 +158,9 @@ def plan_text(plan: dict) -> str:
              f"{'on' if c['augment'] else 'off'}")  # fmt: skip
     fit = "" if plan["fitting"] else " (no cell fit its data: the largest score of all cells)"
     need = plan["seeds_needed"]
-    need_text = (f"{need} paired seeds detect it with 80% power (exact noncentral t)" if need
-                 else f"no number of seeds up to {MAX_SEEDS_SEARCHED:,} detects it (no positive "
-                      "effect)")  # fmt: skip
     capped = " (capped by the budget)" if need and plan["n_seeds"] < need else ""
-    return (f"picked cell: {where}{fit}; pilot effect {d['mean']:+.2f} points [{d['low']:+.2f}, "
-            f"{d['high']:+.2f}] (n={d['n']}, sd {d['sd']:.2f}); {need_text}; the budget affords "
-            f"{plan['cap']} there; the arms run {plan['n_seeds']}{capped}")  # fmt: skip
+    runs = (f"the arms run {plan['n_seeds']}{capped}" if plan["fitting"]
+            else "the arms are not run (no cell fit)")  # fmt: skip
+    return (f"picked cell: {where}{fit}; pilot effect {interval(d)} points, sd "
+            f"{number(d['sd'], '.2f')}; {need_text(plan)}; the budget affords {plan['cap']} "
+            f"there; {runs}")  # fmt: skip

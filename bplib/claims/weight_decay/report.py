@@ -35,32 +35,32 @@ NORM_RATIO_MIN = 1.5  # a deciding norm-bias arm must end at >= 1.5x its pair's 
 NOT_TESTED = "not tested (no weight-decay effect to explain)"
 # The glue names of each comparison's statistics and each arm's final norm, spelled out so that
 # a chapter's glue name is found by grep.
-_STATS = ("mean", "low", "high", "n", "detectable")
+_STATS = ("mean", "low", "high", "n", "detectable", "interval")
 DIFF_GLUE = {
     ("weight_decay", "none"): dict(zip(_STATS, (
         "wd_weight_decay_minus_none_mean", "wd_weight_decay_minus_none_low",
         "wd_weight_decay_minus_none_high", "wd_weight_decay_minus_none_n",
-        "wd_weight_decay_minus_none_detectable"))),
+        "wd_weight_decay_minus_none_detectable", "wd_weight_decay_minus_none_interval"))),
     ("wd_strong", "none"): dict(zip(_STATS, (
         "wd_wd_strong_minus_none_mean", "wd_wd_strong_minus_none_low",
         "wd_wd_strong_minus_none_high", "wd_wd_strong_minus_none_n",
-        "wd_wd_strong_minus_none_detectable"))),
+        "wd_wd_strong_minus_none_detectable", "wd_wd_strong_minus_none_interval"))),
     ("nb_below", "wd_strong"): dict(zip(_STATS, (
         "wd_nb_below_minus_wd_strong_mean", "wd_nb_below_minus_wd_strong_low",
         "wd_nb_below_minus_wd_strong_high", "wd_nb_below_minus_wd_strong_n",
-        "wd_nb_below_minus_wd_strong_detectable"))),
+        "wd_nb_below_minus_wd_strong_detectable", "wd_nb_below_minus_wd_strong_interval"))),
     ("nb_above", "wd_strong"): dict(zip(_STATS, (
         "wd_nb_above_minus_wd_strong_mean", "wd_nb_above_minus_wd_strong_low",
         "wd_nb_above_minus_wd_strong_high", "wd_nb_above_minus_wd_strong_n",
-        "wd_nb_above_minus_wd_strong_detectable"))),
+        "wd_nb_above_minus_wd_strong_detectable", "wd_nb_above_minus_wd_strong_interval"))),
     ("nb_below", "weight_decay"): dict(zip(_STATS, (
         "wd_nb_below_minus_weight_decay_mean", "wd_nb_below_minus_weight_decay_low",
         "wd_nb_below_minus_weight_decay_high", "wd_nb_below_minus_weight_decay_n",
-        "wd_nb_below_minus_weight_decay_detectable"))),
+        "wd_nb_below_minus_weight_decay_detectable", "wd_nb_below_minus_weight_decay_interval"))),
     ("nb_above", "weight_decay"): dict(zip(_STATS, (
         "wd_nb_above_minus_weight_decay_mean", "wd_nb_above_minus_weight_decay_low",
         "wd_nb_above_minus_weight_decay_high", "wd_nb_above_minus_weight_decay_n",
-        "wd_nb_above_minus_weight_decay_detectable"))),
+        "wd_nb_above_minus_weight_decay_detectable", "wd_nb_above_minus_weight_decay_interval"))),
 }  # fmt: skip
 END_GLUE = {"none": "wd_end_norm_none", "weight_decay": "wd_end_norm_weight_decay",
             "wd_strong": "wd_end_norm_wd_strong", "nb_below": "wd_end_norm_nb_below",
@@ -88,16 +88,26 @@ def end_norm(group: dict, arm: str, gate: float = 0.0) -> float:
     return sum(ends) / len(ends) if ends else math.nan
 
 
-def interval(d: dict) -> str:
-    """'+0.12 [-0.30, +0.54] (n=3)' for a :func:`difference_summary`."""
-    return f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] (n={d['n']})"
+def norm_ratio(group: dict, a: str, b: str, gate: float = 0.0) -> float:
+    """Ratio of the mean final squared norms of arms ``a`` and ``b`` (nan where either arm has
+    no run past the gate)."""
+    top, bottom = end_norm(group, a, gate), end_norm(group, b, gate)
+    return top / bottom if bottom > 0 else math.nan
+
+
+# The formatters (defined in plan, which this module builds on): "n/a", never "nan".
+interval, number = plan.interval, plan.number
 
 
 READINGS = {
     "below": "the large norm does worse: supports the belief",
     "above": "the large norm does better: contradicts the belief, agrees with the paper",
     "equivalent": "the large norm does as well (within ±{delta:g} points): agrees with the paper",
-    "undecided": "not decided at this scale (the interval is wider than ±{delta:g} points)",
+    "undecided": (
+        "not decided at this scale (the interval is wider than ±{delta:g} points; "
+        "smallest detectable effect {detectable} points, post hoc: from the spread of "
+        "the judged runs)"
+    ),
     "too few": "not decided (fewer than 2 paired seeds)",
 }
 HELPS = "weight decay helps: there is an effect to explain"
@@ -109,7 +119,8 @@ def reading(d: dict, delta: float, norm_ratio: float = math.inf) -> str:
     not separate (ratio of final squared norms below :data:`NORM_RATIO_MIN`)."""
     if d["n"] >= 2 and not norm_ratio >= NORM_RATIO_MIN:
         return f"no test: the norms did not separate (ratio {norm_ratio:.2f})"
-    return READINGS[decide(d, delta)].format(delta=delta)
+    detectable = number(d.get("detectable", math.nan), ".2f")
+    return READINGS[decide(d, delta)].format(delta=delta, detectable=detectable)
 
 
 def effect_reading(d: dict) -> str | None:
@@ -120,7 +131,8 @@ def effect_reading(d: dict) -> str | None:
         return None
     why = "hurts" if outcome == "below" else "does not measurably help"
     return (f"not testable at this scale: weight decay {why} ({interval(d)}; smallest "
-            f"detectable effect {d['detectable']:.2f} points)")  # fmt: skip
+            f"detectable effect {number(d['detectable'], '.2f')} points, post hoc: from the "
+            "spread of the judged runs)")  # fmt: skip
 
 
 def comparison_rows(groups: dict, cfg) -> list[list]:
@@ -132,15 +144,15 @@ def comparison_rows(groups: dict, cfg) -> list[list]:
         blocked = effect_reading(difference_summary(group, *EFFECT, split, gate))
         for a, b in [(a, b) for a, b in COMPARISONS if {a, b} <= set(cfg.arms)]:
             d = difference_summary(group, a, b, split, gate)
-            ratio = end_norm(group, a, gate) / end_norm(group, b, gate)
+            ratio = norm_ratio(group, a, b, gate)
             text = ""
             if (a, b) == EFFECT:
                 text = blocked or HELPS
             elif (a, b) in DECIDING:
                 text = NOT_TESTED if blocked else reading(d, cfg.delta, ratio)
             rows.append([model_label(cfg.models[key]), "3" if normalize else "2",
-                         f"{LABELS[a]} − {LABELS[b]}", interval(d), f"{d['detectable']:.2f}",
-                         f"{ratio:.2f}", text])  # fmt: skip
+                         f"{LABELS[a]} − {LABELS[b]}", interval(d), number(d["detectable"], ".2f"),
+                         number(ratio, ".2f"), text])  # fmt: skip
     return rows
 
 
@@ -149,6 +161,31 @@ COMPARISON_HEADERS = ["model", "table", "comparison", "paired difference [95%]",
 
 
 # ----------------------------------------------------------------------- what the chapter shows
+PILOT_HEADERS = ["cell", "images", "epochs", "augment", "lowest train acc (fit)",
+                 "train − held-out gap (none)", "wd (nb coef) − none [95%]", "effect / sd",
+                 "fits (all ≥ gate)", "picked"]  # fmt: skip
+
+
+def _score(score: float) -> str:
+    if math.isinf(score):  # every pair differed by the same amount
+        return f"{'+' if score > 0 else '−'}∞ (sd 0)"
+    return number(score, "+.2f")
+
+
+def pilot_rows(cells: list, results: list, spec: dict, choice: dict) -> list[list]:
+    """The pilot grid of ``spec`` (:func:`bplib.claims.weight_decay.pilot_spec`), one row per
+    cell (:data:`PILOT_HEADERS`); "n/a" where a cell's runs missed the gate."""
+    rows = []
+    for i, r in enumerate(plan.cell_rows(cells, results, spec)):
+        c = r["cell"]
+        rows.append([str(i + 1), f"{c['n_train']:,}", str(c["epochs"]),
+                     "on" if c["augment"] else "off", number(r["min_fit"], ".1f"),
+                     number(r["gap"], "+.1f"), interval(r["effect"]), _score(r["score"]),
+                     "yes" if r["fits"] else "no",
+                     "◀" if i == choice["index"] else ""])  # fmt: skip
+    return rows
+
+
 def model_label(row: dict) -> str:
     """'ResNet-18 (width 0.125)', 'MLP (512-512-512)', 'DenseNet-40' for a profile model row."""
     kw = row["model_kw"]
@@ -207,9 +244,11 @@ def gate_lines(groups: dict, cfg) -> list[str]:
     """One line per run that is left out (diverged, or below the training-accuracy gate)."""
     gate = cfg.gate_train_acc
     lines = [f"{model_label(cfg.models[key])}, {LABELS[arm]}, seed {seed}: left out ("
-             + (r["message"] if r["diverged"] else f"train acc {fit_acc(r):.1f}%") + ")"
+             + (r["message"] if r["diverged"] else f"train acc {number(fit_acc(r), '.1f')}%") + ")"
              for (key, _, _), group in groups.items() for arm, results in group.items()
              for seed, r in sorted(results.items()) if not passes(r, gate)]  # fmt: skip
+    if not any(group.values() for group in groups.values()):  # the plan trained no arm run
+        return ["no run of the arms was trained (the pilot's plan ran none: see the plan)"]
     return lines or [f"every run passed the gate (train accuracy >= {gate:g}%)"]
 
 
@@ -279,14 +318,35 @@ def norm_panels(groups: dict, cfg) -> list[dict]:
 
 
 def headline_glue(groups: dict, cfg) -> dict:
-    """The chapter's glue values from the first group: each comparison's mean/low/high/n/
-    detectable, mean final squared norms, the effect on training accuracy, delta, verdict."""
+    """The chapter's glue values from the first group, preformatted text ("n/a" where fewer than
+    2 pairs or no run passed the gate, never "nan"): each comparison's mean/low/high/n/
+    detectable/interval, mean final squared norms, the effect on training accuracy and the
+    sentences that depend on them; delta; the model."""
     key, group = next(iter(groups.items()))
     split, gate = "holdout_acc" if cfg.n_holdout else "test_acc", cfg.gate_train_acc
     out = {"wd_delta": cfg.delta, "wd_model": model_label(cfg.models[key[0]])}
     for a, b in [(a, b) for a, b in COMPARISONS if {a, b} <= set(cfg.arms)]:
         d = difference_summary(group, a, b, split, gate)
-        out.update({name: d[stat] for stat, name in DIFF_GLUE[a, b].items()})
-    out.update({END_GLUE[arm]: end_norm(group, arm, gate) for arm in cfg.arms})
-    out["wd_effect_on_train_acc"] = difference_summary(group, *EFFECT, "fit_acc", gate)["mean"]
+        text = {"mean": number(d["mean"] if d["n"] >= 2 else math.nan, "+.2f"),
+                "low": number(d["low"], "+.2f"), "high": number(d["high"], "+.2f"), "n": d["n"],
+                "detectable": number(d["detectable"], ".2f"), "interval": interval(d)}  # fmt: skip
+        out.update({name: text[stat] for stat, name in DIFF_GLUE[a, b].items()})
+    out.update({END_GLUE[arm]: number(end_norm(group, arm, gate), ",.0f") for arm in cfg.arms})
+    train = difference_summary(group, *EFFECT, "fit_acc", gate)
+    out["wd_effect_on_train_acc"] = number(train["mean"], "+.2f")
+    out["wd_train_effect_text"] = (
+        f"Weight decay at the strength-control coefficient changed training accuracy by "
+        f"{train['mean']:+.2f} points on average (n={train['n']} pairs)"
+        if train["n"] >= 1
+        else "No pair of none and weight decay at the strength-control coefficient passed the "
+        "gate, so their difference in training accuracy is not measured"
+    )
+    d = difference_summary(group, *DECIDING[0], split, gate)  # n=0 where an arm is not run
+    out["wd_detectable_text"] = (
+        f"With this many seeds, differences smaller than about {d['detectable']:.1f} points "
+        "would usually go unseen (80% power; post hoc: that spread comes from the judged runs)"
+        if math.isfinite(d["detectable"])
+        else "No smallest detectable effect: fewer than 2 pairs of these arms passed the gate "
+        f"(n={d['n']})"
+    )
     return out
