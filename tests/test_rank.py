@@ -577,8 +577,11 @@ def test_summarize_refuses_a_fine_tune_made_from_other_base_weights(tmp_path):
 
     cfg = get_profile("rank", "cpu")
     recs = _records(cfg, lambda k, a, b: _base(k))
+    for r in recs:  # as the store writes them: the params hold the seed too
+        r["params"] = {**r["params"], "seed": r["seed"]}
     ft = next(r for r in recs if r["params"]["phase"] == "finetune")
-    base = rank.needs(runner.job(rank.EXPERIMENT, ft["params"], ft["seed"]))
+    params = {k: v for k, v in ft["params"].items() if k != "seed"}
+    base = rank.needs(runner.job(rank.EXPERIMENT, params, ft["seed"]))
     ctx = runner.Context("cpu", "cpu", root=tmp_path)
     path = ctx.arrays(base)
     ft["result"]["weights"] = {path.name: "sha256:0000000000000000"}

@@ -289,7 +289,9 @@ def check_weights(records: list[dict], cfg, root=None) -> None:
     not in the store (the results page reads records only; ``.npz`` files are not committed) is
     not checked."""
     for r in (r for r in records if r and r["result"].get("weights")):
-        base = needs(runner.job(EXPERIMENT, r["params"], r["seed"]))
+        # a stored record's params also hold its seed (the store's key); a job's do not
+        params = {k: v for k, v in r["params"].items() if k != "seed"}
+        base = needs(runner.job(EXPERIMENT, params, r["seed"]))
         path = arrays_path(EXPERIMENT, base.params, cfg.profile, base.seed, root)
         if not path.exists():
             continue
