@@ -15,14 +15,15 @@ from bplib import runner
 from bplib.claims import weight_decay
 from bplib.profiles import get_profile
 
-# A weight-decay smoke job (the MLP row, no regularizer) with enough epochs to be killed midway.
+# A weight-decay smoke job (a pilot run without regularizer, in a cell of EPOCHS epochs) with
+# enough epochs to be killed midway.
 SCRIPT = """
 import sys, time
 from bplib import runner
 from bplib.claims import weight_decay
 from bplib.profiles import get_profile
-cfg = get_profile("weight_decay", "smoke", seeds=[0], epochs={epochs})
-job = [j for j in weight_decay.jobs(cfg) if j.params["model"] == "mlp"
+cfg = get_profile("weight_decay", "smoke", seeds=[0], pilot_epochs=[{epochs}])
+job = [j for j in weight_decay.jobs(cfg) if j.params["phase"] == "pilot"
        and j.params["kind"] == "none"][0]
 ctx = runner.Context("smoke", device="cpu", root={root!r}, checkpoints={ckpt!r})
 print(runner.run([job], weight_decay.work, ctx, n_procs=1)[0]["result"]["train_loss"])
@@ -31,11 +32,11 @@ EPOCHS = 6
 
 
 def _job():
-    cfg = get_profile("weight_decay", "smoke", seeds=[0], epochs=EPOCHS)
+    cfg = get_profile("weight_decay", "smoke", seeds=[0], pilot_epochs=[EPOCHS])
     return next(
         j
         for j in weight_decay.jobs(cfg)
-        if j.params["model"] == "mlp" and j.params["kind"] == "none"
+        if j.params["phase"] == "pilot" and j.params["kind"] == "none"
     )
 
 
