@@ -448,7 +448,8 @@ def test_a_pilot_cell_that_does_not_fit_prints_n_a_not_nan():
     records = _synthetic_records(cfg, acc, pilot_fit=[80.0, 99.0])
     s = wd.summarize(records, cfg)
     first, second = s.tables["pilot"][1]
-    assert first[6:] == ["n/a (n=0)", "n/a", "no", ""] and second[-2:] == ["yes", "◀"]
+    assert first[6:8] + first[9:] == ["n/a (n=0)", "n/a", "no", ""]
+    assert first[8].endswith("(n=3)") and second[-2:] == ["yes", "◀"]  # every pair, not gated
     assert not _nan_text(s), _nan_text(s)
     assert s.glue["wd_arm_seeds"] == 6 and "6 seeds" in wd.at_scale(cfg, records)["scale"]
     scale = wd.at_scale(cfg, records)
@@ -467,6 +468,10 @@ def test_no_pilot_cell_fits_not_testable_and_no_nan():
     assert s.glue["wd_status"] == "not testable at this scale"
     assert "no cell of the pilot fit its data" in s.verdict
     assert [r[6:8] for r in s.tables["pilot"][1]] == [["n/a (n=0)", "n/a"]] * 2
+    assert all(r[-1] == "" for r in s.tables["pilot"][1])  # no cell is marked picked
+    # the verdict names the nearest cell and the largest effect over every pair, not gated
+    assert "nearest to fitting: 64 images" in s.verdict and "not gated" in s.verdict
+    assert s.glue["wd_plan"].startswith("no cell of the pilot fit its data")
     assert s.glue["wd_arm_seeds"] == 0 and s.glue["wd_end_norm_none"] == "n/a"
     assert s.glue["wd_nb_above_minus_wd_strong_interval"] == "n/a (n=0)"
     assert s.glue["wd_detectable_text"].startswith("No smallest detectable effect")

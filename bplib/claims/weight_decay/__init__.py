@@ -315,10 +315,12 @@ def verdict_of(groups: dict, cfg, choice: dict | None) -> tuple[str, str]:
             "not testable at this scale: no cell of the pilot fit its data (>= "
             f"{cfg.gate_train_acc:g}%)"
         )
+    if blocked and choice is not None and not choice["fitting"]:
+        blocked += "; " + choice["no_fit"]
+    elif blocked and choice is not None:
+        blocked += (f"; the pilot grid's best effect {report.interval(choice['effect'])}: "
+                    f"{plan.need_text(choice, would=True)}")  # fmt: skip
     if blocked:
-        if choice is not None:
-            blocked += (f"; the pilot grid's best effect {report.interval(choice['effect'])}: "
-                        f"{plan.need_text(choice, would=True)}")  # fmt: skip
         return "not testable at this scale", blocked
     a, b = report.DECIDING[0]
     big = report.difference_summary(group, a, b, split, cfg.gate_train_acc)
@@ -343,6 +345,8 @@ def summarize(records: list[dict], cfg) -> Summary:
     glue = dict.fromkeys(keys, "n/a (no pilot at this profile)")
     if pilot is not None:
         choice = plan.choose(*pilot, pilot_spec(cfg))
+        if not choice["fitting"]:  # what the "not testable" verdict says instead of a plan
+            choice = {**choice, "no_fit": plan.no_fit_text(*pilot, pilot_spec(cfg))}
         _check_plan(records[len(pilot_grid(pilot_spec(cfg))) :], choice)
         tables["pilot"] = (report.PILOT_HEADERS,
                            report.pilot_rows(*pilot, pilot_spec(cfg), choice))  # fmt: skip

@@ -92,7 +92,11 @@ def cell_rows(cells: list[dict], results: dict, spec: dict) -> list[dict]:
             score = math.copysign(math.inf, d["mean"]) if d["mean"] else 0.0
         none = list(group.get("none", {}).values())
         gap = [fit_acc(r) - r["holdout_acc"] for r in none if not r["diverged"]]
+        # the same contrast over every pair, gate or not: what a cell shows when no network
+        # in it fit (reported as such, never a verdict)
+        every = paired(group, *EFFECT, "holdout_acc", -math.inf)
         rows.append({"cell": cell, "fits": bool(runs) and all(passes(r, gate) for r in runs),
+                     "effect_all": every,
                      "min_fit": min((fit_acc(r) for r in runs if not r["diverged"]),
                                     default=math.nan),
                      "effect": d, "score": score,
@@ -151,9 +155,37 @@ def need_text(plan: dict, would: bool = False) -> str:
     return f"no number of seeds up to {MAX_SEEDS_SEARCHED:,} {verb} it (no positive effect)"
 
 
+def cell_text(c: dict) -> str:
+    """'1,000 images, 30 epochs, augmentation off'."""
+    return (f"{c['n_train']:,} images, {c['epochs']} epochs, augmentation "
+            f"{'on' if c['augment'] else 'off'}")  # fmt: skip
+
+
+def no_fit_text(cells: list[dict], results: list, spec: dict) -> str:
+    """When no cell fit: the cell that came nearest (its lowest training accuracy) and the
+    largest weight-decay effect over every pair, not gated (networks that did not fit: shown,
+    never a verdict), for the chapter's "not testable" verdict."""
+    rows = cell_rows(cells, results, spec)
+    near = max(rows, key=lambda r: r["min_fit"] if math.isfinite(r["min_fit"]) else -math.inf)
+    best = max(
+        rows,
+        key=lambda r: (
+            r["effect_all"]["mean"] if math.isfinite(r["effect_all"]["mean"]) else -math.inf
+        ),
+    )
+    return (f"nearest to fitting: {cell_text(near['cell'])} (lowest training accuracy "
+            f"{number(near['min_fit'], '.1f')}%, gate {spec['gate']:g}%); the largest effect over "
+            f"every pair, not gated (networks that did not fit): {cell_text(best['cell'])}, "
+            f"{interval(best['effect_all'])} points. A test needs a cell where every arm fits "
+            "its data: longer training without augmentation than this grid's epochs, or the "
+            "gpu profile")  # fmt: skip
+
+
 def plan_text(plan: dict) -> str:
     """The plan in one sentence (the chapter prints it)."""
     c, d = plan["cell"], plan["effect"]
+    if not plan["fitting"]:
+        return "no cell of the pilot fit its data: no cell picked, the arms are not run"
     where = (f"{c['n_train']:,} images, {c['epochs']} epochs, augmentation "
              f"{'on' if c['augment'] else 'off'}")  # fmt: skip
     fit = "" if plan["fitting"] else " (no cell fit its data: the largest score of all cells)"

@@ -163,7 +163,8 @@ COMPARISON_HEADERS = ["model", "table", "comparison", "paired difference [95%]",
 # ----------------------------------------------------------------------- what the chapter shows
 PILOT_HEADERS = ["cell", "images", "epochs", "augment", "lowest train acc (fit)",
                  "train − held-out gap (none)", "wd (nb coef) − none [95%]", "effect / sd",
-                 "fits (all ≥ gate)", "picked"]  # fmt: skip
+                 "wd (nb coef) − none, every pair, not gated [95%]", "fits (all ≥ gate)",
+                 "picked"]  # fmt: skip
 
 
 def _score(score: float) -> str:
@@ -181,8 +182,8 @@ def pilot_rows(cells: list, results: list, spec: dict, choice: dict) -> list[lis
         rows.append([str(i + 1), f"{c['n_train']:,}", str(c["epochs"]),
                      "on" if c["augment"] else "off", number(r["min_fit"], ".1f"),
                      number(r["gap"], "+.1f"), interval(r["effect"]), _score(r["score"]),
-                     "yes" if r["fits"] else "no",
-                     "◀" if i == choice["index"] else ""])  # fmt: skip
+                     interval(r["effect_all"]), "yes" if r["fits"] else "no",
+                     "◀" if i == choice["index"] and choice["fitting"] else ""])  # fmt: skip
     return rows
 
 
