@@ -37,7 +37,7 @@ SIZES = {
     "compare_power_iters", "lemma1_epochs", "lemma1_gd_epochs", "lemma1_milestones",
     "witness_epochs",
     "models",  # weight decay: rows of paper's models (checked below), their width a size
-    "pilot_n_train", "pilot_epochs", "pilot_seeds", "arm_images",  # weight decay's pilot grid
+    "pilot_n_train", "pilot_epochs", "pilot_extra_cells", "pilot_seeds", "arm_images",  # wd pilot
 }  # fmt: skip
 GATES = {"gate_train_acc", "min_train_acc", "gate"}
 PRECISION = {"bf16"}

@@ -199,6 +199,12 @@ def test_profiles_arms_and_keys():
     cpu = get_profile("weight_decay", "cpu")
     assert cpu.gate_train_acc >= 95 and cpu.min_seeds >= 6 and len(cpu.pilot_seeds) == 3
     assert len(wd.pilot_cells(cpu)) >= 8 and set(cpu.pilot_augment) == {False, True}
+    # the grid first (its cells keep their indices and records), then the extra cells
+    extra = [{"n_train": n, "epochs": e, "augment": a} for n, e, a in cpu.pilot_extra_cells]
+    assert extra and wd.pilot_cells(cpu)[-len(extra) :] == extra
+    assert wd.pilot_cells(cpu)[0] == {"n_train": 1000, "epochs": 15, "augment": False}
+    # every arm fits the budget at the profile's minimum seeds in every cell (cpu)
+    assert all(plan.cap(c, wd.pilot_spec(cpu)) >= cpu.min_seeds for c in wd.pilot_cells(cpu))
     paper = wd.grid(get_profile("weight_decay", "paper"))
     assert {s["train"]["batch_size"] for _, s, _ in paper if s["dataset"] == "cifar100"} == {256}
     with pytest.raises(ValueError, match="arm"):

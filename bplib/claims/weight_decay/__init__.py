@@ -47,12 +47,13 @@ def _train(cfg, dataset: str, epochs: int, milestones: list, augment: bool) -> d
 
 
 def pilot_cells(cfg) -> list[dict]:
-    """The pilot's cells ``{"n_train", "epochs", "augment"}`` (empty when the profile has none)."""
+    """The pilot's cells ``{"n_train", "epochs", "augment"}``: the grid, then the profile's
+    ``pilot_extra_cells`` (empty when the profile has no pilot)."""
     if cfg.pilot_n_train is None:
         return []
-    return [{"n_train": n, "epochs": e, "augment": a}
-            for n, e, a in itertools.product(cfg.pilot_n_train, cfg.pilot_epochs,
-                                             cfg.pilot_augment)]  # fmt: skip
+    grid = itertools.product(cfg.pilot_n_train, cfg.pilot_epochs, cfg.pilot_augment)
+    return [{"n_train": n, "epochs": e, "augment": bool(a)}
+            for n, e, a in [*grid, *cfg.pilot_extra_cells]]  # fmt: skip
 
 
 def _milestones(epochs: int, fractions) -> list[int]:
