@@ -562,6 +562,32 @@ def test_synthetic_raising_rank_says_what_its_status_is(spread, words):
         assert "hurt on" not in text and "did not hurt" not in text
 
 
+def test_synthetic_control_decided_the_other_way_and_excluded_gains_are_named():
+    """A RankMax whose own effect is undecided but which beats a control that costs 20 points:
+    the verdict says "better than its damage-matched control", never lists that comparison as
+    "not distinguishable"; an undecided lowering-rank sentence names the comparisons where a
+    gain was excluded too (the cpu records' pattern)."""
+    cfg = get_profile("rank", "cpu")
+
+    def acc(kind, arm, base):
+        noise = (3, -2, 4, 1)[base]
+        if arm[0] == "rankmax":
+            return _base(kind) + noise
+        if arm[0] == "control_rankmax":
+            return _base(kind) + noise - (20, 21, 20, 21)[base]
+        if (kind, arm[0]) == ("adversarial", "rankmin"):  # undecided; natural RankMin: equal
+            return _base(kind) + noise
+        return _base(kind)
+
+    text = rank.summarize(_records(cfg, acc), cfg).verdict
+    assert text.startswith("Not decided at this scale whether lowering rank helps (2 of 4 ")
+    assert "; a gain of 1 point or more excluded on RankMin 0.5 − natural clean +0.00" in text
+    assert "; better than its damage-matched control on RankMax 1.5 − Matched RankMax 1.5 clean" \
+        in text  # fmt: skip
+    assert "not distinguishable from its damage-matched control (RankMax 1.5 − Matched" not in text
+    assert "Against the damage-matched controls" not in text  # said once, in its sentence
+
+
 def test_synthetic_excluded_raising_rank_does_not_hurt_significantly():
     cfg = get_profile("rank", "cpu")
     s = rank.summarize(_records(cfg, lambda k, a, b: _base(k)), cfg)  # every gain excluded

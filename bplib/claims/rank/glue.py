@@ -216,12 +216,20 @@ def _against_control(stats, hits, what: str) -> str:
     same = [c for c in stats if c["ref_op"] != NONE and any(
         (c["base"], c["arm_op"], c["metric"]) == (h["base"], h["arm_op"], h["metric"])
         for h in hits)]  # fmt: skip
-    beyond = [c for c in same if c["status"] == what]
     if not same:
         return "; no damage-matched control was counted"
-    if beyond:
-        return f"; beyond its damage-matched control on {_names(beyond)}"
-    return f"; not distinguishable from its damage-matched control ({_names(same)})"
+    beyond = [c for c in same if c["status"] == what]
+    # decided the other way: said as such, never listed as "not distinguishable"
+    other = [c for c in same if c["status"] in ("better", "worse") and c["status"] != what]
+    rest = [c for c in same if c not in beyond + other]
+    text = f"; beyond its damage-matched control on {_names(beyond)}" if beyond else ""
+    for status in ("better", "worse"):
+        hits_ = [c for c in other if c["status"] == status]
+        if hits_:
+            text += f"; {status} than its damage-matched control on {_names(hits_)}"
+    if rest and not beyond:
+        text += f"; not distinguishable from its damage-matched control ({_names(rest)})"
+    return text
 
 
 def _detects(hits) -> str:
@@ -283,17 +291,23 @@ def verdict_text(stats: list[dict], margin: float) -> str:
                     f"{len(lower)} RankMin − plain fine-tuning comparisons a gain of {margin:g} "
                     "point or more is excluded at Holm's level).")  # fmt: skip
     elif lower:
+        excluded = [s for s in lower if s["status"] not in ("better", "worse", "undecided")]
+        also = (f"; a gain of {margin:g} point or more excluded on {_names(excluded)}"
+                if excluded else "")  # fmt: skip
         text.append(f"Not decided at this scale{scope} whether lowering rank helps ({len(open_)} "
                     f"of {len(lower)} RankMin − plain comparisons undecided: "
-                    f"{_names(open_)}{_detects(open_)}).")  # fmt: skip
+                    f"{_names(open_)}{_detects(open_)}{also}).")  # fmt: skip
     else:
         text.append("Lowering rank was not testable at this scale (no RankMin comparison counted).")
     if hurt:
         text.append(f"Lowering rank cost accuracy on {_names(hurt)}"
                     f"{_against_control(counted, hurt, 'worse')}.")  # fmt: skip
     text += _raising(counted, raise_)
+    # decided control comparisons whose plain comparison no sentence above named
+    named = {(s["base"], s["arm_op"], s["metric"]) for s in helped + hurt + raise_}
     rest = [s for s in counted if s not in lower + raise_ and s["ref_op"] != NONE]
-    shown = [s for s in rest if s["status"] in ("better", "worse")]
+    shown = [s for s in rest if s["status"] in ("better", "worse")
+             and (s["base"], s["arm_op"], s["metric"]) not in named]  # fmt: skip
     if shown:
         text.append(f"Against the damage-matched controls: {_names(shown)}.")
     if gates:
