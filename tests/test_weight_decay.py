@@ -367,6 +367,14 @@ def test_verdict_weight_decay_helps_and_the_large_norm_does_worse():
     s = wd.summarize(_synthetic_records(_cfg(), acc), _cfg())
     assert s.glue["wd_status"] == "the large norm does worse"
     assert "supports the belief" in s.verdict
+    # the paper's arm against weight decay at its own coefficient: the strength, in words
+    assert s.glue["wd_strength_text"].startswith(
+        "the paper's arm (norm-bias, μ² < init) − weight decay at its coefficient (10 times the "
+        "model's): +0.00 [+0.00, +0.00] (n=6) points, equivalent within ±1 point"
+    )
+    acc["nb_below"] = [x - d for x, d in zip(BASE["wd_strong"], [2.0, 0.5, 1.8, 0.2, 2.1, 0.4])]
+    s = wd.summarize(_synthetic_records(_cfg(), acc), _cfg())
+    assert s.glue["wd_strength_text"].endswith("points, not shown equivalent within ±1 point")
 
 
 def test_verdict_weight_decay_does_not_help_is_not_testable():

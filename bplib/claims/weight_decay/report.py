@@ -342,6 +342,7 @@ def headline_glue(groups: dict, cfg) -> dict:
         else "No pair of none and weight decay at the strength-control coefficient passed the "
         "gate, so their difference in training accuracy is not measured"
     )
+    out["wd_strength_text"] = strength_text(group, cfg, cfg.models[key[0]], split)
     d = difference_summary(group, *DECIDING[0], split, gate)  # n=0 where an arm is not run
     out["wd_detectable_text"] = (
         f"With this many seeds, differences smaller than about {d['detectable']:.1f} points "
@@ -351,3 +352,20 @@ def headline_glue(groups: dict, cfg) -> dict:
         f"(n={d['n']})"
     )
     return out
+
+
+def strength_text(group: dict, cfg, row: dict, split: str) -> str:
+    """The paper's norm-bias arm against weight decay at the norm-bias coefficient (the
+    strength control), in words: within the margin, the paper's contrast (its norm-bias against
+    weight decay at the model's smaller coefficient) measures the coefficient, not the target."""
+    arm = row["paper_arm"]
+    if arm == "wd_strong" or not {arm, "wd_strong"} <= set(cfg.arms):
+        return "n/a (an arm is not in this profile)"
+    d = difference_summary(group, arm, "wd_strong", split, cfg.gate_train_acc)
+    times = row["norm_bias_coef"] / row["weight_decay"]
+    head = (f"the paper's arm ({LABELS[arm]}) − weight decay at its coefficient ({times:g} times "
+            f"the model's): {interval(d)} points, ")  # fmt: skip
+    if d["n"] >= 2 and -cfg.delta < d["low"] and d["high"] < cfg.delta:
+        return head + (f"equivalent within ±{cfg.delta:g} point: the paper's contrast measures "
+                       "the coefficient's strength here, not the norm's target")  # fmt: skip
+    return head + f"not shown equivalent within ±{cfg.delta:g} point"
