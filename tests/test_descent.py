@@ -1,6 +1,8 @@
 """The minimum test of chapter 1 (bplib.measures.descent): a minimum passes, a saddle with zero
 gradient and a slope with a small gradient do not; inert parameters are found exactly."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -175,6 +177,11 @@ def test_full_batch_phase_stops_by_its_rules_synthetic():
     assert all(a >= b * (1 - 1e-6) for a, b in zip(fast["loss"], fast["loss"][1:]))
     out = full_batch_phase(model, x, y, 0.05, 50.0, 5, 1e-9, 0.0, 10)  # too large: halved
     assert out["stop"] == "budget" and out["epochs"] == 5 and out["lr"] < 50.0
+    # a step from an unmeasured lambda_max (nan, inf, 0): the phase stops at once, it does not
+    # halve nan for ever (the gpu dry run hung there)
+    for bad in (math.nan, math.inf, 0.0, -1.0):
+        out = full_batch_phase(model, x, y, 0.05, lambda b=bad: b, 5, 1e-9, 0.0, 10)
+        assert out["stop"] == "no step size" and out["epochs"] == 0 and out["lr"] is None
 
 
 def test_dead_layer_with_drifting_biases_is_a_plateau_of_the_data_loss_synthetic():

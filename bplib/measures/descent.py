@@ -231,7 +231,9 @@ def full_batch_phase(model, x, y, weight_decay: float, lr, max_epochs: int, grad
     zero whenever a step would raise ``L``: adaptive restart) until the active
     gradient norm is at most ``grad_tol`` (``stop="gradient"``, checked every ``window``
     epochs), or the loss stopped falling: ``L`` fell by less than ``rtol * L`` over the last
-    ``window`` epochs (``"plateau"``), or ``max_epochs`` ran out (``"budget"``). ``lr``: the
+    ``window`` epochs (``"plateau"``), or ``max_epochs`` ran out (``"budget"``), or the step is
+    not a positive finite number (``"no step size"``: nan where lambda_max was not measured,
+    the point is then classified as still descending). ``lr``: the
     step, or a function giving it, called only when a step is taken; a step that would raise
     ``L`` by more than its float32 rounding (relative 1e-6) is retried at half the rate.
     Returns ``{"stop", "epochs", "lr", "loss", "data_loss", "grad_active"}`` (``loss``: ``L``
@@ -252,6 +254,9 @@ def full_batch_phase(model, x, y, weight_decay: float, lr, max_epochs: int, grad
         if epoch == max_epochs:
             break
         lr = lr() if callable(lr) else lr
+        if not (math.isfinite(lr) and lr > 0):  # lambda_max not measured (Lanczos returns nan
+            stop = "no step size"  # when it did not converge): halving nan would never end
+            break
         prev = torch.nn.utils.parameters_to_vector(params).detach().clone()
         step = m["grad"].to(prev)
         velocity = torch.zeros_like(prev) if velocity is None else velocity
@@ -269,7 +274,8 @@ def full_batch_phase(model, x, y, weight_decay: float, lr, max_epochs: int, grad
         m, epoch = new, epoch + 1
         losses.append(m["loss_wd"])
         data.append(m["loss"])
-    return {"stop": stop, "epochs": epoch, "lr": None if callable(lr) else lr, "loss": losses,
+    lr = None if callable(lr) or not (math.isfinite(lr) and lr > 0) else lr
+    return {"stop": stop, "epochs": epoch, "lr": lr, "loss": losses,
             "data_loss": data, "grad_active": grads}  # fmt: skip
 
 
