@@ -255,7 +255,7 @@ def full_batch_phase(model, x, y, weight_decay: float, lr, max_epochs: int, grad
             break
         lr = lr() if callable(lr) else lr
         if not (math.isfinite(lr) and lr > 0):  # lambda_max not measured (Lanczos returns nan
-            stop = "no step size"  # when it did not converge): halving nan would never end
+            stop, lr = "no step size", None  # when it did not converge): halving nan never ends
             break
         prev = torch.nn.utils.parameters_to_vector(params).detach().clone()
         step = m["grad"].to(prev)
@@ -274,8 +274,7 @@ def full_batch_phase(model, x, y, weight_decay: float, lr, max_epochs: int, grad
         m, epoch = new, epoch + 1
         losses.append(m["loss_wd"])
         data.append(m["loss"])
-    lr = None if callable(lr) or not (math.isfinite(lr) and lr > 0) else lr
-    return {"stop": stop, "epochs": epoch, "lr": lr, "loss": losses,
+    return {"stop": stop, "epochs": epoch, "lr": None if callable(lr) else lr, "loss": losses,
             "data_loss": data, "grad_active": grads}  # fmt: skip
 
 

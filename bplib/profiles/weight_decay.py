@@ -28,8 +28,8 @@ twice the initial squared norm above it, about 0.4 of it below: the paper's ResN
    ``pilot_n_train`` x ``pilot_epochs`` x ``pilot_augment``, then ``pilot_extra_cells`` (lr
    /10 at ``cell_milestones`` of each cell's epochs), arms ``pilot_arms`` (none, weight decay
    at the usual CIFAR coefficient 5e-4, weight decay at the paper's norm-bias coefficient
-   0.005, and norm-bias toward the
-   large norm, the arm the verdict reads), seeds ``pilot_seeds``. Every run's training subset
+   0.005, and norm-bias toward the large norm, the arm the verdict reads), seeds
+   ``pilot_seeds``. Every run's training subset
    is drawn by its seed (the held-out split is one fixed set).
 2. **The arms**: all five arms in the cell that code picks from the pilot's records
    (:mod:`bplib.claims.weight_decay.plan`): among the cells whose every run reached
@@ -53,11 +53,11 @@ grid sizes and two epoch budgets still include cells that interpolate (no augmen
 
 Cost, measured: the grid's first run (8 cells, 96 runs, 3.24M images; clean commit b5e9f06)
 took 3,341 CPU-seconds, about 970 images per CPU-second with start-up and evaluation. The two
-extra cells (12 runs each of 1,000 x 60 and 2,000 x 60: 2.16M images) add about 2,230
-CPU-seconds; the arms' budget ``arm_images`` 3.6M (6 seeds x 5 arms in the largest cell,
-2,000 x 60; 12 seeds in 1,000 x 60) at most 3,710. With the first 8 cells' records in the
-store, at most 5,940 CPU-seconds: 50 minutes on 2 idle cores; from an empty store 78, over
-issue 22's 75 (the first grid's records are committed, so a re-run reads them).
+extra cells (12 runs each of 1,000 x 60 and 2,000 x 60: 2.16M images) and the arms'
+budget ``arm_images`` 3.6M (6 seeds x 5 arms in the largest cell, 2,000 x 60; 12 seeds in
+1,000 x 60; the run picked 2,000 x 60) took 5,664 CPU-seconds (clean commit a977ae6). From an
+empty store the chapter is about 9,005 CPU-seconds: 75 minutes on 2 idle cores, at issue 22's
+limit (the first grid's records are committed, so a re-run reads them).
 """
 
 from bplib.profiles import standin

@@ -210,23 +210,25 @@ def _pick(stats, op, control: bool, status=None) -> list[dict]:
             and (status is None or s["status"] in status)]  # fmt: skip
 
 
+def _where(s) -> tuple:
+    """(network, projection, metric): what a comparison and its control's comparison share."""
+    return s["base"], s["arm_op"], s["metric"]
+
+
 def _against_control(stats, hits, what: str) -> str:
     """Whether the arms of ``hits`` differ from their damage-matched controls on the same
     (network, metric), in words."""
-    same = [c for c in stats if c["ref_op"] != NONE and any(
-        (c["base"], c["arm_op"], c["metric"]) == (h["base"], h["arm_op"], h["metric"])
-        for h in hits)]  # fmt: skip
+    keys = {_where(h) for h in hits}
+    same = [c for c in stats if c["ref_op"] != NONE and _where(c) in keys]
     if not same:
         return "; no damage-matched control was counted"
     beyond = [c for c in same if c["status"] == what]
-    # decided the other way: said as such, never listed as "not distinguishable"
-    other = [c for c in same if c["status"] in ("better", "worse") and c["status"] != what]
-    rest = [c for c in same if c not in beyond + other]
     text = f"; beyond its damage-matched control on {_names(beyond)}" if beyond else ""
-    for status in ("better", "worse"):
-        hits_ = [c for c in other if c["status"] == status]
-        if hits_:
-            text += f"; {status} than its damage-matched control on {_names(hits_)}"
+    for status in ("better", "worse"):  # decided the other way: said so, never "not distinct"
+        other = [c for c in same if c["status"] == status != what]
+        if other:
+            text += f"; {status} than its damage-matched control on {_names(other)}"
+    rest = [c for c in same if c["status"] not in ("better", "worse")]
     if rest and not beyond:
         text += f"; not distinguishable from its damage-matched control ({_names(rest)})"
     return text
@@ -237,6 +239,9 @@ def _detects(hits) -> str:
     mde = [s["mde"] for s in hits if np.isfinite(s["mde"])]
     return f"; the design detects about {np.median(mde):.1f} points (80% power)" if mde else ""
 
+
+# The statuses of a counted comparison other than "gain ≥ <margin> excluded" (rr._status)
+DECIDED = ("worse", "better", "undecided")
 
 # Raising rank (RankMax − plain fine-tuning), one sentence per status ("excluded": a gain of the
 # margin excluded, no cost found): its words, and the status of the damage-matched control's
@@ -254,8 +259,7 @@ RAISING = (
 def _raising(counted, raise_) -> list[str]:
     out = []
     for status, words, what in RAISING:
-        decided = ("worse", "better", "undecided")
-        hits = [s for s in raise_ if (s["status"] if s["status"] in decided else "excluded")
+        hits = [s for s in raise_ if (s["status"] if s["status"] in DECIDED else "excluded")
                 == status]  # fmt: skip
         if hits:
             text = words.format(names=_names(hits), detects=_detects(hits))
@@ -291,7 +295,7 @@ def verdict_text(stats: list[dict], margin: float) -> str:
                     f"{len(lower)} RankMin − plain fine-tuning comparisons a gain of {margin:g} "
                     "point or more is excluded at Holm's level).")  # fmt: skip
     elif lower:
-        excluded = [s for s in lower if s["status"] not in ("better", "worse", "undecided")]
+        excluded = [s for s in lower if s["status"] not in DECIDED]
         also = (f"; a gain of {margin:g} point or more excluded on {_names(excluded)}"
                 if excluded else "")  # fmt: skip
         text.append(f"Not decided at this scale{scope} whether lowering rank helps ({len(open_)} "
@@ -304,10 +308,9 @@ def verdict_text(stats: list[dict], margin: float) -> str:
                     f"{_against_control(counted, hurt, 'worse')}.")  # fmt: skip
     text += _raising(counted, raise_)
     # decided control comparisons whose plain comparison no sentence above named
-    named = {(s["base"], s["arm_op"], s["metric"]) for s in helped + hurt + raise_}
+    named = {_where(s) for s in helped + hurt + raise_}
     rest = [s for s in counted if s not in lower + raise_ and s["ref_op"] != NONE]
-    shown = [s for s in rest if s["status"] in ("better", "worse")
-             and (s["base"], s["arm_op"], s["metric"]) not in named]  # fmt: skip
+    shown = [s for s in rest if s["status"] in ("better", "worse") and _where(s) not in named]
     if shown:
         text.append(f"Against the damage-matched controls: {_names(shown)}.")
     if gates:

@@ -365,7 +365,7 @@ def strength_text(group: dict, cfg, row: dict, split: str) -> str:
     times = row["norm_bias_coef"] / row["weight_decay"]
     head = (f"the paper's arm ({LABELS[arm]}) − weight decay at its coefficient ({times:g} times "
             f"the model's): {interval(d)} points, ")  # fmt: skip
-    if d["n"] >= 2 and -cfg.delta < d["low"] and d["high"] < cfg.delta:
+    if decide(d, cfg.delta) == "equivalent":  # the chapter's own rule (bplib.stats.decide)
         return head + (f"equivalent within ±{cfg.delta:g} point: the paper's contrast measures "
                        "the coefficient's strength here, not the norm's target")  # fmt: skip
     return head + f"not shown equivalent within ±{cfg.delta:g} point"
