@@ -68,8 +68,9 @@ def minima_steps(p: dict) -> list:
     hvps = points * hvps + 2 * p["compare_power_iters"]
     hvp_b = min(HVP_BATCH, p["hessian_images"] or n)  # HessianOperator's batches
     out = [(mlp, hvp_b, 2 * hvps * _batches(p["hessian_images"] or n, hvp_b), "float32")]
+    probe = (mlp, n, p["probe_epochs"], "float32")  # the test's descent probe, full batch
     if p["row"] == "lemma1_theorem":  # no training: L-BFGS of the linear model, not counted
-        return out
+        return [*out, probe]
     if p["row"].startswith("lemma1"):
         linear = ("mlp", {"widths": []})
         out.append((linear, b, p["linear_epochs"] * per_epoch, "float32"))
@@ -79,7 +80,7 @@ def minima_steps(p: dict) -> list:
         sgd, gd = p["epochs"] + witness, p["gd_epochs"]
     out.append((mlp, b, sgd * per_epoch, train))
     out.append((mlp, n, gd, train))  # a full-batch epoch is one step of all n images
-    return out
+    return [*out, probe]
 
 
 def weight_decay_steps(p: dict) -> list:

@@ -20,7 +20,8 @@ from bplib.measures.hessian import HessianOperator, extreme_eigenvalues_lanczos
 from bplib.models import MLP
 
 P = {"grad_tol": 1e-4, "eig_tol": 1e-3, "descent_tol": 1e-7, "measure_dtype": "float64",
-     "descent_steps": (1e-3, 1e-2, 0.1, 1.0)}  # fmt: skip
+     "descent_steps": (1e-3, 1e-2, 0.1, 1.0), "probe_epochs": 0, "gd_frac": 0.5,
+     "gd_momentum": 0.9}  # fmt: skip
 
 
 def _data(n=60, d=5, classes=3, seed=0):
@@ -43,10 +44,38 @@ def _lbfgs(model, x, y, wd, iters=500):
     opt.step(closure)
 
 
-def _test(model, x, y, wd):
+def _test(model, x, y, wd, p=P):
     op = HessianOperator(model, x, y, wd, dtype="float64")
     eig = extreme_eigenvalues_lanczos(op, tol=1e-10, ncv=20, max_hvp=2000)
-    return descent_test(model, x, y, wd, eig, P), eig
+    return descent_test(model, x, y, wd, eig, p), eig
+
+
+def test_probe_finds_the_slow_descent_that_line_searches_miss_synthetic():
+    # A logistic regression on features of scale 10, 1 and 0.03, moved off its minimum a little
+    # along the stiff feature's weights and far along the medium one's: the gradient points
+    # mostly along the stiff direction, so the best step along -g gains 0.017; the smallest
+    # eigenvector is the third feature's, where nothing is to be gained. Twenty epochs of
+    # continued descent gain 0.2. At the minimum itself the probe finds nothing.
+    x, y = _data(200, 3)
+    x = x * torch.tensor([10.0, 1.0, 0.03], dtype=torch.float64)
+    torch.manual_seed(0)
+    model = MLP((), in_features=3, num_classes=3).double()
+    _lbfgs(model, x, y, 1e-3)
+    probe = {**P, "probe_epochs": 20, "descent_tol": 0.05}
+    out, _ = _test(model, x, y, 1e-3, probe)
+    assert out["minimum"] and abs(out["line_search"]["gd path"]["change"][0]) < 1e-12
+    with torch.no_grad():
+        w = model.layers[-1].weight
+        w[:, 0] += torch.tensor([0.02, -0.02, 0.0], dtype=torch.float64)
+        w[:, 1] += torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64)
+    before = [q.clone() for q in model.parameters()]
+    blind, _ = _test(model, x, y, 1e-3, {**probe, "probe_epochs": 0})
+    assert blind["descent_ok"] and "gd path" not in blind["line_search"]  # line searches: < 0.05
+    out, _ = _test(model, x, y, 1e-3, probe)
+    path = out["line_search"]["gd path"]
+    assert path["change"][0] < -0.1 and 0 < path["steps"][0] < 3 and not out["descent_ok"]
+    assert out["max_decrease"] == -path["change"][0]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # probed a copy
 
 
 def test_minimum_passes_and_a_slope_fails_synthetic():
@@ -164,6 +193,11 @@ def test_full_batch_phase_stops_by_its_rules_synthetic():
     assert all(a >= b * (1 - 1e-6) for a, b in zip(out["loss"], out["loss"][1:]))  # monotone
     again = full_batch_phase(model, x, y, 0.05, lr, 2000, 1e-4, 0.0, 10)
     assert again["epochs"] == 0 and again["stop"] == "gradient" and calls == [1]  # no step
+    # with settle_tol, the gradient stop also needs L to have settled over a whole window: at
+    # least one window of epochs, even from a point that passes the gradient test at once
+    settled = full_batch_phase(model, x, y, 0.05, lr, 2000, 1e-4, 0.0, 10, settle_tol=1e-6)
+    assert settled["stop"] == "gradient" and settled["epochs"] == 10
+    assert 0 < settled["loss"][0] - settled["loss"][-1] < 1e-6
     torch.manual_seed(0)
     model = MLP((), in_features=5, num_classes=3).double()
     out = full_batch_phase(model, x, y, 0.05, 1e-3, 2000, 1e-6, 1e-2, 10)

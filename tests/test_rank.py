@@ -211,6 +211,24 @@ def test_jobs_bases_first_and_finetune_keys_follow_their_base():
     assert all("init" not in b.params for b in scratch)
 
 
+@pytest.mark.parametrize("profile", ["paper", "gpu"])
+def test_dealt_arms_cover_every_op_once_and_every_base_with_none(profile):
+    """The dry run's ``arm_bases = "dealt"``: each projection op on exactly one base, every base
+    fine-tuned without projection, and the keys of the jobs it keeps those of the full design."""
+    full = rank.finetune_jobs(get_profile("rank", profile, dryrun=True, arm_bases="all"))
+    dealt = rank.finetune_jobs(get_profile("rank", profile, dryrun=True))
+    ops = {op for k in rr.KINDS for op, _ in get_profile("rank", profile).arms[k]}
+    projected = [j.params["arm"] for j in dealt if j.params["arm"] != "none"]
+    assert sorted(projected) == sorted(ops) and len(projected) == len(ops)
+    bases = {
+        j.path(profile).name for j in rank.base_jobs(get_profile("rank", profile, dryrun=True))
+    }
+    none = {rank.needs(j).path(profile).name for j in dealt if j.params["arm"] == "none"}
+    assert none == bases and set(dealt) < set(full)
+    with pytest.raises(ValueError, match="arm_bases"):
+        rank.finetune_jobs(get_profile("rank", profile, dryrun=True, arm_bases="some"))
+
+
 def test_waves_run_every_job_after_the_base_it_loads():
     cfg = get_profile("rank", "cpu", adversarial_init="natural")
     bases = rank.base_jobs(cfg)

@@ -14,7 +14,10 @@ slope with little curvature has both. The test here asks three things of the obj
 3. **descent**: no step of a line search along minus the (active) gradient, or along either
    sign of the smallest eigenvalue's eigenvector, lowers ``L`` by more than ``descent_tol``.
    The steps are a fixed grid of lengths plus the quadratic model's best step along the
-   gradient, ``||g|| / (g^T H g / ||g||^2)``.
+   gradient, ``||g|| / (g^T H g / ||g||^2)``; nor do ``probe_epochs`` epochs of continued
+   full-batch descent (:func:`gd_probe`): a point whose gradient lies in stiff directions gains
+   little along ``-g`` in one step, but keeps falling along a slow direction that many steps
+   find.
 
 *Active* parameters: the weights and bias of a ReLU unit that is off on every image, its
 outgoing weights, and everything upstream of a layer that is off everywhere are *inert*: the
@@ -31,6 +34,7 @@ A point whose network is constant on the data (some hidden layer off on every im
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -133,7 +137,8 @@ def descent_test(model, x, y, weight_decay: float, eig: dict, p: dict,
     """The three checks of this module's docstring at the point ``model`` (``eig``: the Lanczos
     result of :func:`bplib.measures.hessian.extreme_eigenvalues_lanczos` for the same objective
     and data). ``p``: ``grad_tol``, ``eig_tol``, ``descent_tol``, ``descent_steps``,
-    ``measure_dtype``. Returns the numbers and :func:`decide`'s outcome."""
+    ``measure_dtype`` and :func:`gd_probe`'s ``probe_epochs``, ``gd_frac``, ``gd_momentum``.
+    Returns the numbers and :func:`decide`'s outcome."""
     dt = p["measure_dtype"]
     active, mask, shift = active_projection(model, x)
     theta = _flat(q.detach() for q in model.parameters() if q.requires_grad).double().cpu()
@@ -165,6 +170,8 @@ def descent_test(model, x, y, weight_decay: float, eig: dict, p: dict,
                "change": line_search(model, x, y, weight_decay, d, step_sets[name], **kw)}
         for name, d in directions.items()
     }  # fmt: skip
+    if probe := gd_probe(model, x, y, weight_decay, eig.get("max_eig"), p, logit_penalty):
+        out["line_search"]["gd path"] = probe
     changes = [c for ls in out["line_search"].values() for c in ls["change"]]
     out["max_decrease"] = max([0.0, *(-c for c in changes)])
     return {**out, **decide(out, eig, p)}
@@ -226,26 +233,33 @@ def _assign(params, vec: torch.Tensor) -> None:
 
 
 def full_batch_phase(model, x, y, weight_decay: float, lr, max_epochs: int, grad_tol: float,
-                     rtol: float, window: int, momentum: float = 0.0) -> dict:  # fmt: skip
-    """Gradient descent on the whole objective ``L`` (in place; heavy-ball ``momentum``, reset to
-    zero whenever a step would raise ``L``: adaptive restart) until the active
-    gradient norm is at most ``grad_tol`` (``stop="gradient"``, checked every ``window``
-    epochs), or the loss stopped falling: ``L`` fell by less than ``rtol * L`` over the last
-    ``window`` epochs (``"plateau"``), or ``max_epochs`` ran out (``"budget"``), or the step is
-    not a positive finite number (``"no step size"``: nan where lambda_max was not measured,
-    the point is then classified as still descending). ``lr``: the
-    step, or a function giving it, called only when a step is taken; a step that would raise
-    ``L`` by more than its float32 rounding (relative 1e-6) is retried at half the rate.
-    Returns ``{"stop", "epochs", "lr", "loss", "data_loss", "grad_active"}`` (``loss``: ``L``
-    per epoch from the start, ``data_loss`` its cross-entropy, ``grad_active`` at each check)."""
+                     rtol: float, window: int, momentum: float = 0.0, settle_tol: float = math.inf,
+                     **loss_kw) -> dict:  # fmt: skip
+    """Gradient descent on the objective ``L`` along the active parameters (in place; inert ones
+    change no output and are left where they are, as the test leaves them out; the projection
+    is renewed at every check), heavy-ball ``momentum`` reset to zero whenever a step would
+    raise ``L`` (adaptive restart), until the active gradient norm is at most ``grad_tol`` and
+    ``L`` fell by less than ``settle_tol`` over the last ``window`` epochs (``stop="gradient"``,
+    checked every ``window`` epochs; ``settle_tol`` inf: the gradient alone, from epoch 0), or
+    the loss stopped falling: ``L`` fell by less than ``rtol * L`` over the last ``window``
+    epochs (``"plateau"``), or ``max_epochs`` ran out (``"budget"``), or the step is not a
+    positive finite number (``"no step size"``: nan where lambda_max was not measured, the
+    point is then classified as still descending). ``lr``: the step, or a function giving it,
+    called only when a step is taken; a step that would raise ``L`` by more than its float32
+    rounding (relative 1e-6) is retried at half the rate. Returns ``{"stop", "epochs", "lr",
+    "loss", "data_loss", "grad_active"}`` (``loss``: ``L`` per epoch from the start,
+    ``data_loss`` its cross-entropy, ``grad_active`` at each check). ``loss_kw``: passed to
+    ``full_loss_grad`` (dtype, logit penalty)."""
     params = [q for q in model.parameters() if q.requires_grad]
-    m = full_loss_grad(model, x, y, weight_decay, return_grad=True)
+    m = full_loss_grad(model, x, y, weight_decay, return_grad=True, **loss_kw)
     losses, grads, stop, epoch, velocity = [m["loss_wd"]], [], "budget", 0, None
     data = [m["loss"]]
     while True:
         if epoch % window == 0 or epoch == max_epochs:
-            grads.append(active_projection(model, x)[0](m["grad"]).norm().item())
-            if grads[-1] <= grad_tol:
+            project = active_projection(model, x)[0]
+            grads.append(project(m["grad"]).norm().item())
+            fell = losses[-window - 1] - losses[-1] if epoch >= window else math.inf
+            if grads[-1] <= grad_tol and (fell < settle_tol or settle_tol == math.inf):
                 stop = "gradient"
                 break
         if epoch >= window and losses[-window - 1] - losses[-1] < rtol * losses[-1]:
@@ -258,12 +272,12 @@ def full_batch_phase(model, x, y, weight_decay: float, lr, max_epochs: int, grad
             stop, lr = "no step size", None  # when it did not converge): halving nan never ends
             break
         prev = torch.nn.utils.parameters_to_vector(params).detach().clone()
-        step = m["grad"].to(prev)
+        step = project(m["grad"]).to(prev)
         velocity = torch.zeros_like(prev) if velocity is None else velocity
         while True:
             move = momentum * velocity - lr * step
             _assign(params, prev + move)
-            new = full_loss_grad(model, x, y, weight_decay, return_grad=True)
+            new = full_loss_grad(model, x, y, weight_decay, return_grad=True, **loss_kw)
             if new["loss_wd"] <= losses[-1] * (1 + 1e-6) or lr < 1e-12:  # float32 rounding
                 velocity = move
                 break
@@ -276,6 +290,31 @@ def full_batch_phase(model, x, y, weight_decay: float, lr, max_epochs: int, grad
         data.append(m["loss"])
     return {"stop": stop, "epochs": epoch, "lr": None if callable(lr) else lr, "loss": losses,
             "data_loss": data, "grad_active": grads}  # fmt: skip
+
+
+def gd_probe(model, x, y, weight_decay: float, lam_max, p: dict,
+             logit_penalty: float = 0.0) -> dict | None:  # fmt: skip
+    """Descent by continuing: ``probe_epochs`` epochs of the full-batch phase's descent (step
+    ``gd_frac * 2 / lam_max``, heavy ball ``gd_momentum``) from a copy of ``model``, along the
+    active gradient only (inert parameters and the output-bias shift stay: there only weight
+    decay acts, as in :func:`full_batch_phase`). A point on a slow slope whose gradient lies
+    mostly in stiff directions passes every line search (the quadratic model's best step along
+    ``-g`` gains ``g^2 / 2 curvature``) and still falls here. Returns a line-search entry,
+    ``{"steps": [distance moved], "change": [L(end) - L(start)]}`` (``L`` never rises: a
+    rising step is retried), or None when ``probe_epochs`` is 0 or ``lam_max`` is not a
+    positive number."""
+    lam = math.nan if lam_max is None else float(lam_max)
+    if not p["probe_epochs"] or not (math.isfinite(lam) and lam > 0):
+        return None
+    net = copy.deepcopy(model)
+    params = [q for q in net.parameters() if q.requires_grad]
+    start = _flat(q.detach() for q in params).double().cpu()
+    epochs, kw = p["probe_epochs"], {"dtype": p["measure_dtype"], "logit_penalty": logit_penalty}
+    rule = (epochs, -1.0, 0.0, epochs + 1)  # never stopped by the gradient or a plateau
+    run = full_batch_phase(net, x, y, weight_decay, p["gd_frac"] * 2 / lam, *rule,
+                           p["gd_momentum"], **kw)  # fmt: skip
+    moved = (_flat(q.detach() for q in params).double().cpu() - start).norm().item()
+    return {"steps": [moved], "change": [run["loss"][-1] - run["loss"][0]]}
 
 
 @exact_matmul()  # every measurement inside, activity signs included, without TF32

@@ -42,6 +42,9 @@ PAPER = {
     "eig_tol": 1e-3,  # smallest eigenvalue of a minimum >= -eig_tol * lambda_max
     "descent_tol": 1e-3,  # largest decrease of the objective (nats) a line search may find
     "descent_steps": (1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0),  # line-search steps (parameter distance)
+    # and continued full-batch descent from the point (gd_frac, gd_momentum; active parameters
+    # only) for this many epochs: a fall of more than descent_tol there is descent found too
+    "probe_epochs": 20,
     "hessian_images": None,  # Hessian on the first n of the training set (None: all of it)
     "eig_method": "power",  # lanczos | power (paper); the minimum test needs lanczos
     "n_train": 50_000,  # the training subset: loss, gradient and Hessian all on these images
@@ -98,8 +101,10 @@ CPU = {
     # take 0.5 x 2/lambda_max (well inside the heavy-ball limit 3.8/lambda_max). Plain descent
     # moves slow directions 1 / (1 - 0.9) = 10x less per epoch at the same step.
     # Measured (commit 6c1171f, load average 3.4): 4,367 s wall, 8,649 s of job time (~390 s a
-    # job, not ~215 + 115): over the target. To fit 60 minutes at that load, cut ~1,000 s of wall
-    # time, e.g. gd_epochs 100 and the U(-10, 10)-with-momentum row (not in the paper).
+    # job, not ~215 + 115): over the target at that load. Issue 21's second pass adds the test's
+    # descent probe (probe_epochs full-batch epochs at every trained point, ~10 s) and one
+    # settling window for the rows whose SGD ends below grad_tol (a Lanczos lambda_max and 20+
+    # epochs, ~60 s; pilot: default seed 1, 184 s a job on 2 idle threads).
     "gd_epochs": 150,
     "gd_frac": 0.5,
     "gd_momentum": 0.9,

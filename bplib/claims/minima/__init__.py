@@ -35,7 +35,7 @@ PARAMS = ("dataset", "lr", "batch_size", "momentum", "weight_decay", "gamma", "g
           "linear_lr", "linear_momentum", "lemma1_lr", "lemma1_momentum", "lemma1_lr_frac",
           "offset_margin", "measure_dtype", "bf16", "power_iters", "lanczos_tol", "lanczos_ncv",
           "lanczos_max_hvp", "grad_tol", "eig_tol", "descent_tol", "descent_steps", "gd_frac",
-          "gd_momentum", "plateau_rtol", "plateau_window",
+          "probe_epochs", "gd_momentum", "plateau_rtol", "plateau_window",
           "hessian_images", "eig_method", "n_train", "widths", "epochs", "milestones",
           "linear_epochs", "linear_milestones", "linear_lbfgs_iters", "linear_weight_decay",
           "lemma1_epochs", "lemma1_gd_epochs", "lemma1_milestones", "lemma1_normalize",
@@ -62,8 +62,8 @@ def jobs(cfg) -> list[runner.Job]:
 
 def cost(job: runner.Job) -> float:
     """Relative cost, to start the slow jobs first: a Lemma-1 arm without a full-batch phase 1,
-    the default, +20 (their phase stops at once) and the all-layer arm 2, the other bad
-    initializations (SGD, then the full phase) 3; the power-iteration comparison adds 1."""
+    the default, +20 (their phase settles within a window or two) and the all-layer arm 2, the
+    other bad initializations (SGD, then the full phase) 3; the power comparison adds 1."""
     p = job.params
     cheap = {"lemma1": 1.0, "lemma1_theorem": 1.0, "default": 2.0, "bias_plus20": 2.0}
     return {**cheap, "lemma1_all": 2.0}.get(p["row"], 3.0) + (p["compare_power_iters"] > 0)
@@ -135,7 +135,8 @@ def _train(model, x, y, p: dict, row: str, lam_max: float, job, ctx, eval_sets) 
             return p["gd_frac"] * 2 / lam["max"]
 
         rule = (p["gd_epochs"], p["grad_tol"], p["plateau_rtol"], p["plateau_window"])
-        out["fullbatch"] = descent.full_batch_phase(model, x, y, wd, step, *rule, p["gd_momentum"])
+        out["fullbatch"] = descent.full_batch_phase(model, x, y, wd, step, *rule, p["gd_momentum"],
+                                                    settle_tol=p["descent_tol"])  # fmt: skip
         out["fullbatch"]["lam_max"] = lam.get("max")
     model.requires_grad_(True)  # the output-layer arm froze the others
     return out

@@ -88,14 +88,22 @@ def base_jobs(cfg) -> list[runner.Job]:
 
 
 def finetune_jobs(cfg) -> list[runner.Job]:
-    """One job per (base, arm, seed); its params hold the base's params."""
-    out = []
-    for b in base_jobs(cfg):
+    """One job per (base, arm, seed); its params hold the base's params. With ``arm_bases =
+    "dealt"`` every base runs "none", and projection arm ``k`` of ``n`` runs only on base ``k *
+    n_bases // n`` (the dry run: every op once, spread over kinds and networks)."""
+    out, bases = [], base_jobs(cfg)
+    deal = check_choice("arm_bases", cfg.arm_bases, ("all", "dealt")) == "dealt"
+    for i, b in enumerate(bases):
         kind = b.params["kind"]
         place = dict(phase="finetune", base=b.params, base_seed=b.seed,
                      images=cfg.finetune_images[kind], lr=cfg.finetune_lr,
                      milestones=cfg.finetune_milestones)  # fmt: skip
-        for (op, t), seed in itertools.product(rr.arms(cfg, kind), cfg.finetune_seeds):
+        none, *ops = rr.arms(cfg, kind)
+        arms = [
+            none,
+            *(a for k, a in enumerate(ops) if not deal or k * len(bases) // len(ops) == i),
+        ]
+        for (op, t), seed in itertools.product(arms, cfg.finetune_seeds):
             p = runner.params(cfg, FINETUNE, **place, arm=op, threshold=t)
             out.append(runner.job(EXPERIMENT, p, seed))
     return out
