@@ -636,3 +636,23 @@ def test_summarize_refuses_a_fine_tune_made_from_other_base_weights(tmp_path):
         rank.summarize(recs, cfg, root=tmp_path)
     ft["result"]["weights"] = {path.name: runner.file_identity(path)}
     rank.summarize(recs, cfg, root=tmp_path)  # the same file: accepted
+
+
+def test_summary_and_figures_with_an_arm_not_run_on_a_network_synthetic():
+    """The dry run's dealt arms leave most (network, arm) pairs without records: the summary
+    and both figures show the arms that ran and skip the others."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    cfg = get_profile("rank", "cpu")
+    recs = [
+        r for r in _records(cfg, lambda k, a, b: _base(k)) if r["params"].get("arm") != "rankmax"
+    ]
+    rank.summarize(recs, cfg)
+    w = rr.bases(cfg)[0]
+    fig = rr.plot_figure2(recs, cfg, *w[1:])
+    labels = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+    assert "RankMinAdv 0.5" in labels and "RankMaxAdv 1.5" not in labels  # the last panel's
+    ax = rr.plot_spectra(recs, cfg, w, 0)
+    names = [t.get_text().split(" (eff.")[0] for t in ax.get_legend().get_texts()]
+    assert "RankMin 0.5" in names and "RankMax 1.5" not in names and "Matched RankMax 1.5" in names

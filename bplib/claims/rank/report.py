@@ -363,7 +363,7 @@ def plot_figure2(records, cfg, dataset: str, skip: bool):
         x = np.arange(1, len(b["result"]["spectra"]) + 1)
         ax.plot(x, effective_ranks(b, "spectra_init"), "k--", label="initialization")
         ax.plot(x, effective_ranks(b), "k:", label=f"{w[0]} base (before fine-tuning)")
-        for arm in arms(cfg, w[0]):
+        for arm in (a for a in arms(cfg, w[0]) if arm_records(records, w, a)):  # those run
             ax.plot(x, mean_ranks(records, w, arm), marker="o", ms=3, label=label(w[0], arm))
         title = f"{model_label(skip)}, {dataset}: {w[0]}"
         ax.set(title=title, xlabel="block conv (input → output)")
@@ -384,7 +384,8 @@ def plot_spectra(records, cfg, w, layer: int, ax=None):
     init = base_record(records, w)["result"]["spectra_init"][layer]
     curves = [("init", init)]
     for a in arms(cfg, w[0]):
-        curves.append((label(w[0], a), arm_records(records, w, a)[0]["result"]["spectra"][layer]))
+        if runs := arm_records(records, w, a):  # every arm run on this network
+            curves.append((label(w[0], a), runs[0]["result"]["spectra"][layer]))
     for name, d in curves:
         q = np.asarray(d["spectrum_quantiles"])
         ax.plot(np.linspace(0, 1, len(q)), q, label=f"{name} (eff. rank {d['effective_rank']:.1f})")
