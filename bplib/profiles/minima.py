@@ -104,7 +104,8 @@ CPU = {
     # job, not ~215 + 115): over the target at that load. Issue 21's second pass adds the test's
     # descent probe (probe_epochs full-batch epochs at every trained point, ~10 s) and one
     # settling window for the rows whose SGD ends below grad_tol (a Lanczos lambda_max and 20+
-    # epochs, ~60 s; pilot: default seed 1, 184 s a job on 2 idle threads).
+    # epochs, ~60 s; pilot: default seed 1, 184 s a job on 2 idle threads). Measured (commit
+    # 30db60f, empty store, load 2.3): 2,763 s wall (46 min), 5,442 s of job time.
     "gd_epochs": 150,
     "gd_frac": 0.5,
     "gd_momentum": 0.9,
