@@ -90,11 +90,13 @@ def test_the_dry_run_keeps_the_profiles_models_and_code_paths(chapter, profile):
         assert _unstand(dry[key]) == _unstand(paper[key]) and dry[key] != paper[key], key
     if "recipes" in changed:  # the per-family recipes lose their milestones only
         assert _no_milestones(dry["recipes"]) == _no_milestones(paper["recipes"])
-    if "arms" in changed:  # rank: fewer thresholds, every projection still run on every base
+    if "arms" in changed:  # rank: fewer thresholds, every projection op still run
         assert {k: {op for op, _ in v} for k, v in dry["arms"].items()} == {
             k: {op for op, _ in v} for k, v in paper["arms"].items()
         }
-    assert not changed - DRYRUN_BUDGETS - STANDIN_KEYS - {"recipes", "arms"}, changed
+    if "arm_bases" in changed:  # rank: each op on one base, "none" on every base (the cover is
+        assert (paper["arm_bases"], dry["arm_bases"]) == ("all", "dealt")  # tested in test_rank)
+    assert not changed - DRYRUN_BUDGETS - STANDIN_KEYS - {"recipes", "arms", "arm_bases"}, changed
     assert dry["seeds"] == [0] and dry.get("epochs", 1) == 1
     assert all(r.get("epochs", 1) == 1 for r in dry.get("recipes", {}).values())
     for key in ("gd_epochs", "witness_epochs"):  # a phase the profile runs stays, for 1 epoch
