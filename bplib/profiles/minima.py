@@ -93,7 +93,8 @@ CPU = {
     # seeds, took 1,636 s wall (~215 s a job at 2 processes). Three seeds (the loss gaps need an
     # interval with 2 degrees of freedom) make 22 jobs, ~2,400 s. The full-batch phase runs on
     # the 12 jobs whose SGD ends above the gradient threshold (U(-10, 10) with and without
-    # momentum, U(-50, 50), Lemma 1 all layers; default and +20 pass at once): lambda_max by
+    # momentum, U(-50, 50), Lemma 1 all layers; in that design default and +20 stopped at once):
+    # lambda_max by
     # Lanczos 32 s (31 HVPs) and 0.54 s an epoch, so 150 epochs ~ 115 s a job, ~700 s wall.
     # Total ~3,100 s, inside the 60-minute budget. Pilot (U(-10, 10), seed 0, its SGD end
     # point): heavy ball 0.9 at 0.9 x 2/lambda_max (lambda_max 198) lowered the objective
@@ -102,10 +103,11 @@ CPU = {
     # moves slow directions 1 / (1 - 0.9) = 10x less per epoch at the same step.
     # Measured (commit 6c1171f, load average 3.4): 4,367 s wall, 8,649 s of job time (~390 s a
     # job, not ~215 + 115): over the target at that load. Issue 21's second pass adds the test's
-    # descent probe (probe_epochs full-batch epochs at every trained point, ~10 s) and one
-    # settling window for the rows whose SGD ends below grad_tol (a Lanczos lambda_max and 20+
-    # epochs, ~60 s; pilot: default seed 1, 184 s a job on 2 idle threads). Measured (commit
-    # 30db60f, empty store, load 2.3): 2,763 s wall (46 min), 5,442 s of job time.
+    # descent probe (probe_epochs full-batch epochs at every trained point, ~10 s) and settling
+    # for the rows whose SGD ends below grad_tol (a Lanczos lambda_max and 20+ epochs; pilot:
+    # default seed 1, 184 s a job on 2 idle threads). Measured (commit 30db60f, empty store,
+    # load 2.3): 2,763 s wall (46 min), 5,442 s of job time; default settled in 80-120 epochs,
+    # +20 in 20, U(-50, 50) stopped on the plateau rule after 33-36.
     "gd_epochs": 150,
     "gd_frac": 0.5,
     "gd_momentum": 0.9,
