@@ -94,8 +94,8 @@ CPU = {
     # interval with 2 degrees of freedom) make 22 jobs, ~2,400 s. The full-batch phase runs on
     # the 12 jobs whose SGD ends above the gradient threshold (U(-10, 10) with and without
     # momentum, U(-50, 50), Lemma 1 all layers; in that design default and +20 stopped at once):
-    # lambda_max by
-    # Lanczos 32 s (31 HVPs) and 0.54 s an epoch, so 150 epochs ~ 115 s a job, ~700 s wall.
+    # lambda_max by Lanczos 32 s (31 HVPs) and 0.54 s an epoch, so 150 epochs ~ 115 s a job,
+    # ~700 s wall.
     # Total ~3,100 s, inside the 60-minute budget. Pilot (U(-10, 10), seed 0, its SGD end
     # point): heavy ball 0.9 at 0.9 x 2/lambda_max (lambda_max 198) lowered the objective
     # 3.256 -> 2.933 in 200 epochs, still falling, its gradient growing to 1.25 at the end; we
