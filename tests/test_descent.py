@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from bplib.measures.descent import (
+    PROBE,
     classify,
     decide,
     descent_test,
@@ -63,16 +64,16 @@ def test_probe_finds_the_slow_descent_that_line_searches_miss_synthetic():
     _lbfgs(model, x, y, 1e-3)
     probe = {**P, "probe_epochs": 20, "descent_tol": 0.05}
     out, _ = _test(model, x, y, 1e-3, probe)
-    assert out["minimum"] and abs(out["line_search"]["gd path"]["change"][0]) < 1e-12
+    assert out["minimum"] and abs(out["line_search"][PROBE]["change"][0]) < 1e-12
     with torch.no_grad():
         w = model.layers[-1].weight
         w[:, 0] += torch.tensor([0.02, -0.02, 0.0], dtype=torch.float64)
         w[:, 1] += torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64)
     before = [q.clone() for q in model.parameters()]
     blind, _ = _test(model, x, y, 1e-3, {**probe, "probe_epochs": 0})
-    assert blind["descent_ok"] and "gd path" not in blind["line_search"]  # line searches: < 0.05
+    assert blind["descent_ok"] and PROBE not in blind["line_search"]  # line searches: < 0.05
     out, _ = _test(model, x, y, 1e-3, probe)
-    path = out["line_search"]["gd path"]
+    path = out["line_search"][PROBE]
     assert path["change"][0] < -0.1 and 0 < path["steps"][0] < 3 and not out["descent_ok"]
     assert out["max_decrease"] == -path["change"][0]
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # probed a copy

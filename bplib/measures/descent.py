@@ -126,6 +126,10 @@ def line_search(model: nn.Module, x: Tensor, y: Tensor, weight_decay: float, dir
     return out
 
 
+# The descent probe's entry among a test's line searches (:func:`gd_probe`)
+PROBE = "gd path"
+
+
 def _unit(v: Tensor, whole: Tensor) -> Tensor | None:
     """``v / ||v||``, or None when ``v`` (a projection of ``whole``) is rounding noise."""
     norm = v.norm()
@@ -171,7 +175,7 @@ def descent_test(model, x, y, weight_decay: float, eig: dict, p: dict,
         for name, d in directions.items()
     }  # fmt: skip
     if probe := gd_probe(model, x, y, weight_decay, eig.get("max_eig"), p, logit_penalty):
-        out["line_search"]["gd path"] = probe
+        out["line_search"][PROBE] = probe
     changes = [c for ls in out["line_search"].values() for c in ls["change"]]
     out["max_decrease"] = max([0.0, *(-c for c in changes)])
     return {**out, **decide(out, eig, p)}
@@ -255,14 +259,14 @@ def full_batch_phase(model, x, y, weight_decay: float, lr, max_epochs: int, grad
     losses, grads, stop, epoch, velocity = [m["loss_wd"]], [], "budget", 0, None
     data = [m["loss"]]
     while True:
+        fell = losses[-window - 1] - losses[-1] if epoch >= window else math.inf  # over a window
         if epoch % window == 0 or epoch == max_epochs:
             project = active_projection(model, x)[0]
             grads.append(project(m["grad"]).norm().item())
-            fell = losses[-window - 1] - losses[-1] if epoch >= window else math.inf
             if grads[-1] <= grad_tol and (fell < settle_tol or settle_tol == math.inf):
                 stop = "gradient"
                 break
-        if epoch >= window and losses[-window - 1] - losses[-1] < rtol * losses[-1]:
+        if fell < rtol * losses[-1]:
             stop = "plateau"
             break
         if epoch == max_epochs:

@@ -50,8 +50,9 @@ PAPER = {
         ]
         for kind in ("natural", "adversarial")
     },  # fmt: skip
-    # "all": every arm on every base; "dealt": "none" on every base and each projection arm on
-    # one base of its kind, dealt in turn (the dry run: every code path once, not every pair)
+    # "all": every arm on every base; "dealt": "none" on every base and each projection op on
+    # one base, spread over the bases in job order (the dry run: every code path once, not every
+    # pair; bplib.claims.rank.finetune_jobs)
     "arm_bases": "all",
     "batch_size": 128,
     "momentum": 0.9,
@@ -171,7 +172,7 @@ PROFILES = {"smoke": SMOKE, "cpu": CPU, "paper": PAPER, "gpu": GPU}
 # The dry run (make paper-dryrun, make gpu-dryrun): both bases per data set (CIFAR-100 as its
 # 20-image offline stand-in) and every fine-tuning op (one threshold each), 2 batches of 16 per
 # phase (1 epoch, with the rank projection after it), PGD on 4 images, one seed. Each projection
-# arm runs on one base of its kind ("dealt"): at width 1 a projection's float64 SVDs of every
+# op runs on one base ("dealt"): at width 1 a projection's float64 SVDs of every
 # block convolution cost 70-115 s on one thread whatever the data, and every arm on every base
 # made the paper dry run 27 minutes (issue 26 asks for 15).
 DRYRUN = {

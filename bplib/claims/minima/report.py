@@ -203,7 +203,7 @@ def _wd_share(t: dict) -> str:
 def _decreases(tests: list[dict]) -> str:
     """The largest decrease over seeds, and the descent probe's alone (where it ran)."""
     probes = [
-        -c for t in tests for c in t.get("line_search", {}).get("gd path", {}).get("change", [])
+        -c for t in tests for c in t.get("line_search", {}).get(descent.PROBE, {}).get("change", [])
     ]
     out = f"{max(t['max_decrease'] for t in tests):.1e}"
     return out + (f" (probe {max([0.0, *probes]):.1e})" if probes else "")
